@@ -77,15 +77,21 @@ class GaussianMixture:
     log_n = -0.5 * sq_dist / var - 0.5 * self.dim * jnp.log(2 * jnp.pi * var)
     return alpha, mean, var, jnp.log(self.weights) + log_n
 
+  def _data_log_joint(self, x):
+    """log w_k + log N(x; mu_k, s_k^2 I): [B, K]."""
+    self._check_points(x)
+    var = self.stds**2
+    sq_dist = jnp.sum((x[:, None, :] - self.means) ** 2, axis=-1)
+    return jnp.log(self.weights) - 0.5 * sq_dist / var - 0.5 * self.dim * jnp.log(2 * jnp.pi * var)
+
   def log_prob(self, x, process: Process | None = None, t=0.0):
     """log p_t(x) [B]; the data density when no process is given."""
-    if process is None:
-      self._check_points(x)
-      var = self.stds**2
-      sq_dist = jnp.sum((x[:, None, :] - self.means) ** 2, axis=-1)
-      log_n = -0.5 * sq_dist / var - 0.5 * self.dim * jnp.log(2 * jnp.pi * var)
-      return jax.nn.logsumexp(jnp.log(self.weights) + log_n, axis=-1)
-    return jax.nn.logsumexp(self._components(process, x, t)[-1], axis=-1)
+    log_joint = self._data_log_joint(x) if process is None else self._components(process, x, t)[-1]
+    return jax.nn.logsumexp(log_joint, axis=-1)
+
+  def assign(self, x):
+    """Index [B] of the component most likely to have produced each data point."""
+    return jnp.argmax(self._data_log_joint(x), axis=-1)
 
   def score(self, process: Process, x, t):
     """grad_x log p_t(x): [B, D]."""

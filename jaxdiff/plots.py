@@ -1,0 +1,97 @@
+"""Pictures for inspecting processes and samples (matplotlib, written to PNG).
+
+  plot_schedules   alpha_bar(t) = alpha(t)^2 and log-SNR lam(t) against t / t_max
+                   (Nichol & Dhariwal 2021, fig. 5 draws the first panel).
+  plot_noising     a batch of images noised to x_t at several fractions of t_max.
+  plot_samples_2d  2-D samples over the contours of a true density.
+"""
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+
+matplotlib.use("Agg")  # Files only; no display is assumed.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxdiff import sde  # noqa: E402
+from jaxdiff.schedules import Process  # noqa: E402
+
+
+def plot_schedules(processes: dict[str, Process], path, num_points: int = 500):
+  """Plots alpha_bar and log-SNR of each named process against t / t_max; writes `path`."""
+  fig, (ax_bar, ax_lam) = plt.subplots(1, 2, figsize=(11, 4))
+  u = np.linspace(0.0, 1.0, num_points)
+  for name, process in processes.items():
+    t = jnp.asarray(u * process.t_max, jnp.float32)
+    ax_bar.plot(u, process.alpha(t) ** 2, label=name)
+    ax_lam.plot(u, process.log_snr(t), label=name)
+  ax_bar.set(xlabel="t / t_max", ylabel="alpha_bar = alpha(t)^2", title="signal")
+  ax_lam.set(xlabel="t / t_max", ylabel="log SNR = log(alpha^2 / sigma^2)", title="log-SNR")
+  ax_lam.set_ylim(-20, 20)
+  for ax in (ax_bar, ax_lam):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_noising(process: Process, x0, key, path, fractions=(0.0, 0.25, 0.5, 0.75, 1.0)):
+  """Grid of x_t: a row per image of x0 [B, H, W, C] (values in [-1, 1]), a column per t.
+
+  Each x_t is divided by sqrt(alpha^2 + sigma^2), its std for unit-variance
+  data, so that processes whose noise explodes (VE, EDM) stay visible.
+  """
+  x0 = jnp.asarray(x0, jnp.float32)
+  if x0.ndim != 4 or x0.shape[-1] not in (1, 3):
+    raise ValueError(f"x0 must be images [B, H, W, C] with C in (1, 3), got {x0.shape}")
+  rows, cols = x0.shape[0], len(fractions)
+  fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows), squeeze=False)
+  for j, fraction in enumerate(fractions):
+    t = fraction * process.t_max
+    eps = jax.random.normal(jax.random.fold_in(key, j), x0.shape)
+    x_t = sde.q_sample(process, x0, t, eps) / jnp.sqrt(process.alpha(t) ** 2 + process.sigma2(t))
+    images = np.clip((np.asarray(x_t) + 1) / 2, 0, 1)
+    for i in range(rows):
+      axes[i, j].imshow(images[i].squeeze(-1) if images.shape[-1] == 1 else images[i],
+                        cmap="gray", vmin=0, vmax=1)
+      axes[i, j].set_xticks([])
+      axes[i, j].set_yticks([])
+    axes[0, j].set_title(f"t = {t:.3g}", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_samples_2d(samples: dict[str, np.ndarray], path, log_density=None, extent=1.5):
+  """Scatter plots of named [N, 2] sample sets, one panel each, over log_density contours.
+
+  Args:
+    samples: name -> [N, 2] points.
+    path: PNG file to write.
+    log_density: optional ([M, 2] -> [M]) true log-density to draw as contours.
+    extent: the panels show [-extent, extent]^2.
+  """
+  names = list(samples)
+  cols = min(4, len(names))
+  rows = -(-len(names) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+  for ax in axes.ravel()[len(names):]:
+    ax.axis("off")
+  if log_density is not None:
+    grid = np.linspace(-extent, extent, 200)
+    xx, yy = np.meshgrid(grid, grid)
+    density = np.exp(np.asarray(log_density(jnp.stack([xx.ravel(), yy.ravel()], -1))))
+  for ax, name in zip(axes.ravel(), names):
+    points = np.asarray(samples[name])
+    ax.scatter(points[:, 0], points[:, 1], s=1.5, alpha=0.4, color="tab:blue")
+    if log_density is not None:
+      levels = density.max() * np.array([0.02, 0.2, 0.6])
+      ax.contour(xx, yy, density.reshape(xx.shape), levels=levels, colors="tab:red",
+                 linewidths=0.6)
+    ax.set(xlim=(-extent, extent), ylim=(-extent, extent), aspect="equal")
+    ax.set_title(name, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

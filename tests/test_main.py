@@ -1,0 +1,54 @@
+"""The main job and the inspection pictures, end to end."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxdiff import plots, schedules
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_main(*args):
+  return subprocess.run([sys.executable, "sample.py", "--config", "tests/smoke_config.py", *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_sample_writes_results_and_never_overwrites(tmp_path):
+  workdir = tmp_path / "run"
+  result = run_main("--workdir", str(workdir))
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = json.loads((workdir / "results.json").read_text())["rows"]
+  assert [r["nfe"] for r in rows] == [0, 20, 10]
+  # DDPM with 20 steps on the exact denoiser recovers the 8 mixture weights; the reference
+  # row (true data) bounds what sampling noise alone gives.
+  assert rows[1]["weight_error"] < 0.1
+  assert "| ddim eta=0.0 | trailing | 10 | 10 |" in (workdir / "results.md").read_text()
+  assert Image.open(workdir / "samples.png").size[0] > 400
+  assert set(np.load(workdir / "samples.npz")) >= {"x_T"}
+
+  before = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()}
+  again = run_main("--workdir", str(workdir))
+  assert again.returncode != 0 and "already holds files" in again.stderr
+  assert {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()} == before
+
+
+def test_plot_schedules_and_noising(tmp_path):
+  processes = {"ddpm cosine": schedules.discrete_ddpm("cosine"), "edm": schedules.EDM()}
+  plots.plot_schedules(processes, tmp_path / "schedules.png")
+  assert Image.open(tmp_path / "schedules.png").size[0] > 400
+
+  images = jnp.linspace(-1, 1, 3 * 8 * 8).reshape(3, 8, 8, 1)
+  plots.plot_noising(schedules.VE(), images, jax.random.PRNGKey(0), tmp_path / "noising.png")
+  picture = np.asarray(Image.open(tmp_path / "noising.png").convert("L"), np.float32)
+  assert picture.std() > 10  # Not blank.
+  with pytest.raises(ValueError, match=r"images \[B, H, W, C\]"):
+    plots.plot_noising(schedules.VE(), jnp.zeros((3, 8, 8)), jax.random.PRNGKey(0),
+                       tmp_path / "bad.png")
