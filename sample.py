@@ -36,13 +36,11 @@ def new_workdir(path):
   return path
 
 
-def run_sampler(run, denoise_fn, process, prediction, x_T, key):
-  """Compiles and runs one configured sampler; returns samples and timings."""
-  sampler = samplers.get_sampler(run.name)
-  grid = grids.make_grid(process, run.grid, run.num_steps)
+def run_sampler(sampler, grid, options, denoise_fn, process, prediction, x_T, key):
+  """Compiles and runs one sampler; returns samples and timings."""
 
   def sample(x_T, key, grid):
-    return sampler(denoise_fn, process, x_T, key, grid, prediction=prediction, **run.options)
+    return sampler(denoise_fn, process, x_T, key, grid, prediction=prediction, **options)
 
   start = time.perf_counter()
   compiled = jax.jit(sample).lower(x_T, key, grid).compile()
@@ -65,10 +63,13 @@ def markdown_table(rows):
 def main(argv):
   del argv
   config = _CONFIG.value
-  workdir = new_workdir(_WORKDIR.value)
+  # Everything the config names is built before anything is written.
   process = schedules.make_process(config.process, **config.process_options)
   mixture = oracle.ring(**config.oracle)
   denoise_fn = mixture.denoise_fn(process, config.prediction)
+  runs = [(run, samplers.get_sampler(run.name), grids.make_grid(process, run.grid, run.num_steps))
+          for run in config.samplers]
+  workdir = new_workdir(_WORKDIR.value)
 
   key = jax.random.PRNGKey(config.seed)
   key_prior, key_sample, key_eval = jax.random.split(key, 3)
@@ -77,11 +78,12 @@ def main(argv):
   rows = [{"sampler": "data (reference)", "grid": "-", "steps": 0, "nfe": 0,
            **metrics.oracle_metrics(key_eval, mixture, data), "compile_s": 0.0, "run_s": 0.0}]
   samples = {}
-  for run in config.samplers:
+  for run, sampler, grid in runs:
     label = f"{run.name} {run.grid} {run.num_steps} " + " ".join(
         f"{k}={v}" for k, v in run.options.items())
     print(f"sampling: {label}", flush=True)
-    x_0, timing = run_sampler(run, denoise_fn, process, config.prediction, x_T, key_sample)
+    x_0, timing = run_sampler(sampler, grid, run.options, denoise_fn, process, config.prediction,
+                              x_T, key_sample)
     samples[label] = np.asarray(x_0)
     rows.append({"sampler": f"{run.name} " + " ".join(f"{k}={v}" for k, v in run.options.items()),
                  "grid": run.grid, "steps": run.num_steps, "nfe": timing["nfe"],

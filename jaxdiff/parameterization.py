@@ -20,10 +20,14 @@ from jaxdiff.schedules import Process
 from jaxdiff.sde import per_example
 
 
-def _coefficients(process: Process, t, x):
-  """alpha, sigma, alpha', sigma' at t, shaped to broadcast against x."""
-  return tuple(per_example(c, x) for c in (process.alpha(t), process.sigma(t),
-                                           process.d_alpha(t), process.d_sigma(t)))
+def _coefficients(process: Process, t, x, prediction):
+  """alpha, sigma, alpha', sigma' at t, shaped to broadcast against x.
+
+  Only the velocity needs the derivatives; elsewhere they are None.
+  """
+  derivatives = (process.d_alpha(t), process.d_sigma(t)) if prediction == "velocity" else ()
+  coefficients = (process.alpha(t), process.sigma(t), *derivatives)
+  return tuple(per_example(c, x) for c in coefficients) + (None,) * (2 - len(derivatives))
 
 
 def _from_eps(out, x, a, s, da, ds):
@@ -76,13 +80,13 @@ def _check(prediction):
 def to_x0_eps(process: Process, prediction: str, output, x_t, t):
   """(x0, eps) [B, ...] implied by a network output of the given type at (x_t, t)."""
   _check(prediction)
-  return _TO_X0_EPS[prediction](output, x_t, *_coefficients(process, t, x_t))
+  return _TO_X0_EPS[prediction](output, x_t, *_coefficients(process, t, x_t, prediction))
 
 
 def from_x0_eps(process: Process, prediction: str, x0, eps, t):
   """The quantity of the given type for x_t = alpha x0 + sigma eps: [B, ...]."""
   _check(prediction)
-  return _FROM_X0_EPS[prediction](x0, eps, *_coefficients(process, t, x0))
+  return _FROM_X0_EPS[prediction](x0, eps, *_coefficients(process, t, x0, prediction))
 
 
 def convert(process: Process, output, x_t, t, source: str, target: str):

@@ -104,6 +104,22 @@ def _as_time(t):
   return jnp.asarray(t, dtype=jnp.float32)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _bisect_log_snr(process, lam):
+  """t with process.log_snr(t) = lam, by 64 halvings of process.t_domain."""
+  lo = jnp.full_like(lam, process.t_domain[0])
+  hi = jnp.full_like(lam, process.t_domain[1])
+
+  def halve(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    too_early = process.log_snr(mid) > lam  # lam decreases with t.
+    return jnp.where(too_early, mid, lo), jnp.where(too_early, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, 64, halve, (lo, hi))
+  return 0.5 * (lo + hi)
+
+
 @dataclasses.dataclass(frozen=True)
 class Process:
   """Base class: subclasses define `alpha` and `sigma`; the rest is derived.
@@ -137,18 +153,7 @@ class Process:
 
     Subclasses with a closed-form inverse override this.
     """
-    lam = jnp.asarray(lam, jnp.float32)
-    lo = jnp.full_like(lam, self.t_domain[0])
-    hi = jnp.full_like(lam, self.t_domain[1])
-
-    def halve(_, bounds):
-      lo, hi = bounds
-      mid = 0.5 * (lo + hi)
-      too_early = self.log_snr(mid) > lam  # lam decreases with t.
-      return jnp.where(too_early, mid, lo), jnp.where(too_early, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, 64, halve, (lo, hi))
-    return 0.5 * (lo + hi)
+    return _bisect_log_snr(self, jnp.asarray(lam, jnp.float32))
 
   def f(self, t):
     """Drift coefficient f(t) = d log alpha / dt of dx = f x dt + g dw."""
@@ -171,7 +176,8 @@ class Process:
     This neglects alpha(t_max) x_0, which is ~1e-2 or less for the default
     settings of every process here (exactly 0 for flow matching).
     """
-    return float(self.sigma(jnp.float32(self.t_max)))
+    with jax.ensure_compile_time_eval():  # A Python float, also under jit.
+      return float(self.sigma(jnp.float32(self.t_max)))
 
   def sample_train_time(self, key, shape):
     """t drawn from the process's usual training distribution: U(t_min, t_max)."""
@@ -229,6 +235,13 @@ class DiscreteDDPM(Process):
 
   def sigma(self, t):
     return jnp.sqrt(self.sigma2(t))
+
+  def t_from_log_snr(self, lam):
+    # alpha_bar = sigmoid(lam), and log alpha_bar is piecewise linear in t, so
+    # interpolating t against the decreasing knots of log alpha_bar is exact.
+    log_alpha_bar = -jax.nn.softplus(-jnp.asarray(lam, jnp.float32))
+    knots_t = jnp.linspace(0.0, 1.0, self.num_steps + 1)
+    return jnp.interp(-log_alpha_bar, -self._log_alpha_bar_knots, knots_t)
 
   def sample_train_time(self, key, shape):
     """Uniform over the T steps: t = i / T, i ~ U{1, ..., T} (Ho et al. Alg. 1)."""

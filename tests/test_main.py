@@ -52,3 +52,13 @@ def test_plot_schedules_and_noising(tmp_path):
   with pytest.raises(ValueError, match=r"images \[B, H, W, C\]"):
     plots.plot_noising(schedules.VE(), jnp.zeros((3, 8, 8)), jax.random.PRNGKey(0),
                        tmp_path / "bad.png")
+
+
+def test_bad_config_is_refused_before_anything_is_written(tmp_path):
+  workdir = tmp_path / "run"
+  # The smoke config's diffusers spacings need a discrete process; VP has none.
+  result = run_main("--workdir", str(workdir), "--config.process", "vp",
+                    "--config.process_options", "{}")
+  assert result.returncode != 0
+  assert "'trailing' spacing needs a discrete process" in result.stderr
+  assert not workdir.exists()

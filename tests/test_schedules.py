@@ -65,7 +65,8 @@ def test_log_snr_decreases_and_inverts(name):
 
 
 def test_closed_form_inverse_agrees_with_bisection():
-  for process in (schedules.VP(), schedules.VE(), schedules.FlowMatching()):  # Bounded domains.
+  for process in (schedules.discrete_ddpm("cosine"), schedules.VP(), schedules.VE(),
+                  schedules.FlowMatching()):  # Bounded domains: bisection applies.
     lam = process.log_snr(interior_times(process))
     bisection = schedules.Process.t_from_log_snr(process, lam)
     np.testing.assert_allclose(process.t_from_log_snr(lam), bisection, rtol=1e-4, atol=1e-6)

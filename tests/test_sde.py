@@ -150,3 +150,10 @@ def test_bad_input():
     sde.posterior(process, jnp.zeros((1, 2)), jnp.zeros((1, 2)), 0.5, -0.1)
   with pytest.raises(ValueError, match="unknown prediction type 'epsilon'"):
     parameterization.to_x0_eps(process, "epsilon", jnp.zeros((1, 2)), jnp.zeros((1, 2)), 0.5)
+
+
+def test_prior_is_jittable():
+  process = schedules.VP()
+  x = jax.jit(lambda key: sde.prior_sample(process, key, (3, 2)))(jax.random.PRNGKey(0))
+  np.testing.assert_allclose(jax.jit(lambda x: sde.prior_log_prob(process, x))(x),
+                             sde.prior_log_prob(process, x), rtol=1e-6)

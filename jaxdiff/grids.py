@@ -1,0 +1,212 @@
+"""Time grids for samplers, built in one place.
+
+A grid is a float32 array [N + 1] of strictly decreasing times (k-diffusion's
+convention): grid[0] is where sampling starts (usually `process.t_max`),
+grid[:N] are the N times at which the network is evaluated and grid[N] is
+where it ends, t = 0 here, so that the last step jumps to the clean data for
+every process with sigma(0) = 0.
+
+Builders, named as in the literature:
+  * time_uniform      uniform in t (Ho et al. 2020; Song et al. 2021).
+  * time_quadratic    uniform in sqrt(t): DPM-Solver's "time_quadratic"
+                      (Lu et al. 2022, "DPM-Solver", sec. 3.3 and app. D.1,
+                      after DDIM's quadratic skip).
+  * log_snr_uniform   uniform in lam = log(alpha^2 / sigma^2): DPM-Solver's
+                      "logSNR" schedule (Lu et al. 2022, sec. 3.3).
+  * karras            Karras et al. 2022, "Elucidating the Design Space of
+                      Diffusion-Based Generative Models", eq. 5: uniform in
+                      sigma^(1/rho), rho = 7, with sigma the noise-to-signal
+                      ratio sigma / alpha = exp(-lam / 2) (it is sigma itself
+                      when alpha = 1).
+  * diffusers_spacing diffusers' "linspace", "leading" and "trailing"
+                      timestep spacings of a discrete T-step DDPM (Lin et al.
+                      2024, "Common Diffusion Noise Schedules and Sample Steps
+                      are Flawed", table 2, which introduces "trailing").
+"""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff.schedules import Process
+
+
+def _check_num_steps(num_steps):
+  if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 1:
+    raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+
+
+def _check_interval(t_max, t_min):
+  if not 0 < t_min < t_max:
+    raise ValueError(f"need 0 < t_min < t_max, got t_min={t_min!r}, t_max={t_max!r}")
+
+
+def _with_end(times):
+  """Appends the end time 0 to the N network times: float32 [N + 1]."""
+  times = np.asarray(times, np.float32)
+  grid = np.append(times, np.float32(0.0))
+  if not np.all(np.diff(grid) < 0):
+    raise ValueError(f"grid times must be strictly decreasing and positive, got {times}")
+  return jnp.asarray(grid)
+
+
+def time_uniform(t_max: float, t_min: float, num_steps: int):
+  """N network times uniform in t from t_max to t_min, then 0: [N + 1]."""
+  _check_num_steps(num_steps)
+  _check_interval(t_max, t_min)
+  return _with_end(np.linspace(t_max, t_min, num_steps))
+
+
+def time_quadratic(t_max: float, t_min: float, num_steps: int):
+  """N network times uniform in sqrt(t) from t_max to t_min, then 0: [N + 1]."""
+  _check_num_steps(num_steps)
+  _check_interval(t_max, t_min)
+  return _with_end(np.linspace(math.sqrt(t_max), math.sqrt(t_min), num_steps) ** 2)
+
+
+def _log_snr_ends(process: Process, t_max, t_min):
+  """Resolves the interval and returns (t_max, t_min, lam(t_max), lam(t_min))."""
+  t_max = process.t_max if t_max is None else t_max
+  t_min = process.t_min if t_min is None else t_min
+  _check_interval(t_max, t_min)
+  lam_max_t, lam_min_t = (float(process.log_snr(t)) for t in (t_max, t_min))
+  if not (math.isfinite(lam_max_t) and math.isfinite(lam_min_t)):
+    raise ValueError(f"the log-SNR of {type(process).__name__} is not finite on [t_min, t_max] "
+                     f"= [{t_min}, {t_max}] (lam = {lam_min_t}, {lam_max_t}); pass a t_max "
+                     f"and t_min where alpha and sigma are both nonzero")
+  return t_max, t_min, lam_max_t, lam_min_t
+
+
+def _times_from_log_snr(process: Process, lam, t_max, t_min):
+  """Maps lam [N] back to times, pinning the ends to t_max and t_min exactly."""
+  times = np.asarray(process.t_from_log_snr(jnp.asarray(lam, jnp.float32)), np.float64)
+  times[0] = t_max
+  if times.size > 1:
+    times[-1] = t_min
+  return _with_end(times)
+
+
+def log_snr_uniform(process: Process, num_steps: int, *, t_max=None, t_min=None):
+  """N network times with equal log-SNR increments from t_max to t_min, then 0.
+
+  Args:
+    process: the forward process (its log_snr and t_from_log_snr are used).
+    num_steps: N.
+    t_max, t_min: the interval; the process's own by default.
+
+  Returns:
+    float32 [N + 1].
+  """
+  _check_num_steps(num_steps)
+  t_max, t_min, lam_start, lam_end = _log_snr_ends(process, t_max, t_min)
+  lam = np.linspace(lam_start, lam_end, num_steps)  # Increasing.
+  return _times_from_log_snr(process, lam, t_max, t_min)
+
+
+def karras(process: Process, num_steps: int, rho: float = 7.0, *, t_max=None, t_min=None):
+  """Karras et al. 2022 eq. 5, in the noise-to-signal ratio, then 0.
+
+  sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho
+  for i = 0..N-1, with sigma = sigma(t) / alpha(t) at t_max and t_min, mapped to
+  t through lam = -2 log sigma. At rho = 1 the grid is uniform in sigma / alpha.
+
+  Returns:
+    float32 [N + 1].
+  """
+  _check_num_steps(num_steps)
+  if not rho > 0:
+    raise ValueError(f"rho must be positive, got {rho!r}")
+  t_max, t_min, lam_start, lam_end = _log_snr_ends(process, t_max, t_min)
+  sigma_max, sigma_min = math.exp(-0.5 * lam_start), math.exp(-0.5 * lam_end)
+  ramp = np.linspace(0.0, 1.0, num_steps)  # i / (N - 1)
+  root_max, root_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+  sigmas = (root_max + ramp * (root_min - root_max)) ** rho
+  return _times_from_log_snr(process, -2.0 * np.log(sigmas), t_max, t_min)
+
+
+def diffusers_spacing(num_train_steps: int, num_steps: int, spacing: str, steps_offset: int = 0):
+  """diffusers' DDPM/DDIM timestep spacings for a T-step discrete DDPM, then 0.
+
+  With T = num_train_steps and N = num_steps, the indices n in {0..T-1} are
+    "linspace":  round(linspace(0, T - 1, N)), reversed;
+    "leading":   arange(N) * (T // N), reversed, + steps_offset;
+    "trailing":  round(arange(T, 0, -T / N)) - 1 (Lin et al. 2024, table 2).
+  diffusers' index n is Ho et al.'s step n + 1, which sits at t = (n + 1) / T
+  (see schedules.DiscreteDDPM). steps_offset applies to "leading" only, as in
+  diffusers. For some N (e.g. T = 1000, N = 61) float rounding in diffusers'
+  arange yields an extra trailing index -1; it is dropped here.
+
+  Returns:
+    float32 [N + 1]: the times (n + 1) / T followed by 0.
+  """
+  _check_num_steps(num_steps)
+  if num_steps > num_train_steps:
+    raise ValueError(f"num_steps ({num_steps}) must not exceed num_train_steps "
+                     f"({num_train_steps}) for the {spacing!r} spacing")
+  if spacing == "linspace":
+    n = np.linspace(0, num_train_steps - 1, num_steps).round()[::-1]
+  elif spacing == "leading":
+    n = (np.arange(num_steps) * (num_train_steps // num_steps))[::-1] + steps_offset
+    if n[0] > num_train_steps - 1 or n[-1] < 0:
+      raise ValueError(f"steps_offset={steps_offset} puts the leading indices {n[-1]}..{n[0]} "
+                       f"outside 0..{num_train_steps - 1}")
+  elif spacing == "trailing":
+    n = (np.round(np.arange(num_train_steps, 0, -num_train_steps / num_steps)) - 1)[:num_steps]
+  else:
+    raise ValueError(f"unknown spacing {spacing!r}; valid: ['leading', 'linspace', 'trailing']")
+  return _with_end((n + 1.0) / num_train_steps)
+
+
+# --------------------------------------------------------------------------
+# Dispatch by name: every entry takes (process, num_steps, **options).
+# --------------------------------------------------------------------------
+
+
+def _on_interval(builder):
+  """Runs a (t_max, t_min, num_steps) builder on the process's interval by default."""
+
+  def build(process: Process, num_steps, *, t_max=None, t_min=None):
+    t_max = process.t_max if t_max is None else t_max
+    t_min = process.t_min if t_min is None else t_min
+    return builder(t_max, t_min, num_steps)
+
+  return build
+
+
+def _on_train_steps(spacing):
+  """Runs diffusers_spacing with T = process.num_steps (discrete DDPMs only)."""
+
+  def build(process: Process, num_steps, *, steps_offset=0):
+    num_train_steps = getattr(process, "num_steps", None)
+    if num_train_steps is None:
+      raise ValueError(f"the {spacing!r} spacing needs a discrete process with num_steps "
+                       f"(a DiscreteDDPM), got {type(process).__name__}")
+    return diffusers_spacing(num_train_steps, num_steps, spacing, steps_offset)
+
+  return build
+
+
+GRIDS = {
+    "uniform": _on_interval(time_uniform),
+    "log_snr": log_snr_uniform,
+    "quadratic": _on_interval(time_quadratic),
+    "karras": karras,
+    "linspace": _on_train_steps("linspace"),
+    "leading": _on_train_steps("leading"),
+    "trailing": _on_train_steps("trailing"),
+}
+
+
+def make_grid(process: Process, name: str, num_steps: int, **options):
+  """Builds the named grid for a process, e.g. make_grid(p, "karras", 18, rho=7.0).
+
+  Options: t_max, t_min (all but the diffusers spacings), rho ("karras"),
+  steps_offset ("leading").
+
+  Returns:
+    float32 [num_steps + 1], strictly decreasing, ending at 0.
+  """
+  if name not in GRIDS:
+    raise ValueError(f"unknown grid {name!r}; valid: {sorted(GRIDS)}")
+  return GRIDS[name](process, num_steps, **options)

@@ -1,0 +1,81 @@
+"""The scan shared by the first-order samplers (DDPM, DDIM).
+
+Each step goes from t to s < t, a consecutive pair of the grid: one network
+call at t gives the pair (x0, eps) through `parameterization`, then the
+sampler's update maps (x_t, x0, eps, z) to x_s, with z ~ N(0, I) drawn from
+fold_in(key, i) at step i and set to zero at the last step (Ho et al. 2020,
+Alg. 2, line 3). Samplers that share this loop therefore draw the same noise
+for the same key and grid.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiff import parameterization
+from jaxdiff.schedules import Process
+
+
+def check_grid(grid):
+  """A grid must be a 1-D array of at least two times (see `jaxdiff.grids`)."""
+  if grid.ndim != 1 or grid.shape[0] < 2:
+    raise ValueError(f"grid must be 1-D with at least 2 times [N + 1], got shape {grid.shape}")
+
+
+def denoiser(denoise_fn, process: Process, prediction: str, clip_x0: bool):
+  """(x_t [B, ...], t scalar, cond) -> (x0, eps) [B, ...], one network call.
+
+  With clip_x0, x0 is clipped to [-1, 1] and eps recomputed as
+  (x_t - alpha x0) / sigma (Ho et al. 2020's and diffusers' clip_sample).
+  """
+
+  def checked_fn(x_t, t, cond):
+    out = denoise_fn(x_t, t, cond)
+    if out.shape != x_t.shape:
+      raise ValueError(f"denoise_fn returned shape {out.shape} for x of shape {x_t.shape}")
+    return out
+
+  x0_eps = parameterization.x0_eps_fn(checked_fn, process, prediction)
+
+  def fn(x_t, t, cond):
+    t_vec = jnp.full((x_t.shape[0],), t, jnp.float32)  # [B]
+    x0, eps = x0_eps(x_t, t_vec, cond)
+    if clip_x0:
+      x0, eps = parameterization.to_x0_eps(process, "x0", jnp.clip(x0, -1.0, 1.0), x_t, t_vec)
+    return x0, eps
+
+  return fn
+
+
+def sample_loop(update, denoise_fn, process: Process, x_T, key, grid, *, prediction: str,
+                cond, clip_x0: bool):
+  """Runs x_s = update(x_t, x0, eps, t, s, z) over the grid's consecutive pairs.
+
+  Args:
+    update: (x_t, x0, eps, t, s, z) -> x_s, all arrays [B, ...], t and s scalars.
+    denoise_fn, process, prediction, cond, clip_x0: as for `denoiser`.
+    x_T: [B, ...] start at grid[0].
+    key: PRNG key; step i draws its noise from fold_in(key, i).
+    grid: [N + 1] decreasing times.
+
+  Returns:
+    x at grid[N] [B, ...] and info {"nfe": int32 number of network calls}.
+  """
+  grid = jnp.asarray(grid, jnp.float32)
+  check_grid(grid)
+  process.check_time(grid, "grid")  # When concrete.
+  denoise = denoiser(denoise_fn, process, prediction, clip_x0)
+  num_steps = grid.shape[0] - 1
+
+  def step(carry, inputs):
+    x_t, nfe = carry
+    i, t, s = inputs
+    x0, eps = denoise(x_t, t, cond)
+    nfe = nfe + 1
+    z = jax.random.normal(jax.random.fold_in(key, i), x_t.shape, x_t.dtype)
+    z = jnp.where(i < num_steps - 1, z, jnp.zeros_like(z))  # No noise on the last step.
+    x_s = update(x_t, x0, eps, t, s, z).astype(x_t.dtype)
+    return (x_s, nfe), None
+
+  steps = (jnp.arange(num_steps), grid[:-1], grid[1:])  # i, t, s: [N] each
+  (x, nfe), _ = jax.lax.scan(step, (x_T, jnp.int32(0)), steps)
+  return x, {"nfe": nfe}

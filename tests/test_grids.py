@@ -1,0 +1,163 @@
+"""Tests for jaxdiff.grids: shapes and ends, the defining spacing of each
+builder, diffusers' published spacings, and errors on bad input."""
+
+import numpy as np
+import pytest
+
+from jaxdiff import grids, schedules
+
+T = 1000
+CONTINUOUS = ("uniform", "log_snr", "quadratic", "karras")
+SPACINGS = ("linspace", "leading", "trailing")
+
+
+PROCESSES = {name: schedules.make_process(name)
+             for name in ("ddpm", "vp", "subvp", "ve", "edm", "flow")}
+
+
+def _options(process_name, grid_name):
+  # Flow matching has alpha(1) = 0, so log-SNR-based grids need t_max < 1.
+  if process_name == "flow" and grid_name in ("log_snr", "karras"):
+    return {"t_max": 0.99}
+  return {}
+
+
+@pytest.mark.parametrize("num_steps", [1, 7])
+@pytest.mark.parametrize("grid_name", CONTINUOUS)
+@pytest.mark.parametrize("process_name", list(PROCESSES))
+def test_continuous_grids_shape_ends_decreasing(process_name, grid_name, num_steps):
+  process = PROCESSES[process_name]
+  options = _options(process_name, grid_name)
+  grid = np.asarray(grids.make_grid(process, grid_name, num_steps, **options))
+  assert grid.dtype == np.float32 and grid.shape == (num_steps + 1,)
+  assert np.all(np.diff(grid) < 0)
+  assert grid[0] == np.float32(options.get("t_max", process.t_max))
+  assert grid[-1] == 0.0
+  if num_steps > 1:
+    assert grid[-2] == np.float32(process.t_min)
+
+
+@pytest.mark.parametrize("grid_name", SPACINGS)
+def test_spacings_shape_ends_decreasing(grid_name):
+  process = PROCESSES["ddpm"]
+  for num_steps in (1, 10, 61, 333, T):
+    grid = np.asarray(grids.make_grid(process, grid_name, num_steps))
+    assert grid.shape == (num_steps + 1,) and grid.dtype == np.float32
+    assert np.all(np.diff(grid) < 0) and grid[-1] == 0.0
+    # Every network time is one of the training steps t = i / T, i in 1..T.
+    steps = grid[:-1] * T
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    assert 1 <= np.round(steps).min() and np.round(steps).max() <= T
+
+
+def _diffusers_indices(spacing, num_train, num_steps, steps_offset=0):
+  """The published diffusers formulas (DDIMScheduler.set_timesteps), plain numpy."""
+  if spacing == "linspace":
+    return np.linspace(0, num_train - 1, num_steps).round()[::-1].astype(np.int64)
+  if spacing == "leading":
+    ratio = num_train // num_steps
+    return (np.arange(0, num_steps) * ratio).round()[::-1].astype(np.int64) + steps_offset
+  ratio = num_train / num_steps
+  return np.round(np.arange(num_train, 0, -ratio)).astype(np.int64) - 1
+
+
+# Lin et al. 2024, table 2 (T = 1000, 10 steps).
+PUBLISHED_10 = {
+    "linspace": [999, 888, 777, 666, 555, 444, 333, 222, 111, 0],
+    "leading": [900, 800, 700, 600, 500, 400, 300, 200, 100, 0],
+    "trailing": [999, 899, 799, 699, 599, 499, 399, 299, 199, 99],
+}
+
+
+@pytest.mark.parametrize("num_steps", [10, 50])
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_diffusers_spacings_match_published(spacing, num_steps):
+  n = _diffusers_indices(spacing, T, num_steps)
+  if num_steps == 10:
+    np.testing.assert_array_equal(n, PUBLISHED_10[spacing])
+  expected = np.append((n + 1) / T, 0.0).astype(np.float32)  # diffusers index n is t = (n+1)/T.
+  grid = np.asarray(grids.diffusers_spacing(T, num_steps, spacing))
+  np.testing.assert_array_equal(grid, expected)
+
+
+def test_leading_steps_offset_as_stable_diffusion():
+  # steps_offset=1 (Stable Diffusion's config): indices 901, 801, ..., 1.
+  grid = np.asarray(grids.diffusers_spacing(T, 10, "leading", steps_offset=1))
+  expected = np.append((_diffusers_indices("leading", T, 10, 1) + 1) / T, 0.0)
+  np.testing.assert_array_equal(grid, expected.astype(np.float32))
+  assert np.isclose(grid[0], 902 / T) and np.isclose(grid[-2], 2 / T)
+
+
+def test_trailing_drops_diffusers_spurious_last_index():
+  # For T=1000, N=61 diffusers' float arange yields 62 indices, the last -1.
+  assert len(_diffusers_indices("trailing", T, 61)) == 62
+  grid = np.asarray(grids.diffusers_spacing(T, 61, "trailing"))
+  np.testing.assert_array_equal(grid[:-1], ((_diffusers_indices("trailing", T, 61) + 1) / T)[:61]
+                                .astype(np.float32))
+
+
+def test_uniform_on_full_ddpm_is_every_training_step():
+  process = PROCESSES["ddpm"]
+  grid = np.asarray(grids.make_grid(process, "uniform", T))
+  np.testing.assert_allclose(grid, np.arange(T, -1, -1) / T, atol=1e-6)
+  np.testing.assert_array_equal(grid, np.asarray(grids.make_grid(process, "linspace", T)))
+
+
+def test_quadratic_uniform_in_sqrt_t():
+  grid = np.asarray(grids.time_quadratic(1.0, 1e-3, 20), np.float64)
+  np.testing.assert_allclose(np.diff(np.sqrt(grid[:-1])), (np.sqrt(1e-3) - 1) / 19, rtol=1e-4)
+
+
+@pytest.mark.parametrize("process_name", list(PROCESSES))
+def test_log_snr_grid_has_equal_increments(process_name):
+  process = PROCESSES[process_name]
+  options = _options(process_name, "log_snr")
+  grid = grids.make_grid(process, "log_snr", 25, **options)
+  lam = np.asarray(process.log_snr(grid[:-1]), np.float64)
+  dlam = np.diff(lam)
+  # Float32 times: lam(t) has relative error ~1e-7 * |t dlam/dt|; 1e-3 of a step is ample.
+  np.testing.assert_allclose(dlam, dlam.mean(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("process_name", ["ddpm", "vp", "edm", "flow"])
+def test_karras_rho_one_is_linear_in_noise_to_signal(process_name):
+  process = PROCESSES[process_name]
+  grid = grids.make_grid(process, "karras", 16, rho=1.0, **_options(process_name, "karras"))
+  nsr = np.asarray(process.sigma(grid[:-1]) / process.alpha(grid[:-1]), np.float64)
+  np.testing.assert_allclose(np.diff(nsr), (nsr[-1] - nsr[0]) / 15, rtol=1e-3,
+                             atol=1e-6 * nsr[0])
+
+
+def test_karras_edm_is_eq5_in_sigma():
+  process = PROCESSES["edm"]
+  i = np.arange(18)
+  rho, s_max, s_min = 7.0, 80.0, 0.002
+  sigmas = (s_max ** (1 / rho) + i / 17 * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+  np.testing.assert_allclose(np.asarray(grids.karras(process, 18)), np.append(sigmas, 0.0),
+                             rtol=2e-6)
+
+
+def test_errors():
+  ddpm, vp, flow = (PROCESSES[n] for n in ("ddpm", "vp", "flow"))
+  with pytest.raises(ValueError, match="unknown grid 'nope'.*karras"):
+    grids.make_grid(vp, "nope", 10)
+  for bad in (0, -3, 2.5):
+    with pytest.raises(ValueError, match="num_steps"):
+      grids.make_grid(vp, "uniform", bad)
+  with pytest.raises(ValueError, match="num_steps"):
+    grids.make_grid(ddpm, "karras", 0)
+  for spacing in SPACINGS:
+    with pytest.raises(ValueError, match=r"num_steps \(1001\).*num_train_steps \(1000\)"):
+      grids.make_grid(ddpm, spacing, T + 1)
+    with pytest.raises(ValueError, match="VP"):
+      grids.make_grid(vp, spacing, 10)
+  with pytest.raises(ValueError, match="steps_offset"):
+    grids.make_grid(ddpm, "leading", 10, steps_offset=100)
+  with pytest.raises(ValueError, match="spacing"):
+    grids.diffusers_spacing(T, 10, "uniform")
+  with pytest.raises(ValueError, match="t_max"):
+    grids.make_grid(flow, "log_snr", 10)  # lam(1) = -inf for flow matching.
+  with pytest.raises(ValueError, match="t_min"):
+    grids.time_uniform(0.5, 0.7, 10)
+  with pytest.raises(ValueError, match="rho"):
+    grids.karras(vp, 10, rho=0.0)
