@@ -47,6 +47,7 @@ def run_sampler(sampler, grid, options, denoise_fn, process, prediction, x_T, ke
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
   x_0, info = jax.block_until_ready(compiled(x_T, key, grid))
+  samplers.raise_if_nonfinite(info, grid)
   return x_0, {"nfe": int(info["nfe"]), "compile_s": compile_s,
                "run_s": time.perf_counter() - start}
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxdiff import grids, oracle, schedules, sde
+from jaxdiff import samplers
 from jaxdiff.samplers import SAMPLERS, ddim, ddpm, get_sampler
 
 T = 1000
@@ -306,3 +307,20 @@ def test_errors():
     ddim(toy_denoise_fn, process, x_T, key, grid, eta=1.5)
   with pytest.raises(ValueError, match="grid must lie in VP's time domain"):
     ddim(toy_denoise_fn, process, x_T, key, grids.make_grid(PROCESSES["edm"], "karras", 4))
+
+
+def test_nonfinite_values_are_reported_with_their_step():
+  process = schedules.VP()
+  grid = grids.make_grid(process, "uniform", 10)
+  # The network breaks below t = 0.5: the first update that uses it is step 5 (t = grid[5]).
+  broken = lambda x, t, cond: jnp.where(t[:, None] < 0.5, jnp.nan, x)
+  x_T = jnp.ones((4, 2))
+  for sampler in (samplers.ddim, samplers.ddpm):
+    _, info = sampler(broken, process, x_T, jax.random.PRNGKey(0), grid)
+    expected = int(np.argmax(np.asarray(grid[:-1]) < 0.5))
+    assert int(info["nonfinite_step"]) == expected
+    with pytest.raises(FloatingPointError, match=f"at step {expected} "):
+      samplers.raise_if_nonfinite(info, grid)
+  _, info = samplers.ddim(lambda x, t, cond: 0 * x, process, x_T, jax.random.PRNGKey(0), grid)
+  assert int(info["nonfinite_step"]) == -1
+  samplers.raise_if_nonfinite(info, grid)

@@ -5,6 +5,7 @@ Each family lives in its own module; this dict is the one registry.
 
 from jaxdiff.samplers.ddim import ddim
 from jaxdiff.samplers.ddpm import ddpm
+from jaxdiff.samplers.loop import raise_if_nonfinite
 
 SAMPLERS = {
     "ddpm": ddpm,

@@ -10,6 +10,7 @@ for the same key and grid.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff import parameterization
 from jaxdiff.schedules import Process
@@ -74,8 +75,28 @@ def sample_loop(update, denoise_fn, process: Process, x_T, key, grid, *, predict
     z = jax.random.normal(jax.random.fold_in(key, i), x_t.shape, x_t.dtype)
     z = jnp.where(i < num_steps - 1, z, jnp.zeros_like(z))  # No noise on the last step.
     x_s = update(x_t, x0, eps, t, s, z).astype(x_t.dtype)
-    return (x_s, nfe), None
+    return (x_s, nfe), all_finite(x_s)
 
   steps = (jnp.arange(num_steps), grid[:-1], grid[1:])  # i, t, s: [N] each
-  (x, nfe), _ = jax.lax.scan(step, (x_T, jnp.int32(0)), steps)
-  return x, {"nfe": nfe}
+  (x, nfe), finite = jax.lax.scan(step, (x_T, jnp.int32(0)), steps)
+  return x, {"nfe": nfe, "nonfinite_step": first_nonfinite_step(finite)}
+
+
+def all_finite(x):
+  """Scalar bool: no NaN or inf in x. Emit it from a sampler's scan, one per step."""
+  return jnp.all(jnp.isfinite(x))
+
+
+def first_nonfinite_step(finite):
+  """Index of the first False in the per-step flags [N], or -1: int32."""
+  return jnp.where(jnp.all(finite), -1, jnp.argmin(finite)).astype(jnp.int32)
+
+
+def raise_if_nonfinite(info, grid):
+  """Host-side check of a sampler's info: names the step and time where NaN/inf appeared."""
+  step = int(info["nonfinite_step"])
+  if step >= 0:
+    grid = np.asarray(grid)
+    raise FloatingPointError(
+        f"sampling produced NaN or inf at step {step} (from t = {grid[step]:.6g} to "
+        f"t = {grid[step + 1]:.6g}); check the network, the grid and the prediction type")
