@@ -68,7 +68,7 @@ def main(argv):
   process = schedules.make_process(config.process, **config.process_options)
   mixture = oracle.ring(**config.oracle)
   denoise_fn = mixture.denoise_fn(process, config.prediction)
-  runs = [(run, samplers.get_sampler(run.name), grids.make_grid(process, run.grid, run.num_steps))
+  runs = [(run, samplers.get_sampler(run.name).fn, grids.make_grid(process, run.grid, run.num_steps))
           for run in config.samplers]
   workdir = new_workdir(_WORKDIR.value)
 

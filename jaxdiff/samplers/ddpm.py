@@ -50,3 +50,6 @@ def ddpm(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "eps
 
   return loop.sample_loop(update, denoise_fn, process, x_T, key, grid, prediction=prediction,
                           cond=cond, clip_x0=clip_x0)
+
+
+ddpm_num_steps = loop.one_call_per_step  # One network call per grid step.

@@ -82,6 +82,13 @@ def sample_loop(update, denoise_fn, process: Process, x_T, key, grid, *, predict
   return x, {"nfe": nfe, "nonfinite_step": first_nonfinite_step(finite)}
 
 
+def one_call_per_step(nfe: int) -> int:
+  """Grid length N for samplers that call the network once per step: N = NFE."""
+  if not isinstance(nfe, (int, np.integer)) or nfe < 1:
+    raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
+  return int(nfe)
+
+
 def all_finite(x):
   """Scalar bool: no NaN or inf in x. Emit it from a sampler's scan, one per step."""
   return jnp.all(jnp.isfinite(x))
