@@ -14,7 +14,6 @@ built from. A prediction cannot be inverted where its coefficient vanishes:
 x0 from eps at alpha = 0, eps from x0 at sigma = 0.
 """
 
-import jax.numpy as jnp
 
 from jaxdiff.schedules import Process
 from jaxdiff.sde import per_example

@@ -290,8 +290,8 @@ def test_errors():
   process = PROCESSES["vp"]
   x_T, key = prior("vp", 3), jax.random.PRNGKey(0)
   grid = grids.make_grid(process, "uniform", 4)
-  with pytest.raises(ValueError, match="unknown sampler 'euler'.*ddim"):
-    get_sampler("euler")
+  with pytest.raises(ValueError, match="unknown sampler 'eulr'.*ddim"):
+    get_sampler("eulr")
   for sampler in (ddpm, ddim):
     with pytest.raises(ValueError, match="unknown prediction type 'noise'"):
       sampler(toy_denoise_fn, process, x_T, key, grid, prediction="noise")

@@ -7,9 +7,10 @@ that spends exactly `nfe` network evaluations (ValueError where none does).
 
 from typing import Callable, NamedTuple
 
+from jaxdiff.samplers import edm, ipndm, ode, pc
 from jaxdiff.samplers.ddim import ddim, ddim_num_steps
 from jaxdiff.samplers.ddpm import ddpm, ddpm_num_steps
-from jaxdiff.samplers.loop import raise_if_nonfinite
+from jaxdiff.samplers.loop import raise_if_nonfinite  # Re-exported for callers.
 
 
 class Sampler(NamedTuple):
@@ -20,6 +21,15 @@ class Sampler(NamedTuple):
 SAMPLERS = {
     "ddpm": Sampler(ddpm, ddpm_num_steps),
     "ddim": Sampler(ddim, ddim_num_steps),
+    "euler_maruyama": Sampler(pc.euler_maruyama, pc.euler_maruyama_num_steps),
+    "reverse_diffusion": Sampler(pc.reverse_diffusion, pc.reverse_diffusion_num_steps),
+    "pc": Sampler(pc.pc, pc.pc_num_steps),
+    "euler": Sampler(ode.euler, ode.euler_num_steps),
+    "heun": Sampler(ode.heun, ode.heun_num_steps),
+    "rk4": Sampler(ode.rk4, ode.rk4_num_steps),
+    "adaptive": Sampler(ode.adaptive, ode.adaptive_num_steps),
+    "edm_heun": Sampler(edm.edm_heun, edm.edm_heun_num_steps),
+    "ipndm": Sampler(ipndm.ipndm, ipndm.ipndm_num_steps),
 }
 
 
