@@ -12,7 +12,6 @@ and samples.npz.
 
 import json
 import os
-import pathlib
 import time
 
 import jax
@@ -21,19 +20,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxdiff import grids, metrics, oracle, plots, samplers, schedules, sde
+from jaxdiff.workdir import new_workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "Sampling configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/sample-<time>.")
 
 
-def new_workdir(path):
-  """Creates the output folder, refusing one that already holds files."""
-  path = pathlib.Path(path or time.strftime("runs/sample-%Y%m%d-%H%M%S"))
-  if path.exists() and any(path.iterdir()):
-    raise SystemExit(f"workdir {path} already holds files; pass a new --workdir "
-                     "(nothing was written).")
-  path.mkdir(parents=True, exist_ok=True)
-  return path
 
 
 def run_sampler(sampler, grid, options, denoise_fn, process, prediction, x_T, key):
@@ -70,7 +62,7 @@ def main(argv):
   denoise_fn = mixture.denoise_fn(process, config.prediction)
   runs = [(run, samplers.get_sampler(run.name).fn, grids.make_grid(process, run.grid, run.num_steps))
           for run in config.samplers]
-  workdir = new_workdir(_WORKDIR.value)
+  workdir = new_workdir(_WORKDIR.value, "sample")
 
   key = jax.random.PRNGKey(config.seed)
   key_prior, key_sample, key_eval = jax.random.split(key, 3)

@@ -1,0 +1,91 @@
+"""Every default of the NFE benchmark (bench.py), in one ConfigDict.
+
+Samplers are named as in jaxdiff.samplers.SAMPLERS, grids as in
+jaxdiff.grids.GRIDS and peers as in jaxdiff.peers.SCHEDULERS; options are dicts.
+A sampler that is not registered (yet) gives error rows, not a crash.
+"""
+
+import ml_collections
+
+
+def sampler(name, grid, options=None, grid_options=None):
+  """A jaxdiff sampler run: registry name, its options, grid name and grid options."""
+  return ml_collections.ConfigDict({"name": name, "options": options or {}, "grid": grid,
+                                    "grid_options": grid_options or {}})
+
+
+def peer(name, **options):
+  """A diffusers scheduler (class name) and the keywords it is built with."""
+  return ml_collections.ConfigDict({"name": name, "options": options})
+
+
+def spacings(name, **options):
+  """The scheduler with each of diffusers' three timestep spacings (one is its default)."""
+  return tuple(peer(name, timestep_spacing=s, **options)
+               for s in ("linspace", "leading", "trailing"))
+
+
+# diffusers schedulers with their defaults under each timestep spacing (Lin et
+# al. 2024, table 2), then with the options their documentation recommends
+# (these keep the scheduler's default spacing). DPMSolverSinglestep has no
+# timestep_spacing option (it spaces like "linspace").
+PEERS = (
+    *spacings("DDIMScheduler"),  # Default "leading", steps_offset 0, set_alpha_to_one.
+    peer("DDIMScheduler", steps_offset=1, set_alpha_to_one=False),  # Stable Diffusion's config.
+    *spacings("DPMSolverMultistepScheduler"),  # dpmsolver++, order 2, lower_order_final.
+    peer("DPMSolverMultistepScheduler", solver_order=3),
+    peer("DPMSolverMultistepScheduler", use_karras_sigmas=True),
+    peer("DPMSolverMultistepScheduler", use_lu_lambdas=True),
+    peer("DPMSolverMultistepScheduler", final_sigmas_type="sigma_min"),
+    peer("DPMSolverMultistepScheduler", lower_order_final=False),
+    peer("DPMSolverSinglestepScheduler"),  # dpmsolver++, order 2.
+    peer("DPMSolverSinglestepScheduler", solver_order=3),
+    *spacings("UniPCMultistepScheduler"),  # bh2, order 2.
+    peer("UniPCMultistepScheduler", solver_order=3),
+    peer("UniPCMultistepScheduler", solver_type="bh1"),  # NaN at the final sigma = 0.
+    peer("UniPCMultistepScheduler", solver_type="bh1", final_sigmas_type="sigma_min"),
+    peer("UniPCMultistepScheduler", solver_type="bh1", solver_order=3,
+         final_sigmas_type="sigma_min"),
+    *spacings("EulerDiscreteScheduler"),
+    peer("EulerDiscreteScheduler", use_karras_sigmas=True),
+    *spacings("HeunDiscreteScheduler"),  # 2N - 1 model calls: odd NFE only.
+    peer("HeunDiscreteScheduler", use_karras_sigmas=True),
+    *spacings("DEISMultistepScheduler"),  # order 2; ends at sigma_min.
+    peer("DEISMultistepScheduler", solver_order=3),
+    *spacings("PNDMScheduler"),  # Runge-Kutta warm-up (PRK, N + 9 calls), then PLMS.
+    peer("PNDMScheduler", skip_prk_steps=True),  # PLMS only, as Stable Diffusion uses it.
+)
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # x_T, the samplers' noise and the metrics' fresh data.
+  config.num_samples = 1000
+
+  # The forward process: jaxdiff.schedules.make_process(process, **process_options).
+  config.process = "ddpm"
+  config.process_options = ml_collections.ConfigDict({"schedule": "linear", "num_steps": 1000})
+  config.prediction = "eps"  # jaxdiff.parameterization.PREDICTIONS
+
+  # Oracles (jaxdiff.benchmark.ORACLES), one table each; --oracle FILE.npz replaces them.
+  config.oracles = (
+      ml_collections.ConfigDict({"name": "ring", "options": {"num_modes": 8, "radius": 0.7,
+                                                             "std": 0.08, "dim": 2}}),
+      ml_collections.ConfigDict({"name": "random", "options": {
+          "dim": 64, "num_modes": 10, "scale": 1.0, "std_range": (0.1, 0.3), "seed": 0}}),
+  )
+
+  config.nfes = (5, 10, 15, 20, 50)
+  config.samplers = (
+      sampler("ddim", "trailing"),
+      sampler("ddim", "uniform"),
+      sampler("ddim", "log_snr"),
+      sampler("ddim", "karras", grid_options={"rho": 7.0}),
+      sampler("ddpm", "trailing"),  # Stochastic: reported, marked.
+  )
+  # diffusers peers, run with --peers (DiscreteDDPM processes only).
+  config.peers = PEERS
+
+  # The reference PF-ODE solution (benchmark.reference_solution, Tsit5).
+  config.reference = ml_collections.ConfigDict({"rtol": 1e-6, "atol": 1e-6})
+  return config

@@ -1,0 +1,431 @@
+"""NFE benchmark: samplers x time grids x numbers of network evaluations on the oracle.
+
+Every sampler runs with the exact denoiser of a Gaussian mixture (`jaxdiff.oracle`),
+so its error is the discretization error alone. Each run is scored by
+  rmse  sqrt(mean_b ||x_b - x_ref,b||^2 / D) against the probability-flow ODE
+        solved from the same x_T to t = 0 (`reference_solution`); for stochastic
+        samplers (detected by re-running with another key) it is reported but
+        marked, since they do not follow the ODE;
+  sw2   sliced Wasserstein-2 to fresh data (`metrics.sliced_wasserstein`);
+  nll   mean -log p_0(x) under the true density (nats).
+
+The reference solves the PF-ODE in the variables of Karras et al. 2022
+("Elucidating the Design Space...", eq. 4 with s(t) = alpha(t), sigma(t) -> sigma/alpha):
+with the noise-to-signal ratio sigma~ = sigma / alpha = exp(-lam / 2) and
+x~ = x / alpha,
+  dx~ / dsigma~ = eps_hat(alpha x~, t(sigma~)),    t(sigma~) = t_from_log_snr(-2 log sigma~),
+which is smooth down to sigma~ = 0 (the data end), so it is integrated exactly to
+t = 0 (Song et al. 2021, eq. 13, after the change of variables of Lu et al. 2022,
+"DPM-Solver", sec. 3.1). DDIM is the Euler method of this ODE (Karras et al. sec. 3).
+
+A configuration is (sampler name, options, grid name, grid options); its
+registry rule `num_steps(nfe, **options)` gives the grid length for each NFE.
+One bad configuration never stops the benchmark: its error (an unreachable NFE,
+NaN/inf, a wrong NFE count) is recorded in its row.
+"""
+
+import csv
+import dataclasses
+import functools
+import importlib.metadata
+import inspect
+import io
+import json
+import pathlib
+import time
+from typing import Callable
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+
+from jaxdiff import grids, metrics, oracle, samplers
+from jaxdiff.samplers import loop
+from jaxdiff.schedules import Process
+
+matplotlib.use("Agg")  # Files only; no display is assumed.
+import matplotlib.pyplot as plt  # noqa: E402
+
+# --------------------------------------------------------------------------
+# The problem: a process, an oracle mixture, a prediction type and x_T.
+# --------------------------------------------------------------------------
+
+
+def random_mixture(dim: int = 64, num_modes: int = 10, scale: float = 1.0,
+                   std_range=(0.1, 0.3), seed: int = 0) -> oracle.GaussianMixture:
+  """A seeded mixture: means scale * U[-1, 1]^D, stds U(std_range), Dirichlet(5) weights."""
+  rng = np.random.default_rng(seed)
+  weights = rng.dirichlet(np.full(num_modes, 5.0))
+  means = scale * rng.uniform(-1.0, 1.0, (num_modes, dim))
+  stds = rng.uniform(std_range[0], std_range[1], num_modes)
+  return oracle.GaussianMixture(weights / weights.sum(), means, stds)
+
+
+ORACLES = {"ring": oracle.ring, "random": random_mixture}
+
+
+def make_oracle(name: str, **options) -> oracle.GaussianMixture:
+  """A named oracle mixture: "ring" (oracle.ring) or "random" (random_mixture)."""
+  if name not in ORACLES:
+    raise ValueError(f"unknown oracle {name!r}; valid: {sorted(ORACLES)}")
+  return ORACLES[name](**options)
+
+
+def load_mixture(path) -> oracle.GaussianMixture:
+  """A mixture from an .npz file with arrays weights [K], means [K, D], stds [K]."""
+  with np.load(path) as arrays:
+    missing = {"weights", "means", "stds"} - set(arrays.files)
+    if missing:
+      raise ValueError(f"oracle file {path} lacks arrays {sorted(missing)}; it needs weights "
+                       f"[K], means [K, D] and stds [K], got {sorted(arrays.files)}")
+    return oracle.GaussianMixture(arrays["weights"], arrays["means"], arrays["stds"])
+
+
+def check_init_noise(x_T, shape, source="x_T"):
+  """x_T as float32 [num_samples, D], or a ValueError naming the expected shape."""
+  x_T = np.asarray(x_T)
+  if x_T.shape != tuple(shape):
+    raise ValueError(f"{source} must have shape [num_samples, D] = {list(shape)}, got "
+                     f"{list(x_T.shape)}")
+  if not np.all(np.isfinite(x_T)):
+    raise ValueError(f"{source} holds NaN or inf")
+  return jnp.asarray(x_T, jnp.float32)
+
+
+def load_init_noise(path, shape):
+  """x_T [num_samples, D] from an .npy file, its shape checked."""
+  return check_init_noise(np.load(path), shape, source=f"init noise {path}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Problem:
+  """What every run of one benchmark table shares.
+
+  name: the oracle's label; x_T: [num_samples, D] at process.t_max; key: the
+  samplers' noise key; eval_key: the key of the metrics' fresh data.
+  """
+
+  name: str
+  process: Process
+  mixture: oracle.GaussianMixture
+  prediction: str
+  x_T: jax.Array
+  key: jax.Array
+  eval_key: jax.Array
+  seed: int
+
+  @property
+  def denoise_fn(self):
+    return self.mixture.denoise_fn(self.process, self.prediction)
+
+
+def make_problem(name, process, mixture, prediction, num_samples, seed, x_T=None) -> Problem:
+  """Draws x_T from the prior with `seed` unless given; keys split as in sample.py."""
+  key_prior, key_sample, key_eval = jax.random.split(jax.random.PRNGKey(seed), 3)
+  shape = (num_samples, mixture.dim)
+  if x_T is None:
+    x_T = jax.random.normal(key_prior, shape) * process.prior_std()
+  return Problem(name, process, mixture, prediction, check_init_noise(x_T, shape), key_sample,
+                 key_eval, seed)
+
+
+# --------------------------------------------------------------------------
+# The reference: the PF-ODE in (sigma~, x~), Tsit5 to sigma~ = 0.
+# --------------------------------------------------------------------------
+
+
+def reference_solution(denoise_fn, process: Process, x_T, t_start=None, *,
+                       prediction: str = "eps", cond=None, rtol: float = 1e-6,
+                       atol: float = 1e-6, max_steps: int = 16384):
+  """Solves the PF-ODE from t_start to t = 0 exactly (diffrax Tsit5, PID control).
+
+  Args:
+    denoise_fn: (x [B, ...], t [B], cond) -> network output of type `prediction`;
+      it must give a finite eps at t = 0 (an eps prediction does).
+    process: the forward process.
+    x_T: [B, ...] at t_start (process.t_max by default).
+    rtol, atol: the step controller's tolerances, on x~ = x / alpha.
+
+  Returns:
+    x_0 [B, ...] at t = 0.
+  """
+  t_start = process.t_max if t_start is None else t_start
+  denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0=False)
+  time_of = lambda sigma_tilde: process.t_from_log_snr(-2.0 * jnp.log(sigma_tilde))
+
+  def eps_hat(sigma_tilde, x_tilde, args):  # dx~/dsigma~ = eps_hat(alpha x~, t)
+    t = time_of(sigma_tilde)
+    return denoise(process.alpha(t) * x_tilde, t, cond)[1]
+
+  sigma_start = jnp.exp(-0.5 * process.log_snr(t_start))
+  solution = diffrax.diffeqsolve(
+      diffrax.ODETerm(eps_hat), diffrax.Tsit5(), t0=sigma_start, t1=0.0, dt0=None,
+      y0=x_T / process.alpha(t_start), stepsize_controller=diffrax.PIDController(rtol, atol),
+      max_steps=max_steps)
+  return process.alpha(time_of(0.0)) * solution.ys[-1]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("rtol", "atol"))
+def oracle_reference(mixture, process, x_T, rtol=1e-6, atol=1e-6):
+  """reference_solution with the mixture's exact eps from process.t_max: [B, D]."""
+  return reference_solution(mixture.denoise_fn(process, "eps"), process, x_T, rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------
+# Runs: a configuration at one NFE -> samples and what the run measured.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One benchmark configuration: run(nfe) -> (x [B, D], info dict).
+
+  info holds nfe_counted, steps, times (the evaluation times then the end, in
+  the process's t), compile_s, run_s and stochastic.
+  """
+
+  family: str  # "jaxdiff" or "diffusers"
+  sampler: str
+  options: dict
+  grid: str
+  grid_options: dict
+  run: Callable
+
+  @property
+  def label(self):
+    words = [self.sampler, *(f"{k}={v}" for k, v in self.options.items()), self.grid,
+             *(f"{k}={v}" for k, v in self.grid_options.items())]
+    return " ".join(str(w) for w in words)
+
+
+def _accepted_options(fn, options):
+  """The options fn's signature accepts (all of them if it takes **kwargs)."""
+  parameters = inspect.signature(fn).parameters
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    return dict(options)
+  return {k: v for k, v in options.items() if k in parameters}
+
+
+def sampler_entry(problem: Problem, name: str, options=None, grid: str = "trailing",
+                  grid_options=None) -> Entry:
+  """A registered jaxdiff sampler on a named grid (grids.make_grid)."""
+  options, grid_options = dict(options or {}), dict(grid_options or {})
+
+  def run(nfe):
+    sampler = samplers.get_sampler(name)
+    num_steps = sampler.num_steps(nfe, **_accepted_options(sampler.num_steps, options))
+    times = grids.make_grid(problem.process, grid, num_steps, **grid_options)  # [N + 1]
+    fn = functools.partial(sampler.fn, problem.denoise_fn, problem.process,
+                           prediction=problem.prediction, **options)
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(problem.x_T, problem.key, times).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    x, info = jax.block_until_ready(compiled(problem.x_T, problem.key, times))
+    run_s = time.perf_counter() - start
+    samplers.raise_if_nonfinite(info, times)
+    # Stochastic samplers give other samples for another key.
+    x_other, _ = compiled(problem.x_T, jax.random.fold_in(problem.key, 1), times)
+    return x, {"nfe_counted": int(info["nfe"]), "steps": num_steps,
+               "times": np.asarray(times).tolist(), "compile_s": compile_s, "run_s": run_s,
+               "stochastic": not np.array_equal(x, x_other, equal_nan=True)}
+
+  return Entry("jaxdiff", name, options, grid, grid_options, run)
+
+
+def noise_to_signal(process: Process, t) -> float:
+  """sigma(t) / alpha(t), the EDM noise level; 0 at the data end."""
+  return 0.0 if t == 0 else float(process.sigma(t) / process.alpha(t))
+
+
+def run_entry(problem: Problem, entry: Entry, nfe: int, reference):
+  """One run: the row of measurements and the samples (None on error)."""
+  row = {"oracle": problem.name, "family": entry.family, "sampler": entry.sampler,
+         "options": entry.options, "grid": entry.grid, "grid_options": entry.grid_options,
+         "label": entry.label, "nfe": nfe, "seed": problem.seed, "status": "ok", "error": ""}
+  try:
+    x, info = entry.run(nfe)
+    if info["nfe_counted"] != nfe:
+      raise AssertionError(f"NFE mismatch: asked {nfe}, the sampler counted "
+                           f"{info['nfe_counted']} network calls")
+    if not np.all(np.isfinite(np.asarray(x))):
+      raise FloatingPointError("the samples hold NaN or inf")
+  except Exception as error:  # pylint: disable=broad-except  # Recorded, the benchmark goes on.
+    row.update(status="error", error=f"{type(error).__name__}: {error}")
+    return row, None
+  times = info["times"]
+  row.update(info, t_start=times[0], t_end=times[-1],
+             sigma_end=info.get("sigma_end", noise_to_signal(problem.process, times[-1])))
+  row.update(sample_metrics(problem, x, reference))
+  return row, x
+
+
+def sample_metrics(problem: Problem, x, reference):
+  """rmse against the reference, sw2 to fresh data, nll under the true density."""
+  squared = jnp.sum((x - reference) ** 2, axis=-1) / x.shape[-1]  # [B]
+  scores = metrics.oracle_metrics(problem.eval_key, problem.mixture, x)
+  return {"rmse": float(jnp.sqrt(jnp.mean(squared))), **scores}
+
+
+def check_unique(entries):
+  """Each configuration once: rows are grouped by label in the table and plot."""
+  labels = [(entry.family, entry.label) for entry in entries]
+  repeated = {label for label in labels if labels.count(label) > 1}
+  if repeated:
+    raise ValueError(f"configurations listed more than once: {sorted(repeated)}")
+
+
+def run_benchmark(problem: Problem, entries, nfes, *, reference=None, sample_dir=None,
+                  log=print):
+  """Runs every entry at every NFE on one problem.
+
+  Args:
+    problem: the shared process, oracle, prediction and x_T.
+    entries: Entry configurations (sampler_entry, peers.peer_entries).
+    nfes: the NFE values.
+    reference: [B, D] PF-ODE solution from x_T; oracle_reference by default.
+    sample_dir: when given, writes problem.npz (x_T, reference) and an .npz per run.
+    log: called with one progress line per run.
+
+  Returns:
+    (rows, reference): a list of row dicts, one per (entry, nfe), and [B, D].
+  """
+  check_unique(entries)
+  if reference is None:
+    reference = oracle_reference(problem.mixture, problem.process, problem.x_T)
+  if sample_dir is not None:
+    sample_dir = pathlib.Path(sample_dir)
+    sample_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(sample_dir / "problem.npz", x_T=problem.x_T, reference=reference)
+  rows = []
+  for entry in entries:
+    for nfe in nfes:
+      row, x = run_entry(problem, entry, nfe, reference)
+      rows.append(row)
+      log(progress_line(len(rows), len(entries) * len(nfes), row))
+      if sample_dir is not None and x is not None:
+        np.savez(sample_dir / f"{len(rows):03d}-nfe{nfe}.npz", x=np.asarray(x),
+                 times=np.asarray(row["times"]), label=row["label"])
+  return rows, reference
+
+
+def progress_line(index, total, row):
+  head = f"[{index}/{total}] {row['oracle']} {row['family']}: {row['label']} NFE {row['nfe']}"
+  if row["status"] != "ok":
+    return f"{head}: {row['error']}"
+  mark = " (stochastic)" if row["stochastic"] else ""
+  return (f"{head}: rmse {row['rmse']:.4g}{mark}, run {row['run_s']:.3f} s, compile "
+          f"{row['compile_s']:.2f} s")
+
+
+# --------------------------------------------------------------------------
+# Outputs: markdown table, CSV, JSON, rmse-vs-NFE plot.
+# --------------------------------------------------------------------------
+
+
+def versions():
+  """Installed versions of the packages the results depend on (None where absent)."""
+  found = {}
+  for package in ("jax", "jaxlib", "jaxdiff", "diffrax", "torch", "diffusers"):
+    try:
+      found[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      found[package] = None
+  return found
+
+
+def _configurations(rows):
+  """(oracle, label) -> its rows, in first-seen order."""
+  groups = {}
+  for row in rows:
+    groups.setdefault((row["oracle"], row["family"], row["label"]), []).append(row)
+  return groups
+
+
+def _cell(row):
+  if row["status"] != "ok":
+    return "error"
+  return f"{row['rmse']:.3g}" + ("*" if row["stochastic"] else "")
+
+
+def markdown_table(rows):
+  """rmse tables, one per oracle: rows configurations, columns NFE, then the end noise."""
+  nfes = sorted({row["nfe"] for row in rows})
+  tables = []
+  for oracle_name in dict.fromkeys(row["oracle"] for row in rows):
+    lines = [f"### {oracle_name}: rmse to the PF-ODE solution",
+             "", "| configuration | " + " | ".join(f"NFE {n}" for n in nfes) +
+             " | ends at sigma/alpha |", "|---|" + "---|" * (len(nfes) + 1)]
+    for (name, family, label), group in _configurations(rows).items():
+      if name != oracle_name:
+        continue
+      by_nfe = {row["nfe"]: row for row in group}
+      cells = [_cell(by_nfe[n]) if n in by_nfe else "" for n in nfes]
+      ends = {f"{row['sigma_end']:.3g}" for row in group if row["status"] == "ok"}
+      prefix = "diffusers " if family == "diffusers" else ""
+      lines.append(f"| {prefix}{label} | " + " | ".join(cells) + f" | {', '.join(sorted(ends))} |")
+    tables.append("\n".join(lines))
+  return ("\n\n".join(tables) + "\n\n* stochastic sampler: its rmse is not a discretization "
+          "error of the PF-ODE. error: see results.csv for the message.\n")
+
+
+CSV_COLUMNS = ("oracle", "family", "sampler", "options", "grid", "grid_options", "label", "nfe",
+               "nfe_counted", "steps", "status", "error", "rmse", "sw2", "nll", "weight_error",
+               "stochastic", "t_start", "t_end", "sigma_end", "compile_s", "run_s", "seed",
+               "times")
+
+
+def results_csv(rows):
+  """One line per run; dict and list fields as JSON."""
+  out = io.StringIO()
+  writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore")
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v
+                     for k, v in row.items()})
+  return out.getvalue()
+
+
+def plot_rmse(rows, path, oracle_name):
+  """log-log rmse against NFE, a line per configuration (diffusers peers dashed)."""
+  fig, ax = plt.subplots(figsize=(15, 7))
+  colors, markers = plt.get_cmap("tab20").colors, "osD^v"
+  groups = [(family, label, [r for r in group if r["status"] == "ok"])
+            for (name, family, label), group in _configurations(rows).items()
+            if name == oracle_name]
+  for i, (family, label, ok) in enumerate(g for g in groups if g[2]):
+    ax.loglog([row["nfe"] for row in ok], [row["rmse"] for row in ok],
+              linestyle="--" if family == "diffusers" else "-", color=colors[i % len(colors)],
+              marker=markers[i // len(colors) % len(markers)], markersize=4,
+              label=("diffusers " if family == "diffusers" else "") + label)
+  nfes = sorted({row["nfe"] for row in rows})
+  ax.set_xticks(nfes, [str(n) for n in nfes])
+  ax.minorticks_off()
+  ax.set(xlabel="NFE", ylabel="rmse to the PF-ODE solution", title=oracle_name)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+            ncol=1 if len(ax.get_lines()) <= 24 else 2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write_results(workdir, header, rows):
+  """results.md, results.csv, results.json and rmse-<oracle>.png in workdir."""
+  workdir = pathlib.Path(workdir)
+  (workdir / "results.md").write_text(
+      f"# NFE benchmark\n\n```\n{json.dumps(header, indent=1, default=str)}\n```\n\n"
+      + markdown_table(rows))
+  (workdir / "results.csv").write_text(results_csv(rows))
+  (workdir / "results.json").write_text(json.dumps(
+      {"header": header, "rows": rows}, indent=1, default=_json_default))
+  for oracle_name in dict.fromkeys(row["oracle"] for row in rows):
+    plot_rmse(rows, workdir / f"rmse-{oracle_name}.png", oracle_name)
+
+
+def _json_default(value):
+  if isinstance(value, (np.generic, jax.Array)):
+    return np.asarray(value).tolist()
+  return str(value)

@@ -1,0 +1,215 @@
+"""The NFE benchmark: the CLI's outputs and input files, the reference PF-ODE
+solution against DDIM's first-order convergence, error rows instead of crashes,
+and the diffusers peers tied to our grids and DDIM."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxdiff import benchmark, grids, oracle, samplers, schedules
+from jaxdiff.samplers import Sampler
+
+# diffusers 0.42 calls np.array on torch tensors the NumPy-2 deprecated way.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PROCESS = schedules.discrete_ddpm("linear", 1000)
+MIXTURE = oracle.ring()
+NUM = 256  # The quick config's num_samples: one reference compilation for every test.
+
+
+def run_bench(*args):
+  return subprocess.run([sys.executable, "bench.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
+
+
+def quick_problem(x_T=None, mixture=MIXTURE, name="ring-2d"):
+  return benchmark.make_problem(name, PROCESS, mixture, "eps", NUM, seed=0, x_T=x_T)
+
+
+def test_cli_writes_results_from_files_and_never_overwrites(tmp_path):
+  # The quick config on the ring, with the ring and the seed's x_T passed as files.
+  direct = quick_problem()
+  np.savez(tmp_path / "ring.npz", weights=MIXTURE.weights, means=MIXTURE.means,
+           stds=MIXTURE.stds)
+  np.save(tmp_path / "x_T.npy", np.asarray(direct.x_T))
+  workdir = tmp_path / "run"
+  args = ("--config", "configs/benchmark_quick.py", "--workdir", str(workdir), "--oracle",
+          str(tmp_path / "ring.npz"), "--init-noise", str(tmp_path / "x_T.npy"), "--save-samples")
+  result = run_bench(*args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert {"results.md", "results.csv", "results.json", "rmse-ring.png", "samples"} <= set(
+      p.name for p in workdir.iterdir())
+  assert Image.open(workdir / "rmse-ring.png").size[0] > 400
+  assert "| ddim trailing | " in (workdir / "results.md").read_text()
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["header"]["versions"]["jax"] == jax.__version__
+  rows = [r for r in results["rows"] if r["family"] == "jaxdiff"]
+  assert len((workdir / "results.csv").read_text().splitlines()) == len(results["rows"]) + 1
+  assert all(r["status"] == "ok" and r["nfe_counted"] == r["nfe"] for r in rows)
+  ddim = [r for r in rows if r["label"] == "ddim trailing"]
+  assert [r["nfe"] for r in ddim] == [5, 10, 20]
+  assert all(not r["stochastic"] for r in ddim)
+  assert all(r["stochastic"] for r in rows if r["sampler"] == "ddpm")
+  # First order on the trailing grid: rmse roughly halves per doubling (measured 0.244,
+  # 0.108, 0.047).
+  rmse = [r["rmse"] for r in ddim]
+  assert rmse[0] > 1.7 * rmse[1] > 1.7**2 * rmse[2], rmse
+  saved = np.load(workdir / "samples" / "ring" / "problem.npz")
+  np.testing.assert_array_equal(saved["x_T"], np.asarray(direct.x_T))
+
+  # The same arrays passed directly give the same numbers.
+  entry = benchmark.sampler_entry(direct, "ddim", {}, "trailing")
+  (expected,), _ = benchmark.run_benchmark(direct, [entry], (5,), log=lambda _: None)
+  for metric in ("rmse", "sw2", "nll"):
+    assert ddim[0][metric] == pytest.approx(expected[metric], rel=1e-6, abs=1e-7), metric
+
+  # A workdir that holds files is refused, and nothing in it changes.
+  before = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()}
+  again = run_bench(*args)
+  assert again.returncode != 0 and "already holds files" in again.stderr
+  assert {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()} == before
+
+
+def test_bad_input_files_give_clear_errors(tmp_path):
+  np.save(tmp_path / "wrong.npy", np.zeros((NUM, 3), np.float32))
+  with pytest.raises(ValueError, match=r"shape \[num_samples, D\] = \[256, 2\], got \[256, 3\]"):
+    benchmark.load_init_noise(tmp_path / "wrong.npy", (NUM, 2))
+  with pytest.raises(ValueError, match="NaN"):
+    benchmark.check_init_noise(np.full((2, 2), np.nan), (2, 2))
+  np.savez(tmp_path / "partial.npz", weights=np.ones(2) / 2, means=np.zeros((2, 3)))
+  with pytest.raises(ValueError, match=r"lacks arrays \['stds'\]"):
+    benchmark.load_mixture(tmp_path / "partial.npz")
+  np.savez(tmp_path / "mismatch.npz", weights=np.ones(2) / 2, means=np.zeros((2, 3)),
+           stds=np.ones(3))
+  with pytest.raises(ValueError, match=r"weights and stds must be \[K\] = \[2\]"):
+    benchmark.load_mixture(tmp_path / "mismatch.npz")
+  # Through the CLI: the error names the shape, and no workdir is created.
+  result = run_bench("--config", "configs/benchmark_quick.py", "--workdir",
+                     str(tmp_path / "run"), "--init-noise", str(tmp_path / "wrong.npy"))
+  assert result.returncode != 0
+  assert "must have shape [num_samples, D] = [256, 2], got [256, 3]" in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_reference_agrees_with_ddim_to_first_order_and_with_itself():
+  x_T = quick_problem().x_T
+  reference = benchmark.oracle_reference(MIXTURE, PROCESS, x_T)
+  tighter = benchmark.oracle_reference(MIXTURE, PROCESS, x_T, rtol=1e-8, atol=1e-8)
+  denoise_fn = MIXTURE.denoise_fn(PROCESS, "eps")
+  ddim = jax.jit(lambda x, grid: samplers.ddim(denoise_fn, PROCESS, x, jax.random.PRNGKey(0),
+                                                grid)[0])
+  # DDIM is Euler in (sigma / alpha, x / alpha); on Karras grids ending at t = 1e-6
+  # (sigma / alpha = 3e-4, so the last jump to 0 is negligible) its error is C / N.
+  x_1000, x_2000 = (ddim(x_T, grids.make_grid(PROCESS, "karras", n, t_min=1e-6))
+                    for n in (1000, 2000))
+  error = lambda x, y: float(jnp.max(jnp.abs(x - y)))
+  richardson = error(x_1000, x_2000)  # ~ C / 2000 for a first-order method (7.7e-4).
+  assert 0.8 * richardson < error(x_2000, reference) < 1.2 * richardson
+  assert 1.8 < error(x_1000, reference) / error(x_2000, reference) < 2.2  # Measured 2.00.
+  # Against a 100x tighter tolerance it moves by 1.1e-5, 70x less than DDIM's error.
+  assert error(reference, tighter) < 5e-5
+
+
+def _fake_sampler(nfe_offset=0, value=None):
+  """A registry entry whose network-free 'sampler' reports N + nfe_offset calls."""
+
+  def fn(denoise_fn, process, x_T, key, grid, *, prediction="eps", cond=None):
+    steps = grid.shape[0] - 1
+    x = x_T if value is None else jnp.full_like(x_T, value)
+    finite = jnp.arange(steps) < (0 if value is not None else steps)
+    return x, {"nfe": jnp.int32(steps + nfe_offset),
+               "nonfinite_step": samplers.loop.first_nonfinite_step(finite)}
+
+  return fn
+
+
+def _multiple_of_three(nfe):
+  if nfe % 3:
+    raise ValueError(f"NFE must be a multiple of 3; nearest {3 * (nfe // 3)}, {3 * (nfe // 3 + 1)}")
+  return nfe
+
+
+def test_bad_configurations_are_error_rows_not_crashes(monkeypatch):
+  monkeypatch.setitem(samplers.SAMPLERS, "third", Sampler(_fake_sampler(), _multiple_of_three))
+  monkeypatch.setitem(samplers.SAMPLERS, "miscount", Sampler(_fake_sampler(1), lambda nfe: nfe))
+  monkeypatch.setitem(samplers.SAMPLERS, "nan", Sampler(_fake_sampler(0, np.nan), lambda n: n))
+  problem = quick_problem()
+  entries = [benchmark.sampler_entry(problem, name, {}, "trailing")
+             for name in ("third", "miscount", "nan", "not_registered")]
+  rows, _ = benchmark.run_benchmark(problem, entries, (3, 4), reference=problem.x_T,
+                                    log=lambda _: None)
+  status = {(r["sampler"], r["nfe"]): (r["status"], r["error"]) for r in rows}
+  assert status[("third", 3)] == ("ok", "")
+  assert status[("third", 4)][0] == "error"
+  assert "multiple of 3; nearest 3, 6" in status[("third", 4)][1]
+  assert "NFE mismatch: asked 4, the sampler counted 5" in status[("miscount", 4)][1]
+  assert "FloatingPointError: sampling produced NaN or inf at step 0" in status[("nan", 3)][1]
+  assert "unknown sampler 'not_registered'" in status[("not_registered", 3)][1]
+  table = benchmark.markdown_table(rows)
+  assert "| third trailing | 0 | error | 0 |" in table  # The fake returns x_T = the reference.
+  with pytest.raises(ValueError, match="listed more than once"):
+    benchmark.run_benchmark(problem, entries[:1] * 2, (3,), reference=problem.x_T)
+
+
+# --------------------------------------------------------------------------
+# diffusers peers.
+# --------------------------------------------------------------------------
+
+
+def test_peers_match_our_ddim_on_the_same_trailing_grid():
+  pytest.importorskip("diffusers")
+  from jaxdiff import peers  # pylint: disable=import-outside-toplevel
+
+  problem = quick_problem()
+  ours = benchmark.sampler_entry(problem, "ddim", {}, "trailing")
+  ddim_peer, euler_peer = peers.peer_entries(problem, [
+      {"name": "DDIMScheduler", "options": {"timestep_spacing": "trailing",
+                                            "set_alpha_to_one": True}},
+      {"name": "EulerDiscreteScheduler", "options": {"timestep_spacing": "trailing"}}])
+  assert ddim_peer.label == "DDIM set_alpha_to_one=True trailing"
+  for nfe in (10, 50):
+    x, info = ours.run(nfe)
+    x_peer, peer_info = ddim_peer.run(nfe)
+    # diffusers' index n sits at our t = (n + 1) / T: the same evaluation times, ending at 0.
+    np.testing.assert_allclose(peer_info["times"], info["times"], atol=1e-7)
+    assert peer_info["nfe_counted"] == nfe and peer_info["sigma_end"] == 0.0
+    # float32: alpha_bar as a torch cumprod vs our float64 log-cumsum (measured 1.1e-6).
+    np.testing.assert_allclose(np.asarray(x_peer), np.asarray(x), atol=2e-5)
+    # Euler in sigma / alpha is DDIM (Karras et al. 2022); diffusers starts it at
+    # x_T * init_noise_sigma = sigma_max x_T instead of x_T / alpha = sqrt(1 +
+    # sigma_max^2) x_T, 2e-5 relative (measured 4.9e-6).
+    x_euler, _ = euler_peer.run(nfe)
+    np.testing.assert_allclose(np.asarray(x_euler), np.asarray(x), atol=5e-5)
+
+
+def test_peers_record_unreachable_nfe_nan_and_final_noise_level():
+  pytest.importorskip("diffusers")
+  from jaxdiff import peers  # pylint: disable=import-outside-toplevel
+
+  problem = quick_problem()
+  entries = peers.peer_entries(problem, [
+      {"name": "HeunDiscreteScheduler", "options": {}},  # 2N - 1 calls.
+      {"name": "UniPCMultistepScheduler", "options": {"solver_type": "bh1"}},
+      {"name": "DDIMScheduler", "options": {"set_alpha_to_one": False}}])
+  rows, _ = benchmark.run_benchmark(problem, entries, (4, 5), reference=problem.x_T,
+                                    log=lambda _: None)
+  by = {(r["sampler"], r["nfe"]): r for r in rows}
+  assert by[("HeunDiscrete", 5)]["status"] == "ok" and by[("HeunDiscrete", 5)]["steps"] == 3
+  assert "cannot spend exactly 4 model calls" in by[("HeunDiscrete", 4)]["error"]
+  assert "nearest [3, 5]" in by[("HeunDiscrete", 4)]["error"]
+  # UniPC bh1 divides by B(h) = h = -inf at the final sigma = 0 (diffusers 0.42).
+  assert "NaN or inf" in by[("UniPCMultistep", 5)]["error"]
+  # Without set_alpha_to_one DDIM stops at alphas_cumprod[0]: sigma / alpha = sqrt(beta_1 /
+  # (1 - beta_1)) with beta_1 = 1e-4, i.e. t = 1 / T.
+  ddim = by[("DDIM", 5)]
+  assert ddim["sigma_end"] == pytest.approx(np.sqrt(1e-4 / (1 - 1e-4)), rel=1e-4)
+  assert ddim["t_end"] == pytest.approx(1e-3, rel=1e-3)
+  with pytest.raises(ValueError, match="need a discrete process with betas"):
+    peers.make_scheduler(schedules.VP(), "DDIMScheduler")
