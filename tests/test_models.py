@@ -1,0 +1,296 @@
+"""Tests for the networks and classifier-free guidance: parameter counts of the
+papers' configurations (by jax.eval_shape, nothing materialised), zero output
+at initialisation where the papers zero-initialise, live time and class
+embeddings, a finite forward + backward pass, bfloat16 compute against
+float32, classifier-free guidance (w = 0 / 1, one batched call, independence
+of the prediction type, inside a sampler), and errors for bad input.
+
+Tiny configurations; every compiled function is shared across tests."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiff import guidance, parameterization, samplers, schedules
+from jaxdiff.models import DIT_SIZES, DiT, UNet, denoise_fn, dit, num_params
+from jaxdiff.models.layers import LabelEmbedding
+
+NUM_CLASSES = 10
+B = 4  # Every compiled forward pass sees batch 4 (guided calls: 2 x 2).
+MODELS = {
+    "unet": UNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), num_groups=8,
+                 num_classes=NUM_CLASSES),
+    "dit": DiT(depth=2, hidden_size=32, num_heads=2, patch_size=2, in_channels=4,
+               num_classes=NUM_CLASSES),
+}
+SHAPES = {"unet": (B, 16, 16, 3), "dit": (B, 8, 8, 4)}
+
+
+def inputs(name, seed=0):
+  """x [B, H, W, C] (one image repeated), t [B], cond [B]."""
+  x = jax.random.normal(jax.random.PRNGKey(seed), (1,) + SHAPES[name][1:])
+  return jnp.repeat(x, B, axis=0), jnp.full((B,), 0.3, jnp.float32), jnp.full((B,), 3, jnp.int32)
+
+
+@functools.cache
+def init_params(name):
+  x, t, cond = inputs(name)
+  init = jax.jit(lambda key: MODELS[name].init(key, x, t, cond, deterministic=True)["params"])
+  return init(jax.random.key(0, impl="rbg"))  # rbg: compiles faster than threefry on CPU.
+
+
+@functools.cache
+def perturbed_params(name):
+  """The initial parameters plus a fixed pattern of size 0.1, so that no layer is zero."""
+
+  @jax.jit
+  def perturb(params):
+    leaves, tree = jax.tree.flatten(params)
+    return jax.tree.unflatten(tree, [
+        p + 0.1 * jnp.sin(1.7 * jnp.arange(p.size, dtype=jnp.float32) + i).reshape(p.shape)
+        for i, p in enumerate(leaves)])
+
+  return perturb(init_params(name))
+
+
+@functools.cache
+def apply_fn(name, dtype=jnp.float32):
+  model = MODELS[name].clone(dtype=dtype)
+  return jax.jit(lambda params, x, t, cond: model.apply({"params": params}, x, t, cond,
+                                                        deterministic=True))
+
+
+# --------------------------------------------------------------------------
+# The papers' configurations, by shape only.
+# --------------------------------------------------------------------------
+
+
+def count(model, shape, cond=True):
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  t = jax.ShapeDtypeStruct(shape[:1], jnp.float32)
+  y = jax.ShapeDtypeStruct(shape[:1], jnp.int32) if cond else None
+  variables = jax.eval_shape(
+      lambda x, t, y: model.init(jax.random.PRNGKey(0), x, t, y, deterministic=True), x, t, y)
+  return num_params(variables["params"])
+
+
+def test_unet_cifar10_has_ho_et_al_parameter_count():
+  # diffusion_tf/models/unet.py with ch=128, ch_mult=(1,2,2,2), 2 blocks, attention at 16;
+  # diffusers' UNet2DModel for google/ddpm-cifar10-32 has the same 35,746,307.
+  assert count(UNet(), (1, 32, 32, 3), cond=False) == 35_746_307
+
+
+PAPER_PARAMS = {"S": 33e6, "B": 130e6, "L": 458e6, "XL": 675e6}  # Peebles & Xie, Table 1
+
+
+@pytest.mark.parametrize("size", list(DIT_SIZES))
+def test_dit_parameter_counts_match_the_paper(size):
+  # ImageNet 256: 32x32x4 latents, 1000 classes, learned sigma.
+  n = count(dit(size), (1, 32, 32, 4))
+  assert abs(n / PAPER_PARAMS[size.split("/")[0]] - 1) < 0.01, n
+
+
+# --------------------------------------------------------------------------
+# Initialisation, embeddings, gradients, dtype.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_zero_initialised_output_layers_give_zero_output(name):
+  # Ho et al. zero-init conv_out (and every residual branch's last layer); DiT's final
+  # linear and adaLN modulations are zero (adaLN-Zero).
+  x, t, cond = inputs(name)
+  params = init_params(name)
+  out = apply_fn(name)(params, x, t, cond)
+  channels = SHAPES[name][-1] * (2 if name == "dit" else 1)  # DiT learns sigma.
+  assert out.shape == SHAPES[name][:-1] + (channels,) and out.dtype == jnp.float32
+  assert float(jnp.max(jnp.abs(out))) == 0.0
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_time_and_class_embeddings_are_alive(name):
+  # One image, four (t, class) pairs: only t differs between rows 0 and 1, only the
+  # class between 0 and 2, and row 3 is the null class.
+  x, _, _ = inputs(name)
+  t = jnp.array([0.1, 0.6, 0.1, 0.1])
+  cond = jnp.array([3, 3, 5, NUM_CLASSES])
+  out = apply_fn(name)(perturbed_params(name), x, t, cond)
+  scale = float(jnp.std(out[0]))
+  assert scale > 1e-3
+  for row in (1, 2, 3):
+    assert float(jnp.max(jnp.abs(out[row] - out[0]))) > 1e-2 * scale, row
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_forward_backward_with_dropout_and_remat_is_finite(name):
+  model = MODELS[name].clone(remat=True)  # Same parameter tree, blocks rematerialised.
+  x, t, cond = inputs(name)
+
+  @jax.jit
+  def loss_and_grad(params, key):
+    def loss(params):
+      out = model.apply({"params": params}, x, t, cond, deterministic=False,
+                        rngs={"dropout": key})
+      return jnp.mean(out**2)
+    return jax.value_and_grad(loss)(params)
+
+  value, grads = loss_and_grad(perturbed_params(name), jax.random.key(2, impl="rbg"))
+  leaves = jax.tree.leaves(grads)
+  assert np.isfinite(float(value)) and float(value) > 0
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  assert sum(float(jnp.sum(g**2)) for g in leaves) > 0
+
+
+def test_unet_bfloat16_compute_tracks_float32():
+  x, t, cond = inputs("unet")
+  params = perturbed_params("unet")
+  out32 = apply_fn("unet")(params, x, t, cond)
+  out16 = apply_fn("unet", jnp.bfloat16)(params, x, t, cond)
+  assert out16.dtype == jnp.float32
+  err = float(jnp.max(jnp.abs(out16 - out32)) / jnp.max(jnp.abs(out32)))
+  assert 0 < err < 0.05, err
+
+
+def test_class_dropout_replaces_ids_by_the_null_class():
+  embed = LabelEmbedding(NUM_CLASSES, 8, dropout=0.5)
+  cond = jnp.arange(64) % NUM_CLASSES
+  params = embed.init(jax.random.PRNGKey(0), cond, 64, deterministic=True, config="test")
+  table = params["params"]["embedding"]["embedding"]  # [NUM_CLASSES + 1, 8]
+  out = embed.apply(params, cond, 64, deterministic=False, config="test",
+                    rngs={"dropout": jax.random.PRNGKey(3)})
+  dropped = np.all(np.asarray(out) == np.asarray(table[NUM_CLASSES]), axis=1)  # [64]
+  np.testing.assert_array_equal(out[~dropped], table[cond[~dropped]])
+  assert 16 <= dropped.sum() <= 48  # About half, for p = 0.5.
+  np.testing.assert_array_equal(  # None: every example unconditional.
+      embed.apply(params, None, 3, deterministic=True, config="test"),
+      np.repeat(table[NUM_CLASSES:], 3, axis=0))
+
+
+# --------------------------------------------------------------------------
+# Classifier-free guidance.
+# --------------------------------------------------------------------------
+
+
+def counting(fn):
+  """fn, recording the batch size of every call in `calls`."""
+  calls = []
+
+  def wrapped(x, t, cond):
+    calls.append(x.shape[0])
+    return fn(x, t, cond)
+
+  return wrapped, calls
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_guidance_w0_is_unconditional_w1_conditional_in_one_call(name):
+  params = perturbed_params(name)
+  net = lambda x, t, cond: apply_fn(name)(params, x, t, cond)  # The batch-4 compiled pass.
+  x, _, _ = inputs(name)
+  x, t, cond = x[:2], jnp.array([0.2, 0.7]), jnp.array([1, 4])
+  both = net(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+             jnp.array([1, 4, NUM_CLASSES, NUM_CLASSES]))
+  for w, expected in ((0.0, both[2:]), (1.0, both[:2])):
+    fn, calls = counting(net)
+    guided = guidance.guided_denoise_fn(fn, w, NUM_CLASSES)(x, t, cond)
+    assert calls == [4]
+    np.testing.assert_allclose(guided, expected, atol=1e-6)
+
+
+def test_guidance_is_independent_of_the_prediction_type():
+  # Guiding eps then converting to x0 / v / velocity / score == converting both branches,
+  # then guiding (each conversion is affine in the output at fixed x_t, t).
+  process = schedules.make_process("ddpm")
+  eps_net = lambda x, t, cond: jnp.tanh(x + cond[:, None]) * (1 + t[:, None])
+  w = jnp.array([0.0, 3.0, 7.5])
+
+  @jax.jit
+  def both_ways(x, t, cond):
+    guided_eps = guidance.guided_denoise_fn(eps_net, w, 0.0)(x, t, cond)
+    pairs = {}
+    for target in ("x0", "v", "velocity", "score"):
+      net = lambda x, t, c, target=target: parameterization.convert(
+          process, eps_net(x, t, c), x, t, "eps", target)
+      pairs[target] = (guidance.guided_denoise_fn(net, w, 0.0)(x, t, cond),
+                       parameterization.convert(process, guided_eps, x, t, "eps", target))
+    return pairs
+
+  x = jax.random.normal(jax.random.PRNGKey(4), (3, 5))
+  pairs = both_ways(x, jnp.array([0.2, 0.5, 0.9]), jnp.array([1.0, 2.0, -1.0]))
+  for target, (guided, expected) in pairs.items():
+    np.testing.assert_allclose(guided, expected, rtol=1e-4, atol=1e-4, err_msg=target)
+
+
+def test_guided_dit_drives_a_sampler_with_one_call_per_step():
+  # denoise_fn keeps the prediction half of the DiT's learned-sigma output.
+  process = schedules.make_process("ddpm")
+  fn, calls = counting(denoise_fn(MODELS["dit"], perturbed_params("dit")))
+  guided = guidance.guided_denoise_fn(fn, 3.0, NUM_CLASSES)
+  x_T = jax.random.normal(jax.random.PRNGKey(5), (2,) + SHAPES["dit"][1:])
+  grid = jnp.array([1.0, 0.5, 0.001])
+  x_0, info = samplers.ddim(guided, process, x_T, jax.random.PRNGKey(6), grid,
+                            cond=jnp.array([0, 9]))
+  assert int(info["nfe"]) == 2 and calls == [4]  # Traced once inside the scan, batch 2B.
+  assert x_0.shape == x_T.shape and bool(jnp.all(jnp.isfinite(x_0)))
+
+
+def test_guidance_sweep_shares_start_and_noise_across_scales():
+  process = schedules.make_process("ddpm")
+  net = lambda x, t, cond: jnp.tanh(x + cond[:, None]) * t[:, None]
+  x_T = jax.random.normal(jax.random.PRNGKey(7), (3, 2))
+  key, grid, cond = jax.random.PRNGKey(8), jnp.array([1.0, 0.6, 0.2, 0.001]), jnp.array([1, 2, 3])
+  scales = jnp.array([1.0, 4.0])
+  samples, info = jax.jit(lambda x_T, key, grid: guidance.guidance_sweep(
+      samplers.ddpm, net, process, x_T, key, grid, cond=cond, scales=scales, null_cond=0))(
+          x_T, key, grid)
+  assert samples.shape == (2, 3, 2) and list(info["nfe"]) == [3, 3]
+  alone = jax.jit(lambda w: samplers.ddpm(guidance.guided_denoise_fn(net, w, 0), process, x_T,
+                                          key, grid, cond=cond)[0])
+  for s, w in enumerate(scales):  # Row s is the run at w alone with the same x_T and key.
+    np.testing.assert_allclose(samples[s], alone(w), atol=1e-5)
+
+
+def test_guidance_needs_a_condition():
+  fn = guidance.guided_denoise_fn(lambda x, t, c: x, 2.0, NUM_CLASSES)
+  with pytest.raises(ValueError, match="needs a condition"):
+    fn(jnp.zeros((2, 3)), jnp.zeros(2), None)
+
+
+# --------------------------------------------------------------------------
+# Bad input.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, shape, match", [
+    ("unet", (B, 15, 16, 3), r"UNet\(ch=16.*multiples of 2 \(it halves the resolution 1 t"),
+    ("unet", (B, 16, 16, 4), r"UNet\(ch=16.*\[B, H, W, 3\]"),
+    ("dit", (B, 9, 8, 4), r"DiT\(depth=2.*multiples of 2 \(the patch size\); got 9x8"),
+    ("dit", (B, 8, 8, 3), r"DiT\(depth=2.*\[B, H, W, 4\]"),
+])
+def test_bad_shapes_name_the_configuration(name, shape, match):
+  _, t, cond = inputs(name)
+  with pytest.raises(ValueError, match=match):
+    MODELS[name].apply({"params": init_params(name)}, jnp.zeros(shape), t, cond,
+                       deterministic=True)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("bad", [NUM_CLASSES + 1, -1])
+def test_class_ids_out_of_range_are_refused(name, bad):
+  x, t, _ = inputs(name)
+  with pytest.raises(ValueError, match=r"class ids must lie in \[0, 10\]"):
+    MODELS[name].apply({"params": init_params(name)}, x, t, jnp.full((B,), bad),
+                       deterministic=True)
+
+
+def test_unconditional_model_refuses_a_condition_and_unknown_sizes_are_refused():
+  model = MODELS["unet"].clone(num_classes=None)
+  x, t, cond = inputs("unet")
+  with pytest.raises(ValueError, match="unconditional"):
+    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, cond, deterministic=True))
+  with pytest.raises(ValueError, match="unknown DiT size 'M/2'"):
+    dit("M/2")
