@@ -1,0 +1,258 @@
+"""UniPC, the unified predictor-corrector sampler (Zhao et al. 2023), any process.
+
+Zhao, Bai, Rao, Zhou & Lu 2023, "UniPC: A Unified Predictor-Corrector
+Framework for Fast Sampling of Diffusion Models" (sec. 3, Alg. 1-3). It
+integrates the probability-flow ODE in DPM-Solver's half log-SNR lambda =
+log(alpha / sigma) = process.log_snr / 2 (half of jaxdiff's lam) from its exact
+solution (DPM-Solver eq. 3.4 with the noise prediction, DPM-Solver++ sec. 4
+with the data prediction). A step goes from s to t < s, h = lambda_t -
+lambda_s > 0. With the data prediction m = x0_hat (predict_x0), hh = -h:
+  x_t = sigma_t / sigma_s x_s - alpha_t expm1(hh) m_0
+        - alpha_t B(hh) sum_k rho_k D_k,            D_k = (m_k - m_0) / r_k,
+and with the noise prediction m = eps_hat, hh = h, the same with (sigma, alpha)
+swapped. m_0 is the model output at s, m_k (k = 1..p-1) earlier outputs, at
+r_k = (lambda_k - lambda_s) / h < 0. The first two terms are DDIM. B(h) is h
+("bh1") or e^h - 1 ("bh2"), the paper's two choices.
+  UniP-p, the predictor (Corollary 3.2: order p): rho_1..rho_{p-1} solve
+    sum_k rho_k r_k^(i-1) = i! hh phi_{i+1}(hh) / B(hh),  i = 1..p-1,
+    phi_k the exponential-integrator functions, phi_1(x) = expm1(x) / x.
+  UniC-p, the corrector (Theorem 3.1: order p + 1): once the network has been
+    called at the predicted x_t, the step from s is taken again with one more
+    term, the output m_t at t itself (r = 1, D = m_t - m_0), and i = 1..p.
+As in the references (wl-zhao/UniPC `multistep_uni_pc_bh_update`, diffusers
+`UniPCMultistepScheduler`), UniP-2 takes rho_1 = 1/2 and UniC-1 rho_t = 1/2,
+the h -> 0 limits, which keep the orders (so bh1 and bh2 differ only in
+steps taken by UniP-2 or UniC-1: elsewhere B(hh) rho does not depend on B);
+m_t, taken at the uncorrected x_t, stays in the history, so the corrector
+costs no network call; no corrector follows the last step, so NFE = N. Step i
+runs at order min(order, i + 1) (the multistep warm-up), and with
+lower_order_final at min(., N - i) too (the references' default, which
+steadies few-step sampling; its order-1 last step has a local error O(h^2),
+small when that step is at low noise, where the data prediction hardly
+changes with lambda).
+
+Infinite h. At the end t = 0 (sigma = 0, lambda = +inf: the default grids'
+last point) the exact x_0 is alpha_0 times the limit of the data prediction as
+lambda -> +inf, which any extrapolating polynomial of degree >= 1 sends to
+infinity (each D_k divides by r_k -> 0). So a step with an infinite h is taken
+at order 1 whatever lower_order_final says; its limit is DDIM's last step x_0
+= alpha_0 x0_hat, with the noise prediction's sigma_t expm1(h) evaluated as
+alpha_t sigma_s / alpha_s - sigma_t. A start at alpha = 0 (lambda = -inf, flow
+matching from t = 1) is likewise an order-1 step, without corrector, and that
+point never enters a later step's history; it needs the data prediction (with
+predict_x0=False, alpha_t / alpha_s is infinite there).
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff.samplers import loop
+from jaxdiff.schedules import Process
+
+VARIANTS = ("bh1", "bh2")
+ORDERS = (1, 2, 3)
+
+
+def _check_options(order, variant):
+  if not isinstance(order, (int, np.integer)) or isinstance(order, bool) or order not in ORDERS:
+    raise ValueError(f"UniPC order must be one of {list(ORDERS)}, got {order!r}")
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown UniPC variant {variant!r}; valid: {list(VARIANTS)}")
+
+
+def _phi(x, num):
+  """[phi_1(x), ..., phi_num(x)], phi_k(x) = sum_{j >= 0} x^j / (j + k)!, scalars.
+
+  The recursion phi_{k+1} = (phi_k - 1 / k!) / x loses ~|x|^-k of float32's
+  precision for small |x|; there the Taylor series (12 terms, error < 1e-9
+  for |x| < 1) is used instead.
+  """
+  small = jnp.abs(x) < 1.0
+  x_big = jnp.where(small, 1.0, x)  # Keeps the unused branch finite.
+  phi, recursion = jnp.expm1(x_big) / x_big, []
+  for k in range(1, num + 1):
+    recursion.append(phi)
+    phi = (phi - 1.0 / math.factorial(k)) / x_big
+  series = []
+  for k in range(1, num + 1):
+    terms = 12
+    value = jnp.full_like(x, 1.0 / math.factorial(terms - 1 + k))
+    for j in range(terms - 2, -1, -1):  # Horner.
+      value = value * x + 1.0 / math.factorial(j + k)
+    series.append(value)
+  return [jnp.where(small, s, r) for s, r in zip(series, recursion)]
+
+
+def _solve_leading(r, b, k):
+  """rho [n] with sum_j rho_j r_j^i = b_i for i, j < k, and rho_j = 0 for j >= k.
+
+  The k x k system (k traced, <= n <= 3) is padded to n x n with the identity
+  so that the step's order can vary inside the scan, and solved by unrolled
+  elimination: its leading minors are Vandermonde determinants of distinct
+  nodes, nonzero, so no pivoting is needed.
+  """
+  n = r.shape[0]
+  active = jnp.arange(n) < k  # [n]
+  rows, power = [], jnp.ones_like(r)
+  for i in range(n):
+    rows.append([jnp.where(active[i] & active[j], power[j], float(i == j)) for j in range(n)])
+    power = power * r
+  rhs = [jnp.where(active[i], b[i], 0.0) for i in range(n)]
+  for p in range(n):  # Forward elimination.
+    for i in range(p + 1, n):
+      factor = rows[i][p] / rows[p][p]
+      rows[i] = [a - factor * c for a, c in zip(rows[i], rows[p])]
+      rhs[i] = rhs[i] - factor * rhs[p]
+  rho = [None] * n
+  for i in reversed(range(n)):  # Back substitution.
+    rho[i] = (rhs[i] - sum(rows[i][j] * rho[j] for j in range(i + 1, n))) / rows[i][i]
+  return jnp.stack(rho)
+
+
+def _uni_step(process: Process, x_s, t_s, t, lambda_s, lambda_t, m_0, m_hist, lambda_hist, order_k,
+              m_t=None, *, predict_x0: bool, variant: str):
+  """UniP-k from (x_s, s) to t, or UniC-k when m_t, the output at t, is given.
+
+  Args:
+    x_s: [B, ...] the point at s; t_s, t, lambda_s, lambda_t: scalars.
+    m_0: [B, ...] the model output at s; m_hist [P - 1, B, ...] earlier ones,
+      newest first, at half log-SNRs lambda_hist [P - 1] (P the sampler's order).
+    order_k: traced int in 1..P, the step's order before the checks below.
+    m_t: [B, ...] or None.
+
+  Returns:
+    x at t [B, ...].
+  """
+  alpha_s, sigma_s, alpha_t, sigma_t = (
+      f(u) for u in (t_s, t) for f in (process.alpha, process.sigma))
+  # a multiplies x, c the model output: data prediction (a, c) = (sigma, alpha).
+  a_s, a_t, c_s, c_t = ((sigma_s, sigma_t, alpha_s, alpha_t) if predict_x0 else
+                        (alpha_s, alpha_t, sigma_s, sigma_t))
+  h = lambda_t - lambda_s
+  finite = jnp.isfinite(h)  # False at sigma_t = 0 or alpha_s = 0.
+  hh = jnp.where(finite, -h if predict_x0 else h, 1.0)
+
+  # Order 1 (DDIM): c_t expm1(hh) = a_t c_s / a_s - c_t, that form in the limit.
+  c_expm1 = jnp.where(finite, c_t * jnp.expm1(hh), a_t * c_s / a_s - c_t)
+  x_t = (a_t / a_s) * x_s - c_expm1 * m_0
+  num_hist = m_hist.shape[0]
+  if num_hist == 0 and m_t is None:
+    return x_t
+
+  # History usable at this order: finite lambda, newest first; none if h is infinite.
+  usable = jnp.cumprod((jnp.arange(num_hist) < order_k - 1) & jnp.isfinite(lambda_hist)) > 0
+  num_used = jnp.where(finite, jnp.sum(usable), 0)  # = k - 1 after the checks.
+  r = jnp.where(usable, (lambda_hist - lambda_s) / jnp.where(finite, h, 1.0), -1.0)  # [P - 1]
+
+  # b_i = i! hh phi_{i+1}(hh) / B(hh), i = 1..P, with B = hh or expm1(hh) = hh phi_1.
+  phis = _phi(hh, num_hist + 2)
+  b = jnp.stack([math.factorial(i) * phis[i] for i in range(1, num_hist + 2)])
+  if variant == "bh2":
+    b = b / phis[0]
+  big_b = hh if variant == "bh1" else jnp.expm1(hh)
+
+  if m_t is None:  # UniP: unknowns rho_1..rho_{k-1}; UniP-2 takes rho_1 = 1/2.
+    rho_hist = _solve_leading(r, b[:num_hist], num_used)
+    rho_hist = jnp.where(num_used == 1, jnp.zeros_like(rho_hist).at[0].set(0.5), rho_hist)
+    correction = 0.0
+  else:  # UniC: unknowns (rho_t, rho_1..rho_{k-1}) at (1, r_1..); UniC-1 takes rho_t = 1/2.
+    rho = _solve_leading(jnp.concatenate([jnp.ones((1,), r.dtype), r]), b, num_used + 1)
+    rho = jnp.where(num_used == 0, jnp.zeros_like(rho).at[0].set(0.5), rho)
+    rho_hist, correction = rho[1:], rho[0] * (m_t - m_0)
+
+  # sum_k rho_k D_k over the used history, weights rho_k / r_k: [P - 1].
+  weights = jnp.where(jnp.arange(num_hist) < num_used, rho_hist / r, 0.0)
+  residual = jnp.tensordot(weights, m_hist - m_0, axes=1) + correction
+  return x_t - c_t * big_b * residual
+
+
+def _step_orders(num_steps, order, lower_order_final):
+  """Scheduled order of each step i = 0..N-1 (static): the warm-up and final ramp."""
+  i = np.arange(num_steps)
+  orders = np.minimum(order, i + 1)
+  if lower_order_final:
+    orders = np.minimum(orders, num_steps - i)
+  return orders.astype(np.int32)
+
+
+def unipc(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "eps", cond=None,
+          clip_x0: bool = False, order: int = 2, variant: str = "bh2", predict_x0: bool = True,
+          corrector: bool = True, lower_order_final: bool = True):
+  """Multistep UniPC-p (or UniP-p alone) from grid[0] to grid[-1].
+
+  Args:
+    denoise_fn: (x [B, ...], t [B], cond) -> network output of type `prediction`.
+    process: the forward process.
+    x_T: [B, ...] sample at grid[0].
+    key: unused (the sampler is deterministic); kept for the common interface.
+    grid: [N + 1] strictly decreasing times (see `jaxdiff.grids`).
+    prediction: one of parameterization.PREDICTIONS.
+    cond: passed to denoise_fn unchanged.
+    clip_x0: clip the predicted x0 to [-1, 1].
+    order: p in 1..3, the predictor's order (UniC raises it by one).
+    variant: "bh1" (B(h) = h) or "bh2" (B(h) = e^h - 1).
+    predict_x0: integrate the data prediction (else the noise prediction).
+    corrector: apply UniC after every step but the last (no extra NFE).
+    lower_order_final: step i < N uses order <= N - i (order 1 on the last).
+
+  Returns:
+    x_0 [B, ...] at grid[-1], and info {"nfe": int32, "nonfinite_step": int32}.
+  """
+  _check_options(order, variant)
+  del key
+  grid = jnp.asarray(grid, jnp.float32)
+  loop.check_grid(grid)
+  process.check_time(grid, "grid")  # When concrete.
+  denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
+  num_steps = grid.shape[0] - 1
+  half_log_snr = lambda t: 0.5 * process.log_snr(t)  # DPM-Solver's lambda.
+  update = functools.partial(_uni_step, process, predict_x0=predict_x0, variant=variant)
+
+  def body(carry, inputs):
+    # x: predicted point at t_i; x_prev: corrected point at t_{i-1}; history
+    # ms [P, B, ...] = m_{i-1}, ..., m_{i-P} at lambdas [P], newest first.
+    x, x_prev, ms, lambdas, nfe = carry
+    t_prev, t, t_next, order_pred, order_corr = inputs  # Scalars.
+    lambda_t = half_log_snr(t)
+    x0, eps = denoise(x, t, cond)
+    m = x0 if predict_x0 else eps  # [B, ...]
+    nfe = nfe + 1
+
+    # UniC-p on the step t_{i-1} -> t_i with m_i, taken at the uncorrected x.
+    if corrector:
+      x_corr = update(x_prev, t_prev, t, lambdas[0], lambda_t, ms[0], ms[1:], lambdas[1:],
+                      order_corr, m_t=m)
+      apply = (order_corr > 0) & jnp.isfinite(lambda_t - lambdas[0])
+      x = jnp.where(apply, x_corr, x).astype(x.dtype)
+
+    # Shift the history, then UniP-p from t_i to t_{i+1}.
+    ms = jnp.concatenate([m[None], ms[:-1]])
+    lambdas = jnp.concatenate([lambda_t[None], lambdas[:-1]])
+    x_next = update(x, t, t_next, lambda_t, half_log_snr(t_next), ms[0], ms[1:], lambdas[1:],
+                    order_pred).astype(x.dtype)  # [B, ...]
+    return (x_next, x, ms, lambdas, nfe), loop.all_finite(x_next)
+
+  order_pred = _step_orders(num_steps, order, lower_order_final)  # [N]
+  order_corr = np.concatenate([[0], order_pred[:-1]]).astype(np.int32)  # Step i corrects i-1.
+  t_prev = jnp.concatenate([grid[:1], grid[:-2]])  # [N]; t_prev[0] unused.
+  steps = (t_prev, grid[:-1], grid[1:], order_pred, order_corr)
+  history = jnp.zeros((order,) + x_T.shape, x_T.dtype)
+  carry = (x_T, x_T, history, jnp.zeros((order,), jnp.float32), jnp.int32(0))
+  (x, _, _, _, nfe), finite = jax.lax.scan(body, carry, steps)
+  return x, {"nfe": nfe, "nonfinite_step": loop.first_nonfinite_step(finite)}
+
+
+def unipc_num_steps(nfe: int, *, order: int = 2, variant: str = "bh2", predict_x0: bool = True,
+                    corrector: bool = True, lower_order_final: bool = True,
+                    **sampler_options) -> int:
+  """Grid length N for UniPC: N = NFE for every option (UniC reuses the next call).
+
+  Raises ValueError for an nfe below 1 and for options `unipc` would refuse.
+  """
+  del predict_x0, corrector, lower_order_final, sampler_options
+  _check_options(order, variant)
+  return loop.one_call_per_step(nfe)
