@@ -7,7 +7,7 @@ that spends exactly `nfe` network evaluations (ValueError where none does).
 
 from typing import Callable, NamedTuple
 
-from jaxdiff.samplers import edm, ipndm, ode, pc, unipc
+from jaxdiff.samplers import dpm_solver, edm, ipndm, ode, pc, unipc
 from jaxdiff.samplers.ddim import ddim, ddim_num_steps
 from jaxdiff.samplers.ddpm import ddpm, ddpm_num_steps
 from jaxdiff.samplers.loop import raise_if_nonfinite  # Re-exported for callers.
@@ -30,6 +30,8 @@ SAMPLERS = {
     "adaptive": Sampler(ode.adaptive, ode.adaptive_num_steps),
     "edm_heun": Sampler(edm.edm_heun, edm.edm_heun_num_steps),
     "ipndm": Sampler(ipndm.ipndm, ipndm.ipndm_num_steps),
+    "dpm_solver": Sampler(dpm_solver.dpm_solver, dpm_solver.dpm_solver_num_steps),
+    "dpm_solver_sde": Sampler(dpm_solver.dpm_solver_sde, dpm_solver.dpm_solver_sde_num_steps),
     "unipc": Sampler(unipc.unipc, unipc.unipc_num_steps),
 }
 
