@@ -175,13 +175,6 @@ def _check_order(order, valid):
     raise ValueError(f"order must be one of {list(valid)}, got {order!r}")
 
 
-def _checked_grid(process: Process, grid):
-  grid = jnp.asarray(grid, jnp.float32)
-  loop.check_grid(grid)
-  process.check_time(grid, "grid")  # When concrete.
-  return grid
-
-
 def _step_inputs(grid):
   """i, s, t for every step: [N] each."""
   return jnp.arange(grid.shape[0] - 1), grid[:-1], grid[1:]
@@ -339,7 +332,7 @@ def dpm_solver(denoise_fn, process: Process, x_T, key, grid, *, prediction: str 
   _check_choice("method", method, METHODS)
   _check_choice("algorithm", algorithm, ALGORITHMS)
   _check_thresholds(threshold_ratio, max_threshold)
-  grid = _checked_grid(process, grid)
+  grid = loop.as_grid(grid, process)
   denoise = _denoiser(denoise_fn, process, prediction, clip_x0, thresholding, threshold_ratio,
                       max_threshold)
   if method == "singlestep":
@@ -368,7 +361,7 @@ def dpm_solver_sde(denoise_fn, process: Process, x_T, key, grid, *, prediction: 
   """
   _check_order(order, (1, 2))
   _check_thresholds(threshold_ratio, max_threshold)
-  grid = _checked_grid(process, grid)
+  grid = loop.as_grid(grid, process)
   denoise = _denoiser(denoise_fn, process, prediction, clip_x0, thresholding, threshold_ratio,
                       max_threshold)
   return _multistep(denoise, process, "sde", order, lower_order_final, x_T, key, grid, cond)

@@ -60,9 +60,7 @@ def edm_heun(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = 
   """
   if isinstance(s_churn, (int, float)) and not s_churn >= 0:
     raise ValueError(f"s_churn must be >= 0, got {s_churn!r}")
-  grid = jnp.asarray(grid, jnp.float32)
-  loop.check_grid(grid)
-  process.check_time(grid, "grid")  # When concrete.
+  grid = loop.as_grid(grid, process)
   denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
   num_steps = grid.shape[0] - 1
   sigma_tilde = process.sigma(grid) / process.alpha(grid)  # [N + 1]

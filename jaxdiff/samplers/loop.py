@@ -16,10 +16,14 @@ from jaxdiff import parameterization
 from jaxdiff.schedules import Process
 
 
-def check_grid(grid):
-  """A grid must be a 1-D array of at least two times (see `jaxdiff.grids`)."""
+def as_grid(grid, process: Process):
+  """The grid as float32 [N + 1], checked: 1-D, at least two times, inside the
+  process's time domain when concrete (see `jaxdiff.grids`)."""
+  grid = jnp.asarray(grid, jnp.float32)
   if grid.ndim != 1 or grid.shape[0] < 2:
     raise ValueError(f"grid must be 1-D with at least 2 times [N + 1], got shape {grid.shape}")
+  process.check_time(grid, "grid")
+  return grid
 
 
 def denoiser(denoise_fn, process: Process, prediction: str, clip_x0: bool):
@@ -61,9 +65,7 @@ def sample_loop(update, denoise_fn, process: Process, x_T, key, grid, *, predict
   Returns:
     x at grid[N] [B, ...] and info {"nfe": int32 number of network calls}.
   """
-  grid = jnp.asarray(grid, jnp.float32)
-  check_grid(grid)
-  process.check_time(grid, "grid")  # When concrete.
+  grid = as_grid(grid, process)
   denoise = denoiser(denoise_fn, process, prediction, clip_x0)
   num_steps = grid.shape[0] - 1
 

@@ -62,9 +62,7 @@ TABLEAUS = {
 def _runge_kutta(tableau: Tableau, denoise_fn, process: Process, x_T, grid, *, prediction,
                  cond, clip_x0):
   """Runs the explicit RK method of `tableau` on dx/dt = v over the grid's steps."""
-  grid = jnp.asarray(grid, jnp.float32)
-  loop.check_grid(grid)
-  process.check_time(grid, "grid")  # When concrete.
+  grid = loop.as_grid(grid, process)
   denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
 
   def velocity(x, t):  # v = alpha' x0_hat + sigma' eps_hat: [B, ...], one network call.
@@ -208,9 +206,7 @@ def adaptive(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = 
   del key
   if solver not in SOLVERS:
     raise ValueError(f"unknown diffrax solver {solver!r}; valid: {sorted(SOLVERS)}")
-  grid = jnp.asarray(grid, jnp.float32)
-  loop.check_grid(grid)
-  process.check_time(grid, "grid")  # When concrete.
+  grid = loop.as_grid(grid, process)
   denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
   ode_solver = SOLVERS[solver]()
 

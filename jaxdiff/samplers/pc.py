@@ -33,7 +33,8 @@ averaged over devices). Per example the step is 2 alpha_i r^2 ||z||^2 / ||score|
 and ||score||^2 ~ chi^2_D / var near a mode: in D <= 4 dimensions its inverse has
 infinite mean or variance, and a few examples take huge steps and are thrown far
 off (measured on the 2-D ring oracle: within-mode std 0.5-2 instead of 0.08);
-use "batch" for low-dimensional data. For images (D in the thousands) the two agree.
+so "batch", which works in any dimension, is the default. For images (D in the
+thousands) the two agree.
 
 The last step adds no noise and returns the predictor's mean (score_sde's
 `noise_removal` / "denoise"). Step i draws its noise from fold_in(key, i); pc
@@ -173,7 +174,7 @@ def _langevin_chain(denoise, process: Process, x, nfe, key, t, alpha_i, *, snr, 
 
 
 def langevin(denoise_fn, process: Process, x_t, key, t, *, prediction: str = "eps", cond=None,
-             clip_x0: bool = False, snr=0.16, snr_norm: str = "example", num_steps: int = 1,
+             clip_x0: bool = False, snr=0.16, snr_norm: str = "batch", num_steps: int = 1,
              s=None):
   """Langevin MCMC at a fixed time t with the signal-to-noise step-size rule.
 
@@ -212,7 +213,7 @@ def langevin(denoise_fn, process: Process, x_t, key, t, *, prediction: str = "ep
 
 def pc(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "eps", cond=None,
        clip_x0: bool = False, predictor: str = "reverse_diffusion", corrector_steps: int = 1,
-       snr=0.16, snr_norm: str = "example"):
+       snr=0.16, snr_norm: str = "batch"):
   """Predictor-corrector sampling (Song et al. Alg. 1) from grid[0] to grid[-1].
 
   At each grid time t (step i, to s = grid[i + 1]): corrector_steps Langevin
@@ -240,9 +241,7 @@ def pc(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "eps",
   update = _predictor_update(process, predictor)
   _check_steps("corrector_steps", corrector_steps)
   _check_snr_norm(snr_norm)
-  grid = jnp.asarray(grid, jnp.float32)
-  loop.check_grid(grid)
-  process.check_time(grid, "grid")  # When concrete.
+  grid = loop.as_grid(grid, process)
   denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
   num_steps = grid.shape[0] - 1
 

@@ -204,9 +204,7 @@ def unipc(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "ep
   """
   _check_options(order, variant)
   del key
-  grid = jnp.asarray(grid, jnp.float32)
-  loop.check_grid(grid)
-  process.check_time(grid, "grid")  # When concrete.
+  grid = loop.as_grid(grid, process)
   denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
   num_steps = grid.shape[0] - 1
   half_log_snr = lambda t: 0.5 * process.log_snr(t)  # DPM-Solver's lambda.
