@@ -35,14 +35,13 @@ import pathlib
 import time
 from typing import Callable
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
 from jaxdiff import grids, metrics, oracle, samplers
-from jaxdiff.samplers import loop
+from jaxdiff.samplers import ode
 from jaxdiff.schedules import Process
 
 matplotlib.use("Agg")  # Files only; no display is assumed.
@@ -139,7 +138,7 @@ def make_problem(name, process, mixture, prediction, num_samples, seed, x_T=None
 def reference_solution(denoise_fn, process: Process, x_T, t_start=None, *,
                        prediction: str = "eps", cond=None, rtol: float = 1e-6,
                        atol: float = 1e-6, max_steps: int = 16384):
-  """Solves the PF-ODE from t_start to t = 0 exactly (diffrax Tsit5, PID control).
+  """Solves the PF-ODE from t_start to t = 0 exactly: `samplers.ode.adaptive` (Tsit5).
 
   Args:
     denoise_fn: (x [B, ...], t [B], cond) -> network output of type `prediction`;
@@ -149,22 +148,13 @@ def reference_solution(denoise_fn, process: Process, x_T, t_start=None, *,
     rtol, atol: the step controller's tolerances, on x~ = x / alpha.
 
   Returns:
-    x_0 [B, ...] at t = 0.
+    x_0 [B, ...] at t = 0 (NaN where the solver failed, e.g. at max_steps).
   """
   t_start = process.t_max if t_start is None else t_start
-  denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0=False)
-  time_of = lambda sigma_tilde: process.t_from_log_snr(-2.0 * jnp.log(sigma_tilde))
-
-  def eps_hat(sigma_tilde, x_tilde, args):  # dx~/dsigma~ = eps_hat(alpha x~, t)
-    t = time_of(sigma_tilde)
-    return denoise(process.alpha(t) * x_tilde, t, cond)[1]
-
-  sigma_start = jnp.exp(-0.5 * process.log_snr(t_start))
-  solution = diffrax.diffeqsolve(
-      diffrax.ODETerm(eps_hat), diffrax.Tsit5(), t0=sigma_start, t1=0.0, dt0=None,
-      y0=x_T / process.alpha(t_start), stepsize_controller=diffrax.PIDController(rtol, atol),
-      max_steps=max_steps)
-  return process.alpha(time_of(0.0)) * solution.ys[-1]
+  x_0, info = ode.adaptive(denoise_fn, process, x_T, None, jnp.array([t_start, 0.0]),
+                           prediction=prediction, cond=cond, rtol=rtol, atol=atol,
+                           max_steps=max_steps)
+  return jnp.where(info["nonfinite_step"] < 0, x_0, jnp.nan)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("rtol", "atol"))
