@@ -4,6 +4,8 @@
                    (Nichol & Dhariwal 2021, fig. 5 draws the first panel).
   plot_noising     a batch of images noised to x_t at several fractions of t_max.
   plot_samples_2d  2-D samples over the contours of a true density.
+  plot_guidance_sweep  samples at several classifier-free guidance scales
+                   (Ho & Salimans 2022, fig. 1 shows such a sweep).
 """
 
 import jax
@@ -92,6 +94,34 @@ def plot_samples_2d(samples: dict[str, np.ndarray], path, log_density=None, exte
                  linewidths=0.6)
     ax.set(xlim=(-extent, extent), ylim=(-extent, extent), aspect="equal")
     ax.set_title(name, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_guidance_sweep(samples, scales, path):
+  """One grid image of a guidance sweep: a row per scale w, a column per example.
+
+  Args:
+    samples: [S, B, H, W, C] images in [-1, 1], e.g. from `guidance.guidance_sweep`.
+    scales: [S] guidance scales, written at the start of each row.
+    path: PNG file to write.
+  """
+  samples = np.asarray(samples, np.float32)
+  if samples.ndim != 5 or samples.shape[-1] not in (1, 3) or samples.shape[0] != len(scales):
+    raise ValueError(f"samples must be [S, B, H, W, C] with C in (1, 3) and S = len(scales) = "
+                     f"{len(scales)}, got {samples.shape}")
+  rows, cols = samples.shape[:2]
+  images = np.clip((samples + 1) / 2, 0, 1)
+  fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.4 * rows), squeeze=False)
+  for i, w in enumerate(scales):
+    for j in range(cols):
+      image = images[i, j]
+      axes[i, j].imshow(image.squeeze(-1) if image.shape[-1] == 1 else image,
+                        cmap="gray", vmin=0, vmax=1)
+      axes[i, j].set_xticks([])
+      axes[i, j].set_yticks([])
+    axes[i, 0].set_ylabel(f"w = {float(w):g}", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -62,3 +62,16 @@ def test_bad_config_is_refused_before_anything_is_written(tmp_path):
   assert result.returncode != 0
   assert "'trailing' spacing needs a discrete process" in result.stderr
   assert not workdir.exists()
+
+
+def test_plot_guidance_sweep(tmp_path):
+  # Rows brighten with w: the picture's rows must differ, the layout S x B.
+  scales = [1.0, 3.0, 5.0]
+  samples = jnp.stack([jnp.full((4, 8, 8, 3), -1.0 + 0.6 * i) for i in range(3)])
+  plots.plot_guidance_sweep(samples, scales, tmp_path / "sweep.png")
+  picture = np.asarray(Image.open(tmp_path / "sweep.png").convert("L"), np.float32)
+  thirds = np.array_split(picture, 3, axis=0)
+  means = [third.mean() for third in thirds]
+  assert means[0] < means[1] < means[2]
+  with pytest.raises(ValueError, match=r"\[S, B, H, W, C\].*S = len\(scales\) = 2"):
+    plots.plot_guidance_sweep(samples, scales[:2], tmp_path / "bad.png")
