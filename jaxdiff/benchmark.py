@@ -227,7 +227,7 @@ def sampler_entry(problem: Problem, name: str, options=None, grid: str = "traili
 
 def noise_to_signal(process: Process, t) -> float:
   """sigma(t) / alpha(t), the EDM noise level; 0 at the data end."""
-  return 0.0 if t == 0 else float(process.sigma(t) / process.alpha(t))
+  return 0.0 if t == 0 else float(process.noise_to_signal(t))
 
 
 def run_entry(problem: Problem, entry: Entry, nfe: int, reference):

@@ -155,6 +155,19 @@ class Process:
     """
     return _bisect_log_snr(self, jnp.asarray(lam, jnp.float32))
 
+  def noise_to_signal(self, t):
+    """sigma(t) / alpha(t) = exp(-lam / 2): the noise level of x_t / alpha(t).
+
+    It is EDM's sigma in the scaled form of Karras et al. 2022 (eq. 4 with
+    s(t) = alpha(t)), where the PF-ODE reads dx~/dsigma~ = eps_hat.
+    """
+    t = _as_time(t)
+    return self.sigma(t) / self.alpha(t)
+
+  def t_from_noise_to_signal(self, ratio):
+    """Inverse of `noise_to_signal` (ratio 0 gives lam = +inf, t = 0 where sigma(0) = 0)."""
+    return self.t_from_log_snr(-2.0 * jnp.log(jnp.asarray(ratio, jnp.float32)))
+
   def f(self, t):
     """Drift coefficient f(t) = d log alpha / dt of dx = f x dt + g dw."""
     return _elementwise_derivative(lambda s: jnp.log(self.alpha(s)), _as_time(t))

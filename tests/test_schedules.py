@@ -153,3 +153,12 @@ def test_bad_input_names_the_parameter():
     schedules.DiscreteDDPM(betas=())
   with pytest.raises(ValueError, match=r"t must lie in VP's time domain \[0.0, 1.0\]"):
     schedules.VP().check_time(np.array([0.5, 1.5]))
+
+
+@pytest.mark.parametrize("name", sorted(ALL_PROCESSES))
+def test_noise_to_signal_inverts(name):
+  process = ALL_PROCESSES[name]
+  t = interior_times(process)
+  ratio = process.noise_to_signal(t)
+  np.testing.assert_allclose(ratio, np.exp(-0.5 * np.asarray(process.log_snr(t))), rtol=1e-5)
+  np.testing.assert_allclose(process.t_from_noise_to_signal(ratio), t, rtol=2e-4, atol=1e-6)

@@ -63,7 +63,7 @@ def edm_heun(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = 
   grid = loop.as_grid(grid, process)
   denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
   num_steps = grid.shape[0] - 1
-  sigma_tilde = process.sigma(grid) / process.alpha(grid)  # [N + 1]
+  sigma_tilde = process.noise_to_signal(grid)  # [N + 1]
 
   def d(x_tilde, t):
     """dx_tilde / dsigma_tilde = eps_hat, from one network call at x = alpha(t) x_tilde."""
@@ -79,7 +79,7 @@ def edm_heun(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = 
     z = jax.random.normal(jax.random.fold_in(key, i), x_cur.shape, x_cur.dtype)
     # sqrt(sigma_hat^2 - sigma_cur^2), free of cancellation.
     x_hat = x_cur + sigma_cur * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z
-    t_hat = jnp.where(gamma > 0, process.t_from_log_snr(-2.0 * jnp.log(sigma_hat)), t_cur)
+    t_hat = jnp.where(gamma > 0, process.t_from_noise_to_signal(sigma_hat), t_cur)
     # Euler step from sigma_hat to sigma_next.
     h = sigma_next - sigma_hat
     d_cur = d(x_hat, t_hat)

@@ -212,11 +212,11 @@ def adaptive(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = 
 
   def eps_hat(sigma_tilde, x_tilde, args):  # dx~/dsigma~: [B, ...]
     del args
-    t = process.t_from_log_snr(-2.0 * jnp.log(sigma_tilde))  # lam = +inf -> t = 0.
+    t = process.t_from_noise_to_signal(sigma_tilde)  # sigma~ = 0 -> t = 0.
     return denoise(process.alpha(t) * x_tilde, t, cond)[1]
 
   # sigma~ at both ends, x~ at the start.
-  sigma_0, sigma_1 = jnp.exp(-0.5 * process.log_snr(grid[jnp.array([0, -1])]))
+  sigma_0, sigma_1 = process.noise_to_signal(grid[jnp.array([0, -1])])
   x_tilde_0 = x_T / process.alpha(grid[0])
 
   # First-same-as-last state (first_step = False, f_0) with f_0 evaluated here;
