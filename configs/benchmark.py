@@ -70,6 +70,16 @@ HIGH_ORDER = tuple(
     for grid_options in ({}, {"t_min": 0.006}, {"t_min": 0.0274}))
 
 
+# Grids learned for two of them at each NFE (grids.learned, LD3): started from
+# their log-SNR grid, fitted on 4096 starts drawn apart from the benchmark's x_T.
+LEARNED = (
+    sampler("ipndm", "learned", grid_options={"init": "log_snr",
+                                              "init_options": {"t_min": 0.0274}}),
+    sampler("unipc", "learned", {"order": 3}, {"init": "log_snr",
+                                               "init_options": {"t_min": 0.006}}),
+)
+
+
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0  # x_T, the samplers' noise and the metrics' fresh data.
@@ -96,6 +106,7 @@ def get_config():
       sampler("ddim", "karras", grid_options={"rho": 7.0}),
       sampler("ddpm", "trailing"),  # Stochastic: reported, marked.
       *HIGH_ORDER,
+      *LEARNED,
   )
   # diffusers peers, run with --peers (DiscreteDDPM processes only).
   config.peers = PEERS

@@ -20,6 +20,8 @@ t = 0 (Song et al. 2021, eq. 13, after the change of variables of Lu et al. 2022
 
 A configuration is (sampler name, options, grid name, grid options); its
 registry rule `num_steps(nfe, **options)` gives the grid length for each NFE.
+The grid "learned" is fitted to each sampler at each NFE (`grids.learned`, LD3)
+on training starts drawn apart from the benchmark's x_T (`training_pairs`).
 One bad configuration never stops the benchmark: its error (an unreachable NFE,
 NaN/inf, a wrong NFE count) is recorded in its row.
 """
@@ -200,15 +202,21 @@ def _accepted_options(fn, options):
 
 def sampler_entry(problem: Problem, name: str, options=None, grid: str = "trailing",
                   grid_options=None) -> Entry:
-  """A registered jaxdiff sampler on a named grid (grids.make_grid)."""
+  """A registered jaxdiff sampler on a named grid (grids.make_grid), or on the grid
+  "learned" for it (`learned_grid`, grid_options its keywords)."""
   options, grid_options = dict(options or {}), dict(grid_options or {})
 
   def run(nfe):
     sampler = samplers.get_sampler(name)
     num_steps = sampler.num_steps(nfe, **_accepted_options(sampler.num_steps, options))
-    times = grids.make_grid(problem.process, grid, num_steps, **grid_options)  # [N + 1]
     fn = functools.partial(sampler.fn, problem.denoise_fn, problem.process,
                            prediction=problem.prediction, **options)
+    fit = {}
+    if grid == "learned":
+      times, fit = learned_grid(problem, lambda x, g: fn(x, problem.key, g)[0], num_steps,
+                                **grid_options)
+    else:
+      times = grids.make_grid(problem.process, grid, num_steps, **grid_options)  # [N + 1]
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(problem.x_T, problem.key, times).compile()
     compile_s = time.perf_counter() - start
@@ -218,11 +226,38 @@ def sampler_entry(problem: Problem, name: str, options=None, grid: str = "traili
     samplers.raise_if_nonfinite(info, times)
     # Stochastic samplers give other samples for another key.
     x_other, _ = compiled(problem.x_T, jax.random.fold_in(problem.key, 1), times)
-    return x, {"nfe_counted": int(info["nfe"]), "steps": num_steps,
+    return x, {**fit, "nfe_counted": int(info["nfe"]), "steps": num_steps,
                "times": np.asarray(times).tolist(), "compile_s": compile_s, "run_s": run_s,
                "stochastic": not np.array_equal(x, x_other, equal_nan=True)}
 
   return Entry("jaxdiff", name, options, grid, grid_options, run)
+
+
+@functools.lru_cache(maxsize=None)
+def training_pairs(problem: Problem, num_pairs: int):
+  """(x_T, x_ref) [num_pairs, D] for fitting grids: x_T from the prior with the key
+  fold_in(PRNGKey(seed), 1), independent of the benchmark's x_T, and its reference."""
+  key = jax.random.fold_in(jax.random.PRNGKey(problem.seed), 1)
+  x_T = jax.random.normal(key, (num_pairs, problem.mixture.dim)) * problem.process.prior_std()
+  return x_T, oracle_reference(problem.mixture, problem.process, x_T)
+
+
+def learned_grid(problem: Problem, sample_fn, num_steps: int, *, init: str = "log_snr",
+                 init_options=None, num_pairs: int = 4096, **fit_options):
+  """`grids.learned` started from the named grid, fitted on `training_pairs`.
+
+  Returns:
+    (times [N + 1], info) with the fit's rmse_init and rmse on the training pairs
+    (as fit_rmse_init, fit_rmse) and its wall time fit_s.
+  """
+  init_grid = grids.make_grid(problem.process, init, num_steps, **dict(init_options or {}))
+  x_T, x_ref = training_pairs(problem, num_pairs)
+  start = time.perf_counter()
+  times, fit = grids.learned(sample_fn, x_T, x_ref, init_grid,
+                             key=jax.random.fold_in(jax.random.PRNGKey(problem.seed), 2),
+                             **fit_options)
+  return times, {"fit_rmse_init": fit["rmse_init"], "fit_rmse": fit["rmse"],
+                 "fit_s": time.perf_counter() - start}
 
 
 def noise_to_signal(process: Process, t) -> float:
@@ -364,7 +399,7 @@ def markdown_table(rows):
 CSV_COLUMNS = ("oracle", "family", "sampler", "options", "grid", "grid_options", "label", "nfe",
                "nfe_counted", "steps", "status", "error", "rmse", "sw2", "nll", "weight_error",
                "stochastic", "t_start", "t_end", "sigma_end", "compile_s", "run_s", "seed",
-               "times")
+               "fit_rmse_init", "fit_rmse", "fit_s", "times")
 
 
 def results_csv(rows):

@@ -213,3 +213,25 @@ def test_peers_record_unreachable_nfe_nan_and_final_noise_level():
   assert ddim["t_end"] == pytest.approx(1e-3, rel=1e-3)
   with pytest.raises(ValueError, match="need a discrete process with betas"):
     peers.make_scheduler(schedules.VP(), "DDIMScheduler")
+
+
+def test_learned_grid_beats_its_start_on_held_out_starts():
+  # Fitted on training starts drawn apart from x_T (as many, so the reference
+  # compiles once), judged on the benchmark's own x_T.
+  problem = quick_problem()
+  reference = benchmark.oracle_reference(MIXTURE, PROCESS, problem.x_T)
+  start = benchmark.sampler_entry(problem, "ddim", {}, "log_snr")
+  fitted = benchmark.sampler_entry(problem, "ddim", {}, "learned",
+                                   {"init": "log_snr", "num_pairs": NUM, "num_iterations": 150})
+  row_start, _ = benchmark.run_entry(problem, start, 4, reference)
+  row, _ = benchmark.run_entry(problem, fitted, 4, reference)
+  assert row["status"] == "ok", row["error"]
+  times = np.asarray(row["times"])
+  assert times[0] == row_start["times"][0] and times[-1] == 0 and np.all(np.diff(times) < 0)
+  assert row["fit_rmse_init"] == pytest.approx(
+      float(jnp.sqrt(jnp.mean((benchmark.training_pairs(problem, NUM)[1] - samplers.ddim(
+          problem.denoise_fn, PROCESS, benchmark.training_pairs(problem, NUM)[0], problem.key,
+          jnp.asarray(row_start["times"]))[0]) ** 2))), rel=1e-4)
+  print(row_start["rmse"], row["fit_rmse_init"], row["fit_rmse"], row["rmse"])
+  assert row["fit_rmse"] < 0.7 * row["fit_rmse_init"]
+  assert row["rmse"] < 0.8 * row_start["rmse"]

@@ -1,6 +1,8 @@
 """Tests for jaxdiff.grids: shapes and ends, the defining spacing of each
 builder, diffusers' published spacings, and errors on bad input."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -161,3 +163,34 @@ def test_errors():
     grids.time_uniform(0.5, 0.7, 10)
   with pytest.raises(ValueError, match="rho"):
     grids.karras(vp, 10, rho=0.0)
+
+
+def test_learned_finds_the_minimising_times_and_keeps_the_ends():
+  # sample_fn scales x_T by t_1 + t_2^2 of the grid: the loss vanishes on the
+  # curve t_1 + t_2^2 = 0.54 (e.g. t_1 = 0.5, t_2 = 0.2), which the fit must
+  # reach from a uniform start, moving only the inner times.
+  x_T = jax.random.normal(jax.random.PRNGKey(0), (64, 3))
+  sample_fn = lambda x, grid: x * grid[1] + x * grid[2] ** 2
+  x_ref = x_T * (0.5 + 0.2 ** 2)
+  init = grids.time_uniform(1.0, 0.1, 4)
+  grid, info = grids.learned(sample_fn, x_T, x_ref, init, key=jax.random.PRNGKey(1),
+                             num_iterations=300, batch_size=16, learning_rate=0.1)
+  assert grid[0] == init[0] and grid[-1] == 0.0 and np.all(np.diff(grid) < 0)
+  assert info["rmse"] < 1e-3 * info["rmse_init"], info
+  np.testing.assert_allclose(grid[1] + grid[2] ** 2, 0.54, atol=1e-3)
+
+
+def test_learned_keeps_the_start_where_the_fit_fails_and_refuses_bad_input():
+  x_T = jnp.ones((8, 2))
+  init = grids.time_uniform(1.0, 0.1, 3)  # [1, 0.55, 0.1, 0]: the start is the optimum.
+  grid, info = grids.learned(lambda x, grid: x * (grid[1] - 0.55), x_T, 0 * x_T, init,
+                             key=jax.random.PRNGKey(0), num_iterations=5)
+  np.testing.assert_array_equal(grid, init)
+  assert info["rmse"] == info["rmse_init"] == 0.0
+  with pytest.raises(ValueError, match="gradient of sample_fn in the grid is not finite"):
+    grids.learned(lambda x, grid: x * jnp.sqrt(grid[-1] * grid[1]), x_T, x_T, init,
+                  key=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="ending at 0"):
+    grids.learned(lambda x, grid: x, x_T, x_T, init[:-1], key=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="same shape"):
+    grids.learned(lambda x, grid: x, x_T, x_T[:4], init, key=jax.random.PRNGKey(0))

@@ -41,11 +41,13 @@ def ddim(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "eps
   def update(x_t, x0, eps, t, s, z):
     del x_t
     alpha_ts, sigma2_ts = sde.transition(process, t, s)  # scalars
-    sigma2_t, sigma2_s = process.sigma2(t), process.sigma2(s)
-    c2 = eta**2 * sigma2_s * sigma2_ts / sigma2_t  # c^2: eta^2 x posterior variance
-    # sigma_s^2 - c^2 free of cancellation: sigma_t^2 - sigma_{t|s}^2 = alpha_{t|s}^2 sigma_s^2.
-    direction2 = sigma2_s * ((1.0 - eta**2) + eta**2 * alpha_ts**2 * sigma2_s / sigma2_t)
-    return process.alpha(s) * x0 + jnp.sqrt(direction2) * eps + jnp.sqrt(c2) * z
+    sigma2_t, sigma_s = process.sigma2(t), process.sigma(s)
+    # sigma_s is factored out of both square roots, free of cancellation
+    # (sigma_t^2 - sigma_{t|s}^2 = alpha_{t|s}^2 sigma_s^2), and so that the
+    # gradient in t stays finite where s = 0 (grids.learned differentiates it).
+    c = eta * sigma_s * jnp.sqrt(sigma2_ts / sigma2_t)  # c^2: eta^2 x posterior variance
+    direction = sigma_s * jnp.sqrt((1.0 - eta**2) + eta**2 * alpha_ts**2 * sigma_s**2 / sigma2_t)
+    return process.alpha(s) * x0 + direction * eps + c * z
 
   return loop.sample_loop(update, denoise_fn, process, x_T, key, grid, prediction=prediction,
                           cond=cond, clip_x0=clip_x0)
