@@ -1,7 +1,12 @@
 """Import of diffusers checkpoints into the Flax networks of `jaxdiff.models`.
 
 Supported: `UNet2DModel` in the DDPM configuration family (Ho et al. 2020's
-U-Net as converted by diffusers, e.g. google/ddpm-cifar10-32) -> `UNet`, and
+U-Net as converted by diffusers, e.g. google/ddpm-cifar10-32; unconditional or
+class-conditional, see Classes below; with the ADM options of Dhariwal & Nichol
+2021: resnet_time_scale_shift "scale_shift", multi-head attention by
+attention_head_dim, and residual resampling blocks, downsample_type and
+upsample_type "resnet" with ResnetDownsampleBlock2D / ResnetUpsampleBlock2D
+levels) -> `UNet`, and
 `DiTTransformer2DModel` (facebook/DiT-XL-2-256 ...) -> `DiT`. Weights are read
 from safetensors files only: nothing is ever unpickled.
 
@@ -19,6 +24,17 @@ time_shift = -1): call them with jaxdiff times and they see diffusers' n.
 Two more settings follow diffusers where it departs from the DiT paper's
 code: the time embedding's frequencies (freq_shift 1) and the epsilon of the
 LayerNorm before each MLP (its norm_eps).
+
+Classes. A class-conditional UNet2DModel (class_embed_type None,
+num_class_embeds K) adds row y of a K-row table to the time embedding and has
+no null class: models trained for classifier-free guidance reserve an id for
+it, by convention the last. The import keeps the table as it is, so it becomes
+the UNet with num_classes = K - 1, whose K rows are ids 0 .. K - 1 in both
+libraries and whose null id (cond=None, class dropout, guidance's
+unconditional half) is diffusers' last id K - 1. For a checkpoint that trained
+all K ids as classes, id K - 1 still gives that class, but cond=None and
+guidance then mean it too: such a model has no unconditional prediction, and
+none is invented. Other class_embed_types are refused.
 """
 
 import json
@@ -67,9 +83,14 @@ _DIT_DEFAULTS = dict(
 _UNET_REQUIRED = dict(
     center_input_sample=False, time_embedding_type="positional", freq_shift=1,
     flip_sin_to_cos=False, mid_block_type="UNetMidBlock2D", mid_block_scale_factor=1,
-    downsample_padding=0, downsample_type="conv", upsample_type="conv", act_fn="silu",
-    attn_norm_num_groups=None, resnet_time_scale_shift="default", add_attention=True,
-    class_embed_type=None, num_class_embeds=None)
+    act_fn="silu", add_attention=True, class_embed_type=None)
+# downsample_type -> (what else it fixes, the down and up block types of levels without
+# attention): strided convolutions (Ho et al.) or residual blocks (UNet.resblock_updown).
+_UNET_RESAMPLING = {
+    "conv": (dict(downsample_padding=0, upsample_type="conv"), ("DownBlock2D", "UpBlock2D")),
+    "resnet": (dict(upsample_type="resnet"), ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D")),
+}
+_UNET_TIME_SHIFTS = {"default": False, "scale_shift": True}  # -> UNet.scale_shift_norm
 _DIT_REQUIRED = dict(attention_bias=True, activation_fn="gelu-approximate",
                      norm_type="ada_norm_zero", norm_elementwise_affine=False)
 
@@ -86,37 +107,57 @@ def _with_defaults(config, defaults, required, class_name):
 
 def _unet_from_config(config, num_train_timesteps):
   """The `UNet` equivalent to a diffusers UNet2DModel config."""
-  c = _with_defaults(config, _UNET_DEFAULTS, _UNET_REQUIRED, "UNet2DModel")
+  resampling = {**_UNET_DEFAULTS, **config}["downsample_type"]
+  if resampling not in _UNET_RESAMPLING:
+    raise ValueError(f"unsupported UNet2DModel downsample_type {resampling!r}; jaxdiff imports "
+                     f"{list(_UNET_RESAMPLING)}")
+  required, (plain_down, plain_up) = _UNET_RESAMPLING[resampling]
+  c = _with_defaults(config, _UNET_DEFAULTS, {**_UNET_REQUIRED, **required}, "UNet2DModel")
   widths = list(c["block_out_channels"])
   ch = widths[0]
   levels = len(widths)
   down = list(c["down_block_types"])
   attn_levels = [b == "AttnDownBlock2D" for b in down]
-  expected_up = [f"{'Attn' if a else ''}UpBlock2D" for a in reversed(attn_levels)]
-  if any(b not in ("DownBlock2D", "AttnDownBlock2D") for b in down) or \
+  expected_up = ["AttnUpBlock2D" if a else plain_up for a in reversed(attn_levels)]
+  if any(b not in (plain_down, "AttnDownBlock2D") for b in down) or \
       list(c["up_block_types"]) != expected_up or any(w % ch for w in widths):
     raise ValueError("unsupported UNet2DModel blocks: down_block_types "
                      f"{c['down_block_types']}, up_block_types {c['up_block_types']}, "
-                     f"block_out_channels {widths}; jaxdiff imports (Attn)DownBlock2D levels, "
-                     "the mirrored (Attn)UpBlock2D levels and widths multiple of the first")
+                     f"block_out_channels {widths}; with downsample_type {resampling!r} jaxdiff "
+                     f"imports {plain_down} / AttnDownBlock2D levels, the mirrored {plain_up} / "
+                     "AttnUpBlock2D levels and widths multiple of the first")
   if c["time_embedding_dim"] not in (None, 4 * ch):
     raise ValueError(f"unsupported UNet2DModel time_embedding_dim {c['time_embedding_dim']}; "
                      f"jaxdiff's is 4 x {ch}")
-  single_head = c["attention_head_dim"] is None or all(
-      c["attention_head_dim"] == w for w, a in zip(widths + [widths[-1]], attn_levels + [True])
-      if a)
-  if not single_head:
-    raise ValueError(f"unsupported UNet2DModel attention_head_dim {c['attention_head_dim']}; "
-                     "jaxdiff's U-Net attention has a single head (attention_head_dim=None)")
+  if c["resnet_time_scale_shift"] not in _UNET_TIME_SHIFTS:
+    raise ValueError(f"unsupported UNet2DModel resnet_time_scale_shift "
+                     f"{c['resnet_time_scale_shift']!r}; jaxdiff imports {list(_UNET_TIME_SHIFTS)}")
+  scale_shift_norm = _UNET_TIME_SHIFTS[c["resnet_time_scale_shift"]]
+  # diffusers' mid-block attention has no GroupNorm for "scale_shift" unless given its groups.
+  mid_groups = c["attn_norm_num_groups"]
+  if mid_groups is None and not scale_shift_norm:
+    mid_groups = c["norm_num_groups"]
+  if mid_groups != c["norm_num_groups"]:
+    raise ValueError(f"unsupported UNet2DModel attn_norm_num_groups {c['attn_norm_num_groups']} "
+                     f"with resnet_time_scale_shift {c['resnet_time_scale_shift']!r}: jaxdiff's "
+                     f"mid-block attention has a GroupNorm of norm_num_groups="
+                     f"{c['norm_num_groups']} groups")
   size = c.get("sample_size")
   size = size[0] if isinstance(size, (list, tuple)) else size
   if not isinstance(size, int):
     raise ValueError(f"UNet2DModel config needs an integer sample_size, got {size!r}")
+  num_class_embeds = c["num_class_embeds"]
+  if num_class_embeds is not None and num_class_embeds < 2:
+    raise ValueError(f"unsupported UNet2DModel num_class_embeds {num_class_embeds}: jaxdiff "
+                     "maps the last class id to its null class, so it needs at least 2")
   return UNet(ch=ch, ch_mult=tuple(w // ch for w in widths), num_res_blocks=c["layers_per_block"],
               attn_resolutions=tuple(size >> l for l in range(levels) if attn_levels[l]),
               dropout=c["dropout"], channels=c["in_channels"],
               out_channels=None if c["out_channels"] == c["in_channels"] else c["out_channels"],
+              num_classes=None if num_class_embeds is None else num_class_embeds - 1,
               num_groups=c["norm_num_groups"], norm_eps=c["norm_eps"],
+              num_head_channels=c["attention_head_dim"], scale_shift_norm=scale_shift_norm,
+              resblock_updown=resampling == "resnet",
               time_scale=float(num_train_timesteps), time_shift=-1.0)
 
 
@@ -125,7 +166,8 @@ def _unet_modules(model: UNet):
   modules = {"conv_in": ("conv_in", "conv"), "norm_out": ("conv_norm_out", "norm"),
              "conv_out": ("conv_out", "conv"),
              "time_embed/dense0": ("time_embedding.linear_1", "dense"),
-             "time_embed/dense1": ("time_embedding.linear_2", "dense")}
+             "time_embed/dense1": ("time_embedding.linear_2", "dense"),
+             "class_embed/embedding": ("class_embedding", "embed")}
 
   def add(flax_prefix, torch_prefix, table):
     modules.update({f"{flax_prefix}/{k}": (f"{torch_prefix}.{name}", kind)
@@ -140,8 +182,12 @@ def _unet_modules(model: UNet):
       if i < model.num_res_blocks:
         add(f"down_{level}_block_{i}", f"{down}.resnets.{i}", _RES_BLOCK)
         add(f"down_{level}_attn_{i}", f"{down}.attentions.{i}", _ATTN_BLOCK)
-    modules[f"down_{level}_downsample"] = (f"{down}.downsamplers.0.conv", "conv")
-    modules[f"up_{level}_upsample"] = (f"{up}.upsamplers.0.conv", "conv")
+    if model.resblock_updown:
+      add(f"down_{level}_downsample", f"{down}.downsamplers.0", _RES_BLOCK)
+      add(f"up_{level}_upsample", f"{up}.upsamplers.0", _RES_BLOCK)
+    else:
+      modules[f"down_{level}_downsample"] = (f"{down}.downsamplers.0.conv", "conv")
+      modules[f"up_{level}_upsample"] = (f"{up}.upsamplers.0.conv", "conv")
   add("mid_block_1", "mid_block.resnets.0", _RES_BLOCK)
   add("mid_attn", "mid_block.attentions.0", _ATTN_BLOCK)
   add("mid_block_2", "mid_block.resnets.1", _RES_BLOCK)

@@ -2,12 +2,16 @@
 papers' configurations (by jax.eval_shape, nothing materialised), zero output
 at initialisation where the papers zero-initialise, live time and class
 embeddings, a finite forward + backward pass, bfloat16 compute against
-float32, classifier-free guidance (w = 0 / 1, one batched call, independence
-of the prediction type, inside a sampler), and errors for bad input.
+float32, the U-Net's ADM and DDPM++ options (skip rescaling, BigGAN
+resampling blocks, Fourier time features; their diffusers parity is in
+test_weights), classifier-free guidance (w = 0 / 1, one batched call,
+independence of the prediction type, inside a sampler), and errors for bad
+input.
 
 Tiny configurations; every compiled function is shared across tests."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -16,17 +20,29 @@ import pytest
 
 from jaxdiff import guidance, parameterization, samplers, schedules
 from jaxdiff.models import DIT_SIZES, DiT, UNet, denoise_fn, dit, num_params
-from jaxdiff.models.layers import LabelEmbedding
+from jaxdiff.models.layers import LabelEmbedding, TimeEmbedding
+from jaxdiff.models.unet import AttnBlock, ResBlock
 
 NUM_CLASSES = 10
 B = 4  # Every compiled forward pass sees batch 4 (guided calls: 2 x 2).
+VE = schedules.VE()
+TINY_UNET = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, num_groups=8, num_classes=NUM_CLASSES)
 MODELS = {
-    "unet": UNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), num_groups=8,
-                 num_classes=NUM_CLASSES),
+    "unet": UNet(attn_resolutions=(8,), **TINY_UNET),
     "dit": DiT(depth=2, hidden_size=32, num_heads=2, patch_size=2, in_channels=4,
                num_classes=NUM_CLASSES),
 }
 SHAPES = {"unet": (B, 16, 16, 3), "dit": (B, 8, 8, 4)}
+STYLES = {  # The later U-Nets' options, on 8x8 inputs.
+    # Dhariwal & Nichol's: 8-channel heads at two resolutions, AdaGN, BigGAN resampling.
+    "adm": UNet(attn_resolutions=(8, 4), num_head_channels=8, scale_shift_norm=True,
+                resblock_updown=True, **TINY_UNET),
+    # Song et al.'s DDPM++ / NCSN++: BigGAN resampling, skip rescaling, Fourier features of
+    # log sigma for the VE process (time_scale t + time_shift = log sigma(t)).
+    "ddpmpp": UNet(attn_resolutions=(4,), resblock_updown=True, skip_rescale=True,
+                   time_embedding="fourier", time_scale=math.log(VE.sigma_max / VE.sigma_min),
+                   time_shift=math.log(VE.sigma_min), **TINY_UNET),
+}
 
 
 def inputs(name, seed=0):
@@ -42,18 +58,25 @@ def init_params(name):
   return init(jax.random.key(0, impl="rbg"))  # rbg: compiles faster than threefry on CPU.
 
 
+@jax.jit
+def perturb(params):
+  """params plus a fixed pattern of size 0.1, so that no layer is zero."""
+  leaves, tree = jax.tree.flatten(params)
+  return jax.tree.unflatten(tree, [
+      p + 0.1 * jnp.sin(1.7 * jnp.arange(p.size, dtype=jnp.float32) + i).reshape(p.shape)
+      for i, p in enumerate(leaves)])
+
+
 @functools.cache
 def perturbed_params(name):
-  """The initial parameters plus a fixed pattern of size 0.1, so that no layer is zero."""
-
-  @jax.jit
-  def perturb(params):
-    leaves, tree = jax.tree.flatten(params)
-    return jax.tree.unflatten(tree, [
-        p + 0.1 * jnp.sin(1.7 * jnp.arange(p.size, dtype=jnp.float32) + i).reshape(p.shape)
-        for i, p in enumerate(leaves)])
-
+  """The initial parameters, perturbed."""
   return perturb(init_params(name))
+
+
+def compile_quickly(fn, *args):
+  """fn compiled for args with XLA's CPU backend optimisations off: a tiny graph run once
+  costs its compilation, which this about halves."""
+  return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})
 
 
 @functools.cache
@@ -81,6 +104,19 @@ def test_unet_cifar10_has_ho_et_al_parameter_count():
   # diffusion_tf/models/unet.py with ch=128, ch_mult=(1,2,2,2), 2 blocks, attention at 16;
   # diffusers' UNet2DModel for google/ddpm-cifar10-32 has the same 35,746,307.
   assert count(UNet(), (1, 32, 32, 3), cond=False) == 35_746_307
+
+
+def test_ddpmpp_cifar10_count_is_score_sdes_up_to_two_documented_details():
+  # score_sde's DDPM++ CIFAR-10 (configs/vp/cifar10_ddpmpp_continuous.py built by
+  # models/ncsnpp.py) has 61,804,419 parameters, counted from its source. The DDPM++-style
+  # U-Net here keeps Ho et al.'s attention after every block on the way up (4 more at 16x16,
+  # width 256) and identity shortcuts in its resampling blocks (score_sde: 1x1 convolutions,
+  # down at widths 128, 256, 256 and up at 256, 256, 256).
+  model = UNet(num_res_blocks=4, resblock_updown=True, skip_rescale=True)
+  attention = lambda C: 2 * C + 4 * (C * C + C)  # GroupNorm; q, k, v and output projections.
+  shortcut = lambda C: C * C + C
+  assert count(model, (1, 32, 32, 3), cond=False) == 61_804_419 + 4 * attention(256) - sum(
+      shortcut(C) for C in (128, 256, 256, 256, 256, 256))
 
 
 PAPER_PARAMS = {"S": 33e6, "B": 130e6, "L": 458e6, "XL": 675e6}  # Peebles & Xie, Table 1
@@ -153,6 +189,119 @@ def test_unet_bfloat16_compute_tracks_float32():
   assert out16.dtype == jnp.float32
   err = float(jnp.max(jnp.abs(out16 - out32)) / jnp.max(jnp.abs(out32)))
   assert 0 < err < 0.05, err
+
+
+# --------------------------------------------------------------------------
+# The U-Net's ADM and DDPM++ options.
+# --------------------------------------------------------------------------
+
+
+def test_resblock_updown_replaces_each_resampling_conv_by_a_residual_block():
+  # The tiny U-Net resamples at width 16 (down) and 32 (up). A residual block C -> C has two
+  # GroupNorms (2 C each), two 3x3 convs (9 C^2 + C each) and the time projection E -> C;
+  # it replaces one 3x3 conv.
+  E = 4 * TINY_UNET["ch"]
+  conv = lambda C: 9 * C * C + C
+  block = lambda C: 4 * C + 2 * conv(C) + E * C + C
+  model = MODELS["unet"].clone(resblock_updown=True)
+  assert count(model, SHAPES["unet"]) == count(MODELS["unet"], SHAPES["unet"]) + sum(
+      block(C) - conv(C) for C in (16, 32))
+
+
+@pytest.mark.parametrize("name", list(STYLES))
+def test_later_unet_styles_start_at_zero_have_live_embeddings_and_gradients(name):
+  # One compiled init + forward + backward: at init the output is exactly zero (conv_out and
+  # every residual branch's last layer start at zero); perturbed, only t differs between
+  # rows 0 and 1, only the class between 0 and 2, and row 3 is the null class.
+  model = STYLES[name]
+  x = jnp.repeat(jax.random.normal(jax.random.PRNGKey(13), (1, 8, 8, 3)), B, axis=0)
+  t, cond = jnp.array([0.1, 0.6, 0.1, 0.1]), jnp.array([3, 3, 5, NUM_CLASSES])
+
+  def init_and_train(key):
+    out_init, variables = model.init_with_output(key, x, t, cond, deterministic=True)
+
+    def loss(params):
+      out = model.apply({"params": params}, x, t, cond, deterministic=True)
+      return jnp.mean(out**2), out
+
+    return out_init, jax.value_and_grad(loss, has_aux=True)(perturb(variables["params"]))
+
+  key = jax.random.key(0, impl="rbg")
+  out_init, ((value, out), grads) = compile_quickly(init_and_train, key)(key)
+  assert out.shape == x.shape and float(jnp.max(jnp.abs(out_init))) == 0.0
+  leaves = jax.tree.leaves(grads)
+  assert np.isfinite(float(value)) and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  assert sum(float(jnp.sum(g**2)) for g in leaves) > 0
+  scale = float(jnp.std(out[0]))
+  assert scale > 1e-3
+  for row in (1, 2, 3):
+    assert float(jnp.max(jnp.abs(out[row] - out[0]))) > 1e-2 * scale, row
+
+
+def test_ddpmpp_style_takes_several_resolutions():
+  # Any resolution the multipliers divide, square or not (by shape only).
+  for shape in ((2, 8, 8, 3), (2, 16, 24, 3), (2, 32, 32, 3)):
+    x, t = jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct((2,), jnp.float32)
+    out, _ = jax.eval_shape(lambda x, t: STYLES["ddpmpp"].init_with_output(
+        jax.random.PRNGKey(0), x, t, None, deterministic=True), x, t)
+    assert out.shape == shape, (shape, out.shape)
+
+
+def test_skip_rescale_divides_every_residual_sum_by_sqrt2():
+  # Song et al. app. H: (x + F(x)) / sqrt(2), with the same parameters as x + F(x).
+  x = jax.random.normal(jax.random.PRNGKey(9), (2, 4, 4, 16))
+  temb = jax.random.normal(jax.random.PRNGKey(10), (2, 32))
+  kw = dict(num_groups=4, norm_eps=1e-6, dtype=jnp.float32)
+  blocks = ((ResBlock(16, 0.0, resample="down", **kw), (x, temb, True)),  # Identity shortcut.
+            (ResBlock(32, 0.0, **kw), (x, temb, True)),  # 1x1 shortcut.
+            (AttnBlock(2, **kw), (x,)))
+
+  def both(key):
+    pairs = []
+    for block, args in blocks:
+      params = perturb(block.init(key, *args)["params"])
+      pairs.append((block.apply({"params": params}, *args),
+                    block.clone(skip_rescale=True).apply({"params": params}, *args)))
+    return pairs
+
+  key = jax.random.PRNGKey(11)
+  for plain, rescaled in compile_quickly(both, key)(key):
+    assert float(jnp.std(plain)) > 0.1
+    np.testing.assert_allclose(rescaled, plain / np.sqrt(2), rtol=1e-5, atol=1e-6)
+
+
+def test_fourier_features_are_fixed_gaussian_frequencies_of_log_sigma():
+  # Tancik et al.: [sin 2 pi W s, cos 2 pi W s] with W ~ N(0, 16^2) fixed (gradient stopped);
+  # with the VE map of STYLES["ddpmpp"], s is log sigma(t) (score_sde's NCSN++ input).
+  model = STYLES["ddpmpp"]
+  embed = TimeEmbedding(8, 2048, model.time_scale, model.time_shift, freq_shift=1.0,
+                        flip_sin_to_cos=False, fourier_scale=model.fourier_scale)
+  t = jnp.array([0.1, 0.5, 0.9])
+
+  @jax.jit
+  def init_and_grad(key):
+    params = embed.init(key, t)["params"]
+    return params, jax.grad(lambda p: jnp.sum(embed.apply({"params": p}, t) ** 2))(params)
+
+  params, grads = init_and_grad(jax.random.PRNGKey(12))
+  assert params["W"].shape == (1024,)
+  assert abs(float(jnp.std(params["W"])) / 16 - 1) < 0.1
+  assert float(jnp.max(jnp.abs(grads["W"]))) == 0.0 and float(jnp.max(jnp.abs(
+      grads["dense0"]["kernel"]))) > 0
+  np.testing.assert_allclose(model.time_scale * t + model.time_shift, jnp.log(VE.sigma(t)),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_bad_unet_options_name_the_configuration():
+  x, t, cond = inputs("unet")
+  for options, match in (
+      (dict(num_heads=3), r"UNet\(ch=16.* num_heads=3 cannot split its attention width 32"),
+      (dict(num_head_channels=12),
+       r"UNet\(ch=16.* num_head_channels=12 cannot split its attention width 32"),
+      (dict(time_embedding="learned"), r"UNet\(ch=16.*time_embedding must be one of")):
+    model = MODELS["unet"].clone(**options)
+    with pytest.raises(ValueError, match=match):
+      jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, cond, deterministic=True))
 
 
 def test_class_dropout_replaces_ids_by_the_null_class():

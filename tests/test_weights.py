@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxdiff import weights
-from jaxdiff.models import UNet, num_params
+from jaxdiff.models import UNet, layers, num_params
 
 T = 1000
 STEPS = np.array([0, 17, 500, 999])  # diffusers' integer steps n; jaxdiff's t = (n + 1) / T.
@@ -58,6 +58,69 @@ def test_unet2d_ddpm_import_matches_diffusers(tmp_path):
   err, scale = parity(model, tmp_path, x)
   print(f"max abs diff {err:.3g} (output scale {scale:.3g})")
   assert scale > 0.1 and err <= 1e-4, (err, scale)
+
+
+def test_class_conditional_unet2d_import_matches_diffusers(tmp_path):
+  diffusers = pytest.importorskip("diffusers")
+  # num_class_embeds = 11: ten classes and diffusers' last id, 10, as jaxdiff's null class.
+  model = torch_model(
+      diffusers.UNet2DModel, 3, sample_size=8, in_channels=3, out_channels=3,
+      block_out_channels=(16, 32), down_block_types=("AttnDownBlock2D", "DownBlock2D"),
+      up_block_types=("UpBlock2D", "AttnUpBlock2D"), layers_per_block=1, downsample_padding=0,
+      flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=8,
+      attention_head_dim=None, num_class_embeds=11)
+  x = np.random.default_rng(3).standard_normal((4, 3, 8, 8)).astype(np.float32)
+  err, scale = parity(model, tmp_path, x, class_labels=LABELS)
+  print(f"max abs diff {err:.3g} (output scale {scale:.3g})")
+  assert scale > 0.1 and err <= 1e-4, (err, scale)
+  assert weights.load_diffusers(tmp_path)[0].num_classes == 10
+
+
+def test_adm_style_unet2d_import_matches_diffusers(tmp_path):
+  diffusers = pytest.importorskip("diffusers")
+  # Dhariwal & Nichol's options: scale-shift norm conditioned on time and class, 8-channel
+  # heads (2 at width 16 on 8x8, 4 at width 32 in the middle), residual down/upsampling
+  # blocks in both kinds of diffusers levels (Attn*Block2D and Resnet*sampleBlock2D).
+  model = torch_model(
+      diffusers.UNet2DModel, 4, sample_size=8, in_channels=3, out_channels=3,
+      block_out_channels=(16, 32), down_block_types=("AttnDownBlock2D", "ResnetDownsampleBlock2D"),
+      up_block_types=("ResnetUpsampleBlock2D", "AttnUpBlock2D"), downsample_type="resnet",
+      upsample_type="resnet", resnet_time_scale_shift="scale_shift", attn_norm_num_groups=8,
+      layers_per_block=1, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=8,
+      attention_head_dim=8, num_class_embeds=11)
+  x = np.random.default_rng(4).standard_normal((4, 3, 8, 8)).astype(np.float32)
+  err, scale = parity(model, tmp_path, x, class_labels=LABELS)
+  print(f"max abs diff {err:.3g} (output scale {scale:.3g})")
+  assert scale > 0.1 and err <= 1e-4, (err, scale)
+  flax_model = weights.load_diffusers(tmp_path)[0]
+  assert (flax_model.scale_shift_norm, flax_model.resblock_updown, flax_model.num_head_channels,
+          flax_model.attn_resolutions) == (True, True, 8, (8,))
+
+
+def test_fourier_time_embedding_matches_diffusers():
+  # UNet(time_embedding="fourier")'s embedding against UNet2DModel(time_embedding_type=
+  # "fourier")'s (score_sde's GaussianFourierProjection, scale 16, of log sigma, then the
+  # MLP), same weights: jaxdiff's s = time_scale t + time_shift is diffusers' log sigma.
+  diffusers = pytest.importorskip("diffusers")
+  torch = pytest.importorskip("torch")
+  from diffusers.models.embeddings import GaussianFourierProjection, TimestepEmbedding
+  torch.manual_seed(5)
+  proj, mlp = GaussianFourierProjection(16, scale=16), TimestepEmbedding(32, 64)
+  sigma = np.array([0.01, 0.3, 2.0, 50.0], np.float32)
+  with torch.no_grad():
+    expected = mlp(proj(torch.from_numpy(sigma))).numpy()
+  linear = lambda m: {"kernel": jnp.asarray(m.weight.detach().numpy().T),
+                      "bias": jnp.asarray(m.bias.detach().numpy())}
+  params = {"W": jnp.asarray(proj.weight.detach().numpy()), "dense0": linear(mlp.linear_1),
+            "dense1": linear(mlp.linear_2)}
+  out = layers.TimeEmbedding(64, 32, 1.0, 0.0, freq_shift=1.0, flip_sin_to_cos=False,
+                             fourier_scale=16.0).apply({"params": params}, np.log(sigma))
+  assert np.abs(np.asarray(out) - expected).max() <= 1e-4 * np.abs(expected).max()
+  # The U-Net of base width 16 builds this embedding: 2 x 16 features, MLP to 4 x 16.
+  unet = UNet(ch=16, ch_mult=(1,), attn_resolutions=(), num_groups=8, time_embedding="fourier")
+  shapes = jax.eval_shape(lambda: unet.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)),
+                                            jnp.zeros(1), deterministic=True))["params"]
+  assert jax.tree.map(jnp.shape, shapes["time_embed"]) == jax.tree.map(jnp.shape, params)
 
 
 def test_ddpm_cifar10_configuration_imports_as_ho_et_al_unet():
@@ -109,8 +172,16 @@ def test_unsupported_configurations_and_files_are_refused(tmp_path):
                 attention_head_dim=None)
   with pytest.raises(ValueError, match=r"\{'downsample_padding': 1\}"):
     weights.unet_from_diffusers({**config, "downsample_padding": 1}, {})
-  with pytest.raises(ValueError, match="single head"):
-    weights.unet_from_diffusers({**config, "attention_head_dim": 8}, {})
+  with pytest.raises(ValueError, match=r"\{'class_embed_type': 'timestep'\}"):
+    weights.unet_from_diffusers({**config, "class_embed_type": "timestep"}, {})
+  with pytest.raises(ValueError, match="num_class_embeds 1"):
+    weights.unet_from_diffusers({**config, "num_class_embeds": 1}, {})
+  with pytest.raises(ValueError, match="num_head_channels=24 cannot split its attention width"):
+    weights.unet_from_diffusers({**config, "attention_head_dim": 24}, {})
+  with pytest.raises(ValueError, match="mid-block attention has a GroupNorm"):
+    weights.unet_from_diffusers({**config, "resnet_time_scale_shift": "scale_shift"}, {})
+  with pytest.raises(ValueError, match=r"\{'upsample_type': 'conv'\}"):
+    weights.unet_from_diffusers({**config, "downsample_type": "resnet"}, {})
   with pytest.raises(ValueError, match="the checkpoint lacks conv_in"):
     weights.unet_from_diffusers(config, {})
   (tmp_path / "config.json").write_text('{"_class_name": "UNet2DModel"}')

@@ -2,7 +2,10 @@
 
   timestep_embedding  sinusoidal features of a scalar time per example
                       (Vaswani et al. 2017, sec. 3.5; Ho et al. 2020, app. B)
-  TimeEmbedding       time input convention + sinusoid + 2-layer MLP
+  fourier_features    random Gaussian Fourier features (Tancik et al. 2020;
+                      Song et al. 2021's NCSN++: scale 16)
+  TimeEmbedding       time input convention + sinusoid or Fourier features +
+                      2-layer MLP
   LabelEmbedding      class ids -> vectors, with a null class for classifier-free
                       guidance and condition dropout (Ho & Salimans 2022, sec. 3.2;
                       Peebles & Xie 2023, sec. 3.1)
@@ -52,6 +55,17 @@ def timestep_embedding(s, dim: int, *, freq_shift: float, flip_sin_to_cos: bool,
   return jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
 
 
+def fourier_features(s, W):
+  """Gaussian Fourier features of s [B] with frequencies W [dim / 2]: [B, dim].
+
+  [sin(2 pi W s), cos(2 pi W s)], W drawn once from N(0, scale^2) and kept
+  fixed (Tancik et al. 2020, their B; score_sde's GaussianFourierProjection,
+  which embeds s = log sigma for VE models).
+  """
+  args = 2 * np.pi * s.astype(jnp.float32)[:, None] * W[None, :]  # [B, dim / 2]
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
 def check_images(x, channels: int, multiple: int, config: str, reason: str):
   """Raises ValueError, naming the configuration, unless x is [B, H, W, channels] with H
   and W multiples of `multiple`."""
@@ -63,13 +77,17 @@ def check_images(x, channels: int, multiple: int, config: str, reason: str):
 
 
 class TimeEmbedding(nn.Module):
-  """t [B] -> [B, features]: sinusoid of time_scale t + time_shift, Dense, swish, Dense.
+  """t [B] -> [B, features]: features of s = time_scale t + time_shift, Dense, swish, Dense.
 
   Attributes:
     features: width of the MLP and of the output.
-    frequency_dim: number of sinusoidal features fed to the MLP.
+    frequency_dim: number of sinusoidal (or Fourier) features fed to the MLP.
     time_scale, time_shift: the time input convention (module docstring).
     freq_shift, flip_sin_to_cos: see `timestep_embedding`.
+    fourier_scale: None for the sinusoid; else the standard deviation of the
+      frequencies W of `fourier_features`, a parameter "W" [frequency_dim / 2]
+      whose gradient is stopped (fixed after init, as in score_sde; exclude it
+      from weight decay).
     kernel_init: init of both Dense kernels.
   """
   features: int
@@ -78,6 +96,7 @@ class TimeEmbedding(nn.Module):
   time_shift: float
   freq_shift: float
   flip_sin_to_cos: bool
+  fourier_scale: float | None = None
   kernel_init: nn.initializers.Initializer = xavier_uniform
   dtype: jnp.dtype = jnp.float32
 
@@ -87,8 +106,15 @@ class TimeEmbedding(nn.Module):
     if t.ndim != 1:
       raise ValueError(f"t must be a per-example vector [B], got shape {t.shape}")
     s = self.time_scale * t + self.time_shift  # [B]
-    emb = timestep_embedding(s, self.frequency_dim, freq_shift=self.freq_shift,
-                             flip_sin_to_cos=self.flip_sin_to_cos).astype(self.dtype)
+    if self.fourier_scale is None:
+      emb = timestep_embedding(s, self.frequency_dim, freq_shift=self.freq_shift,
+                               flip_sin_to_cos=self.flip_sin_to_cos)
+    else:
+      if self.frequency_dim % 2:
+        raise ValueError(f"Fourier embedding dimension must be even, got {self.frequency_dim}")
+      W = self.param("W", nn.initializers.normal(self.fourier_scale), (self.frequency_dim // 2,))
+      emb = fourier_features(s, jax.lax.stop_gradient(W))
+    emb = emb.astype(self.dtype)  # [B, frequency_dim]
     dense = lambda name: nn.Dense(self.features, kernel_init=self.kernel_init, dtype=self.dtype,
                                   name=name)
     return dense("dense1")(nn.swish(dense("dense0")(emb)))  # [B, features]
