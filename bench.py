@@ -94,6 +94,9 @@ def main(argv):
             "oracles": {p.name: {"dim": p.mixture.dim, "modes": p.mixture.weights.shape[0]}
                         for p in problems},
             "nfes": list(config.nfes), "reference": config.reference.to_dict(),
+            "nfe": "network calls counted by the sampler; a classifier-free-guided call "
+                   "(conditional and unconditional in one batch of 2B, jaxdiff.guidance) "
+                   "counts once",
             "metrics": "rmse = sqrt(mean ||x - x_ref||^2 / D) to the PF-ODE solution from the "
                        "same x_T; sw2 = sliced Wasserstein-2 to fresh data; nll in nats"}
   benchmark.write_results(workdir, header, rows)
