@@ -507,3 +507,23 @@ def test_errors():
   with pytest.raises(ValueError, match="grid must lie in VP's time domain"):
     dpm_solver_sde(fn, process, x_T, jax.random.PRNGKey(0),
                    grids.make_grid(PROCESSES["edm"], "karras", 4))
+
+
+@pytest.mark.parametrize("sampler_name, options", [
+    ("ddim", {}), ("dpm_solver", {"order": 2}), ("dpm_solver", {"order": 3}),
+    ("dpm_solver_sde", {"order": 2})])
+def test_gradient_in_the_grid_is_finite_into_sigma_zero(sampler_name, options):
+  # grids.learned differentiates a sampler in its inner times; the empty history
+  # (lambda = -inf) and the last step's h = inf must not leak NaN into it.
+  process = PROCESSES["vp"]
+  x_T = prior("vp", 16)
+  grid = grids.make_grid(process, "log_snr", 5)
+
+  def loss(inner):
+    times = grid.at[1:-1].set(inner)
+    x_0, _ = SAMPLERS[sampler_name](SMOOTH.denoise_fn(process, "eps"), process, x_T,
+                                    jax.random.PRNGKey(0), times, **options)
+    return jnp.mean(x_0**2)
+
+  grad = jax.jit(jax.grad(loss))(grid[1:-1])
+  assert np.all(np.isfinite(grad)) and np.any(grad != 0), grad

@@ -252,6 +252,16 @@ def _step_order(order, num_steps, lower_order_final, i, h, lambda_1, lambda_2):
   return jnp.where(jnp.isfinite(h), step_order, 1)
 
 
+def _step_ratio(used, lambda_a, lambda_b, h):
+  """(lambda_a - lambda_b) / h where `used`, else 1.
+
+  An unused history slot has lambda = -inf and the step into sigma = 0 has
+  h = inf; both are replaced before the division, not after, so that neither
+  the value nor its gradient in the grid (grids.learned) holds inf or NaN.
+  """
+  return jnp.where(used, lambda_a - lambda_b, 1.0) / jnp.where(used, h, 1.0)
+
+
 def _multistep(denoise, process: Process, kind, order, lower_order_final, x_T, key, grid, cond):
   """Multistep scan; the carry holds the history (g_1, g_2) at (lambda_1, lambda_2).
 
@@ -277,12 +287,12 @@ def _multistep(denoise, process: Process, kind, order, lower_order_final, x_T, k
       h, b, phi, c1, c2 = _expansion(process, kind, s, t)
       x_t = _first_order(process, x0_s, eps_s, t)
     step_order = _step_order(order, num_steps, lower_order_final, i, h, lambda_1, lambda_2)
-    if order >= 2:  # Ratios of unused history are set to 1: no inf or NaN anywhere.
-      r0 = jnp.where(step_order >= 2, (lambda_0 - lambda_1) / h, 1.0)
+    if order >= 2:
+      r0 = _step_ratio(step_order >= 2, lambda_0, lambda_1, h)
       d1_0 = (g_0 - g_1) / r0
       x_t = x_t + jnp.where(step_order == 2, 0.5 * b * phi, 0.0) * d1_0
     if order >= 3:
-      r1 = jnp.where(step_order >= 3, (lambda_1 - lambda_2) / h, 1.0)
+      r1 = _step_ratio(step_order >= 3, lambda_1, lambda_2, h)
       d1_1 = (g_1 - g_2) / r1
       d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
       d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)  # h^2 g''; the references omit the 2.
