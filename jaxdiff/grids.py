@@ -189,8 +189,8 @@ def learned(sample_fn, x_T, x_ref, init_grid, *, key, num_iterations: int = 300,
   so every step keeps the grid strictly decreasing, and u is fitted by Adam
   with a cosine-decayed learning rate on random batches of the training pairs
   (steps with a non-finite gradient are skipped; a non-finite gradient at the
-  start is a ValueError). Fit the times on training
-  pairs disjoint from those you report on: the fit over-fits a few hundred.
+  start is a ValueError). Fit the times on training pairs disjoint from those
+  you report on: the fit over-fits a few hundred.
 
   Args:
     sample_fn: (x_T [B, ...], grid [N + 1]) -> x_0 [B, ...], differentiable in

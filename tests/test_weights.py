@@ -28,8 +28,9 @@ def torch_model(cls, seed, **config):
   return model
 
 
-def parity(model, tmp_path, x, **kwargs):
-  """Max abs difference between diffusers' output and the imported Flax model's."""
+def assert_parity(model, tmp_path, x, **kwargs):
+  """Saves the diffusers model, imports it, and asserts that the max abs difference of
+  the outputs is <= 1e-4 on an output of scale > 0.1."""
   torch = pytest.importorskip("torch")
   model.save_pretrained(tmp_path, safe_serialization=True)
   flax_model, params = weights.load_diffusers(tmp_path, num_train_timesteps=T)
@@ -42,7 +43,9 @@ def parity(model, tmp_path, x, **kwargs):
   out = apply(params, jnp.asarray(x.transpose(0, 2, 3, 1)),
               jnp.asarray((STEPS + 1) / T, jnp.float32), cond)  # [B, H, W, C_out]
   scale = np.abs(expected).max()
-  return float(np.abs(np.asarray(out) - expected.transpose(0, 2, 3, 1)).max()), scale
+  err = float(np.abs(np.asarray(out) - expected.transpose(0, 2, 3, 1)).max())
+  print(f"max abs diff {err:.3g} (output scale {scale:.3g})")
+  assert scale > 0.1 and err <= 1e-4, (err, scale)
 
 
 def test_unet2d_ddpm_import_matches_diffusers(tmp_path):
@@ -55,9 +58,7 @@ def test_unet2d_ddpm_import_matches_diffusers(tmp_path):
       flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=8,
       attention_head_dim=None)
   x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
-  err, scale = parity(model, tmp_path, x)
-  print(f"max abs diff {err:.3g} (output scale {scale:.3g})")
-  assert scale > 0.1 and err <= 1e-4, (err, scale)
+  assert_parity(model, tmp_path, x)
 
 
 def test_class_conditional_unet2d_import_matches_diffusers(tmp_path):
@@ -70,9 +71,7 @@ def test_class_conditional_unet2d_import_matches_diffusers(tmp_path):
       flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=8,
       attention_head_dim=None, num_class_embeds=11)
   x = np.random.default_rng(3).standard_normal((4, 3, 8, 8)).astype(np.float32)
-  err, scale = parity(model, tmp_path, x, class_labels=LABELS)
-  print(f"max abs diff {err:.3g} (output scale {scale:.3g})")
-  assert scale > 0.1 and err <= 1e-4, (err, scale)
+  assert_parity(model, tmp_path, x, class_labels=LABELS)
   assert weights.load_diffusers(tmp_path)[0].num_classes == 10
 
 
@@ -89,9 +88,7 @@ def test_adm_style_unet2d_import_matches_diffusers(tmp_path):
       layers_per_block=1, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=8,
       attention_head_dim=8, num_class_embeds=11)
   x = np.random.default_rng(4).standard_normal((4, 3, 8, 8)).astype(np.float32)
-  err, scale = parity(model, tmp_path, x, class_labels=LABELS)
-  print(f"max abs diff {err:.3g} (output scale {scale:.3g})")
-  assert scale > 0.1 and err <= 1e-4, (err, scale)
+  assert_parity(model, tmp_path, x, class_labels=LABELS)
   flax_model = weights.load_diffusers(tmp_path)[0]
   assert (flax_model.scale_shift_norm, flax_model.resblock_updown, flax_model.num_head_channels,
           flax_model.attn_resolutions) == (True, True, 8, (8,))
@@ -150,9 +147,7 @@ def test_dit_import_matches_diffusers(tmp_path):
     for block in blocks[1:]:
       block.norm1.emb.load_state_dict(blocks[0].norm1.emb.state_dict())
   x = np.random.default_rng(1).standard_normal((4, 4, 8, 8)).astype(np.float32)
-  err, scale = parity(model, tmp_path, x, class_labels=LABELS)
-  print(f"max abs diff {err:.3g} (output scale {scale:.3g})")
-  assert scale > 0.1 and err <= 1e-4, (err, scale)
+  assert_parity(model, tmp_path, x, class_labels=LABELS)
 
 
 def test_dit_with_per_block_embedders_is_refused(tmp_path):
