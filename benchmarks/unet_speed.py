@@ -3,6 +3,7 @@
   python benchmarks/unet_speed.py                        # batch 8, float32
   python benchmarks/unet_speed.py --dtype bfloat16 --repeats 20
   python benchmarks/unet_speed.py --no-peer              # jaxdiff only
+  python benchmarks/unet_speed.py --xla-defaults         # also without compiler_options()
 
 Both networks are Ho et al. 2020's CIFAR-10 U-Net (35,746,307 parameters):
 `jaxdiff.models.UNet()` and diffusers' `UNet2DModel` with the config of
@@ -12,8 +13,11 @@ NCHW) on [B, 32, 32, 3]. Timed, in one run:
   * train step: Ho et al.'s L_simple (t uniform over the 1000 linear-schedule
     steps, eps-MSE) with dropout 0.1, its gradient and an AdamW update; JAX's
     step is one jitted function with params and optimizer state donated.
-Printed: median seconds per call, images/s and the ratio jaxdiff images/s /
-diffusers images/s (> 1: jaxdiff is faster), and the load average: the two
+JAX's functions are compiled with `jaxdiff.models.compiler_options()` (on CPU:
+YNNPACK for reductions only, Eigen's convolutions); --xla-defaults also times
+them compiled with XLA's defaults, in the same run.
+Printed: median seconds per call, images/s and the ratios jaxdiff images/s /
+other images/s (> 1: jaxdiff is faster), and the load average: they
 take turns call by call, so both see the same load, but torch's threads slow
 down far more than XLA's on a busy CPU. JAX's compile time is printed
 separately (excluded, like torch's first eager calls: both are warmed up).
@@ -33,7 +37,7 @@ import numpy as np
 import optax
 
 from jaxdiff import losses, schedules
-from jaxdiff.models import UNet, num_params
+from jaxdiff.models import UNet, compiler_options, num_params
 
 T = 1000
 LEARNING_RATE = 2e-4  # Ho et al.'s CIFAR-10 rate.
@@ -58,9 +62,9 @@ def median_seconds(calls, repeats):
   return {name: statistics.median(t[1:]) for name, t in times.items()}
 
 
-def jaxdiff_calls(args, x0):
-  """{"forward": (fn, sync), "train step": (fn, sync)} for jaxdiff's UNet; prints compile
-  times."""
+def jaxdiff_calls(args, x0, options):
+  """{"forward": (fn, sync), "train step": (fn, sync)} for jaxdiff's UNet compiled with the
+  XLA compiler options `options`; prints compile times."""
   model = UNet(dtype=jnp.dtype(args.dtype))
   process = schedules.discrete_ddpm("linear", T)
   params = jax.jit(lambda key: model.init(key, x0, jnp.ones(x0.shape[:1]),
@@ -88,14 +92,14 @@ def jaxdiff_calls(args, x0):
   train_step = jax.jit(train_step, donate_argnums=(0, 1))
   key = jax.random.PRNGKey(1)
   start = time.perf_counter()
-  forward = forward.lower(params, x0, t).compile()
+  forward = forward.lower(params, x0, t).compile(options)
   compile_forward = time.perf_counter() - start
   start = time.perf_counter()
-  train_step = train_step.lower(params, opt_state, x0, key).compile()
+  train_step = train_step.lower(params, opt_state, x0, key).compile(options)
   compile_train = time.perf_counter() - start
   print(f"jaxdiff: {num_params(params):,} parameters, {args.dtype} compute on "
-        f"{jax.devices()[0]}; compile: forward {compile_forward:.1f} s, "
-        f"train step {compile_train:.1f} s")
+        f"{jax.devices()[0]}, compiler options {options}; compile: forward "
+        f"{compile_forward:.1f} s, train step {compile_train:.1f} s")
 
   state = [params, opt_state]
 
@@ -154,10 +158,14 @@ def main():
   parser.add_argument("--repeats", type=int, default=5, help="timed calls; the median is printed")
   parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
                       help="also time diffusers (--no-peer: jaxdiff only)")
+  parser.add_argument("--xla-defaults", action="store_true",
+                      help="also time jaxdiff compiled without jaxdiff's compiler options")
   args = parser.parse_args()
   x0 = jax.random.uniform(jax.random.PRNGKey(2), (args.batch, 32, 32, 3), minval=-1, maxval=1)
 
-  calls = {"jaxdiff": jaxdiff_calls(args, x0)}
+  calls = {"jaxdiff": jaxdiff_calls(args, x0, compiler_options())}
+  if args.xla_defaults:
+    calls["jaxdiff, XLA defaults"] = jaxdiff_calls(args, x0, {})
   if args.peer:
     try:
       calls["diffusers"] = diffusers_calls(args, x0)
@@ -168,10 +176,11 @@ def main():
   print(f"batch {args.batch}, {args.dtype}, median of {args.repeats} (load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):")
   for what, s in seconds.items():
-    line = ", ".join(f"{name} {s[name]:.3f} s ({args.batch / s[name]:.1f} images/s)" for name in s)
-    if "diffusers" in s:
-      line += f"; ratio jaxdiff / diffusers images/s = {s['diffusers'] / s['jaxdiff']:.2f}"
-    print(f"  {what}: {line}")
+    print(f"  {what}: " + ", ".join(f"{name} {s[name]:.3f} s ({args.batch / s[name]:.1f} images/s)"
+                                    for name in s))
+    for other in s:
+      if other != "jaxdiff":
+        print(f"    ratio jaxdiff / {other} images/s = {s[other] / s['jaxdiff']:.2f}")
 
 
 if __name__ == "__main__":

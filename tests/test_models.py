@@ -2,9 +2,9 @@
 papers' configurations (by jax.eval_shape, nothing materialised), zero output
 at initialisation where the papers zero-initialise, live time and class
 embeddings, a finite forward + backward pass, bfloat16 compute against
-float32, the U-Net's ADM and DDPM++ options (skip rescaling, BigGAN
-resampling blocks, Fourier time features; their diffusers parity is in
-test_weights), classifier-free guidance (w = 0 / 1, one batched call,
+float32, the XLA compiler options (same results), the U-Net's ADM and DDPM++
+options (skip rescaling, BigGAN resampling blocks, Fourier time features;
+their diffusers parity is in test_weights), classifier-free guidance (w = 0 / 1, one batched call,
 independence of the prediction type, inside a sampler), and errors for bad
 input.
 
@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from jaxdiff import guidance, parameterization, samplers, schedules
-from jaxdiff.models import DIT_SIZES, DiT, UNet, denoise_fn, dit, num_params
+from jaxdiff.models import (DIT_SIZES, DiT, UNet, compiler, compiler_options, denoise_fn,
+                            dit, num_params)
 from jaxdiff.models.layers import LabelEmbedding, TimeEmbedding
 from jaxdiff.models.unet import AttnBlock, ResBlock
 
@@ -189,6 +190,45 @@ def test_unet_bfloat16_compute_tracks_float32():
   assert out16.dtype == jnp.float32
   err = float(jnp.max(jnp.abs(out16 - out32)) / jnp.max(jnp.abs(out32)))
   assert 0 < err < 0.05, err
+
+
+# --------------------------------------------------------------------------
+# XLA compiler options: other kernels, the same results.
+# --------------------------------------------------------------------------
+
+
+def test_compiler_options_change_kernels_not_results():
+  # A residual block (3x3 convolutions, GroupNorm, time embedding, the 1x1 shortcut): its
+  # loss and gradient compiled with compiler_options() against XLA's defaults.
+  if not compiler._cpu_accepts(tuple(compiler.CPU_OPTIONS.items())):
+    pytest.skip(f"jax {jax.__version__}'s CPU compiler has no {compiler.YNN_FUSION_TYPE}")
+  assert compiler_options() == compiler.CPU_OPTIONS  # Tests run on CPU without XLA_FLAGS.
+  block = ResBlock(32, dropout=0.0, num_groups=8, norm_eps=1e-6, dtype=jnp.float32)
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, 8, 8, 16))
+  temb = jax.random.normal(jax.random.PRNGKey(1), (B, 64))
+  params = jax.jit(lambda key: perturb(block.init(key, x, temb, True)["params"]))(
+      jax.random.key(2, impl="rbg"))
+  loss = lambda params, x: jnp.mean(block.apply({"params": params}, x, temb, True)**2)
+  lowered = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(params, x)
+  value, grads = lowered.compile(compiler_options())(params, x)
+  value_ref, grads_ref = lowered.compile()(params, x)
+  np.testing.assert_allclose(value, value_ref, rtol=1e-5)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads_ref))
+  for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+    np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_compiler_options_are_left_out_off_cpu_under_user_flags_and_unknown_options(
+    monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", f"--{compiler.YNN_FUSION_TYPE}=")
+  assert compiler_options() == {}
+  monkeypatch.delenv("XLA_FLAGS")
+  monkeypatch.setattr(compiler, "CPU_OPTIONS", {compiler.YNN_FUSION_TYPE: "NO_SUCH_TYPE"})
+  assert compiler_options() == {}
+  monkeypatch.setattr(compiler, "CPU_OPTIONS", {"xla_cpu_no_such_option": "1"})
+  assert compiler_options() == {}
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert compiler_options() == {}
 
 
 # --------------------------------------------------------------------------

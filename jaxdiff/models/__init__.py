@@ -1,9 +1,11 @@
 """Networks: the DDPM U-Net (`unet`), the Diffusion Transformer (`dit`), shared layers.
 
 `denoise_fn(model, params)` turns either into the (x, t, cond) -> prediction
-function that samplers and losses take.
+function that samplers and losses take; `compiler_options()` are the XLA
+options to jit them with (`compiler`).
 """
 
+from jaxdiff.models.compiler import compiler_options
 from jaxdiff.models.dit import DIT_SIZES, DiT, dit
 from jaxdiff.models.layers import num_params
 from jaxdiff.models.unet import UNet
@@ -24,4 +26,4 @@ def denoise_fn(model, params):
   return fn
 
 
-__all__ = ["DIT_SIZES", "DiT", "UNet", "denoise_fn", "dit", "num_params"]
+__all__ = ["DIT_SIZES", "DiT", "UNet", "compiler_options", "denoise_fn", "dit", "num_params"]
