@@ -18,7 +18,7 @@ YNNPACK for reductions only, Eigen's convolutions); --xla-defaults also times
 them compiled with XLA's defaults, in the same run.
 Printed: median seconds per call, images/s and the ratios jaxdiff images/s /
 other images/s (> 1: jaxdiff is faster), and the load average: they
-take turns call by call, so both see the same load, but torch's threads slow
+take turns call by call, so all see the same load, but torch's threads slow
 down far more than XLA's on a busy CPU. JAX's compile time is printed
 separately (excluded, like torch's first eager calls: both are warmed up).
 --dtype bfloat16 computes jaxdiff in bfloat16 with float32 parameters and runs
