@@ -4,9 +4,9 @@ at initialisation where the papers zero-initialise, live time and class
 embeddings, a finite forward + backward pass, bfloat16 compute against
 float32, the XLA compiler options (same results), the U-Net's ADM and DDPM++
 options (skip rescaling, BigGAN resampling blocks, Fourier time features;
-their diffusers parity is in test_weights), classifier-free guidance (w = 0 / 1, one batched call,
-independence of the prediction type, inside a sampler), and errors for bad
-input.
+their diffusers parity is in test_weights), classifier-free guidance (w = 0
+or 1, one batched call, independence of the prediction type, inside a sampler),
+and errors for bad input.
 
 Tiny configurations; every compiled function is shared across tests."""
 

@@ -2,26 +2,27 @@
 
   compiled = jax.jit(train_step, compiler_options=compiler_options())
 
-On CPU, jaxlib 0.10 hands each convolution to YNNPACK (an `__ynn_fusion`).
-For a 3x3 kernel's gradient XLA canonicalises the convolution with the batch
-as its contracted feature dimension, only B = 8 wide in the CIFAR-10 U-Net's
+On CPU, jaxlib 0.10 hands each convolution to YNNPACK (an `__ynn_fusion`). For
+a 3x3 kernel's gradient XLA canonicalises the convolution with the batch as
+its contracted feature dimension, only B = 8 wide in the CIFAR-10 U-Net's
 train step, and YNNPACK runs it at about 50 GFLOP/s on this project's 2-core
 machines, where Eigen's convolution (XLA's other CPU path) runs the same
 gradients at 140-240 GFLOP/s. YNNPACK's reductions, on the other hand
 (GroupNorm statistics, bias gradients: sums over B, H, W into a channel
-vector), are several times faster than XLA's own loop emitter: turning
-YNNPACK off altogether gave back most of the gain (one run: train step 2.12 s
-against 1.67 s with reductions only and 2.41 s with the defaults). So on CPU the options keep
-YNNPACK for reductions only. `benchmarks/unet_speed.py --xla-defaults`
-measures the difference in one run (the DDPM CIFAR-10 U-Net, batch 8,
-float32; three runs): 1.48-1.54x images/s in the train step, 1.15-1.28x in the
-forward pass. A DiT-S/2 train step, made of matrix products, was unchanged.
+vector), are several times faster than XLA's own loop emitter: turning YNNPACK
+off altogether gave back most of the gain (one run: train step 2.12 s against
+1.67 s with reductions only and 2.41 s with the defaults). So on CPU the
+options keep YNNPACK for reductions only. `benchmarks/unet_speed.py
+--xla-defaults` measures the difference within one run; three runs (the DDPM
+CIFAR-10 U-Net, batch 8, float32) gave 1.48-1.54x images/s in the train step
+and 1.15-1.28x in the forward pass. A DiT-S/2 train step, made of matrix
+products, was unchanged.
 
-The options are a compile-time choice of kernels, not of the math: the
-results agree with the default compilation to float32 rounding (tested). They
-are left out (an empty dict) on GPU and TPU, where a user's XLA_FLAGS already
-set the same option (the user's choice wins), and with a jaxlib that does not
-know the option.
+The options are a compile-time choice of kernels, not of the math: the results
+agree with the default compilation to float32 rounding (tested). They are left
+out (an empty dict) off CPU, when a user's XLA_FLAGS already set the same
+option (the user's choice wins), and with a jaxlib that does not know the
+option.
 """
 
 import functools
