@@ -15,6 +15,10 @@ from jaxdiff.models import UNet, layers, num_params
 T = 1000
 STEPS = np.array([0, 17, 500, 999])  # diffusers' integer steps n; jaxdiff's t = (n + 1) / T.
 LABELS = np.array([0, 3, 9, 10])  # 10 = the null class of a 10-class model.
+# What the small UNet2DModels below share: RGB, one block per level, 8 groups, and Ho et al.'s
+# conventions (sinusoid order and shift of google/ddpm-cifar10-32, GroupNorm epsilon).
+SMALL_UNET2D = dict(in_channels=3, out_channels=3, layers_per_block=1, norm_num_groups=8,
+                    flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6)
 
 
 def torch_model(cls, seed, **config):
@@ -52,11 +56,10 @@ def test_unet2d_ddpm_import_matches_diffusers(tmp_path):
   diffusers = pytest.importorskip("diffusers")
   # The google/ddpm-cifar10-32 configuration at small width: 2 levels, attention at 8x8.
   model = torch_model(
-      diffusers.UNet2DModel, 0, sample_size=16, in_channels=3, out_channels=3,
-      block_out_channels=(32, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-      up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=1, downsample_padding=0,
-      flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=8,
-      attention_head_dim=None)
+      diffusers.UNet2DModel, 0, sample_size=16, block_out_channels=(32, 64),
+      down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+      up_block_types=("AttnUpBlock2D", "UpBlock2D"), downsample_padding=0,
+      attention_head_dim=None, **SMALL_UNET2D)
   x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
   assert_parity(model, tmp_path, x)
 
@@ -65,11 +68,10 @@ def test_class_conditional_unet2d_import_matches_diffusers(tmp_path):
   diffusers = pytest.importorskip("diffusers")
   # num_class_embeds = 11: ten classes and diffusers' last id, 10, as jaxdiff's null class.
   model = torch_model(
-      diffusers.UNet2DModel, 3, sample_size=8, in_channels=3, out_channels=3,
-      block_out_channels=(16, 32), down_block_types=("AttnDownBlock2D", "DownBlock2D"),
-      up_block_types=("UpBlock2D", "AttnUpBlock2D"), layers_per_block=1, downsample_padding=0,
-      flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=8,
-      attention_head_dim=None, num_class_embeds=11)
+      diffusers.UNet2DModel, 3, sample_size=8, block_out_channels=(16, 32),
+      down_block_types=("AttnDownBlock2D", "DownBlock2D"),
+      up_block_types=("UpBlock2D", "AttnUpBlock2D"), downsample_padding=0,
+      attention_head_dim=None, num_class_embeds=11, **SMALL_UNET2D)
   x = np.random.default_rng(3).standard_normal((4, 3, 8, 8)).astype(np.float32)
   assert_parity(model, tmp_path, x, class_labels=LABELS)
   assert weights.load_diffusers(tmp_path)[0].num_classes == 10
@@ -81,12 +83,11 @@ def test_adm_style_unet2d_import_matches_diffusers(tmp_path):
   # heads (2 at width 16 on 8x8, 4 at width 32 in the middle), residual down/upsampling
   # blocks in both kinds of diffusers levels (Attn*Block2D and Resnet*sampleBlock2D).
   model = torch_model(
-      diffusers.UNet2DModel, 4, sample_size=8, in_channels=3, out_channels=3,
-      block_out_channels=(16, 32), down_block_types=("AttnDownBlock2D", "ResnetDownsampleBlock2D"),
+      diffusers.UNet2DModel, 4, sample_size=8, block_out_channels=(16, 32),
+      down_block_types=("AttnDownBlock2D", "ResnetDownsampleBlock2D"),
       up_block_types=("ResnetUpsampleBlock2D", "AttnUpBlock2D"), downsample_type="resnet",
       upsample_type="resnet", resnet_time_scale_shift="scale_shift", attn_norm_num_groups=8,
-      layers_per_block=1, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=8,
-      attention_head_dim=8, num_class_embeds=11)
+      attention_head_dim=8, num_class_embeds=11, **SMALL_UNET2D)
   x = np.random.default_rng(4).standard_normal((4, 3, 8, 8)).astype(np.float32)
   assert_parity(model, tmp_path, x, class_labels=LABELS)
   flax_model = weights.load_diffusers(tmp_path)[0]
