@@ -5,23 +5,27 @@
   python bench.py --peers --config.nfes '(5, 10, 15, 20)'  # with diffusers' schedulers
   python bench.py --oracle mixture.npz --init-noise x_T.npy --save-samples
 
-Writes into a new workdir (never into one that already holds files):
-results.md (rmse tables: configurations x NFE), results.csv and results.json
-(one row per run, with a header of versions, process, oracles and seeds),
-rmse-<oracle>.png and, with --save-samples, samples/<oracle>/*.npz.
+Every configuration is checked (names, options, NFE values; each traced once
+with jax.eval_shape, nothing compiled) before the workdir is claimed; a mistake
+exits non-zero with every mistake listed. The workdir is a new folder, never one
+that holds files (jaxdiff.workdir). Rows are appended to results.jsonl as they
+finish; at the end come results.md (rmse tables: configurations x NFE),
+results.csv and results.json (one row per run, with a header of versions,
+process, oracles and seeds), rmse-<oracle>.png and, with --save-samples,
+samples/<oracle>/*.npz. An interrupted benchmark leaves its finished rows and
+the file INCOMPLETE; the same command with --workdir DIR --resume runs only
+what is missing.
 """
 
+import json
 import pathlib
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
-from jaxdiff import benchmark, schedules
-from jaxdiff.workdir import new_workdir
+from jaxdiff import benchmark, cli, parameterization, schedules, workdir
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/benchmark.py",
-                                          "Benchmark configuration.")
+_CONFIG = cli.define_config("configs/benchmark.py", "Benchmark configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/bench-<time>.")
 _INIT_NOISE = flags.DEFINE_string("init-noise", None,
                                   "x_T [num_samples, D] from this .npy instead of the seed.")
@@ -30,8 +34,9 @@ _ORACLE = flags.DEFINE_string("oracle", None, "Mixture .npz (weights [K], means 
 _SAVE_SAMPLES = flags.DEFINE_bool("save-samples", False, "Write x_T, the reference and every "
                                   "run's samples as .npz.")
 _PEERS = flags.DEFINE_bool("peers", False, "Also run the configured diffusers schedulers.")
-
-
+_RESUME = flags.DEFINE_bool("resume", False, "Finish the interrupted benchmark in --workdir: "
+                            "same flags, only the missing runs.")
+SETTINGS = "settings.json"  # What a resumed benchmark must agree with.
 
 
 def build_problems(config, oracle_file, init_noise_file):
@@ -55,38 +60,97 @@ def build_problems(config, oracle_file, init_noise_file):
 
 
 def entries_for(problem, config, with_peers):
-  entries = [benchmark.sampler_entry(problem, s.name, s.options.to_dict(), s.grid,
-                                     s.grid_options.to_dict()) for s in config.samplers]
+  """(entries, mistakes): the problem's configurations and what is wrong with them."""
+  entries, mistakes = [], []
+  for s in config.samplers:
+    try:
+      entries.append(benchmark.sampler_entry(problem, s.name, s.options.to_dict(), s.grid,
+                                             s.grid_options.to_dict()))
+    except ValueError as error:
+      mistakes.append(f"sampler {s.name} {s.options.to_dict()} on grid {s.grid}: {error}")
   if with_peers:
     from jaxdiff import peers  # pylint: disable=import-outside-toplevel
-    entries += peers.peer_entries(problem, [p.to_dict() for p in config.peers])
-  return entries
+    for p in config.peers:
+      try:
+        entries += peers.peer_entries(problem, [p.to_dict()])
+      except ValueError as error:
+        mistakes.append(f"peer {p.name} {p.options.to_dict()}: {error}")
+  return entries, mistakes + benchmark.check_entries(entries, config.nfes)
+
+
+def check_config(config):
+  """(problems, entries per problem), or SystemExit listing every mistake (nothing written)."""
+  try:
+    benchmark.check_nfes(config.nfes)
+    if not isinstance(config.num_samples, int) or config.num_samples < 1:
+      raise ValueError(f"num_samples must be a positive integer, got {config.num_samples!r}")
+    if config.prediction not in parameterization.PREDICTIONS:
+      raise ValueError(f"prediction must be one of {list(parameterization.PREDICTIONS)}, got "
+                       f"{config.prediction!r}")
+    problems = build_problems(config, _ORACLE.value, _INIT_NOISE.value)
+    if _PEERS.value:
+      from jaxdiff import peers  # pylint: disable=import-outside-toplevel
+      peers.import_peers()  # A missing extra is reported before anything is written.
+      if not hasattr(problems[0].process, "betas"):
+        raise ValueError(f"--peers needs a discrete DDPM process, got {config.process}")
+  except (ValueError, ImportError) as error:
+    raise SystemExit(f"invalid benchmark configuration: {error} (nothing was written)") from None
+  entries, mistakes = [], []
+  for problem in problems:
+    problem_entries, problem_mistakes = entries_for(problem, config, _PEERS.value)
+    entries.append(problem_entries)
+    mistakes += [f"{problem.name}: {m}" for m in problem_mistakes]
+    if not problem_mistakes:
+      try:
+        benchmark.check_unique(problem_entries)
+      except ValueError as error:
+        mistakes.append(str(error))
+  if mistakes:
+    raise SystemExit("invalid benchmark configuration (nothing was written):\n  - "
+                     + "\n  - ".join(mistakes))
+  return problems, entries
 
 
 def main(argv):
   del argv
   config = _CONFIG.value
-  problems = build_problems(config, _ORACLE.value, _INIT_NOISE.value)
-  if _PEERS.value:
-    from jaxdiff import peers  # pylint: disable=import-outside-toplevel
-    peers.import_peers()  # A missing extra is reported before anything is written.
-    if not hasattr(problems[0].process, "betas"):
-      raise SystemExit(f"--peers needs a discrete DDPM process, got {config.process}")
-  entries = [entries_for(problem, config, _PEERS.value) for problem in problems]
-  for problem_entries in entries:
-    benchmark.check_unique(problem_entries)
-  workdir = new_workdir(_WORKDIR.value, "bench")
+  if _RESUME.value and not _WORKDIR.value:
+    raise SystemExit("--resume needs --workdir: the folder of the interrupted benchmark")
+  problems, entries = check_config(config)
+  settings = json.loads(json.dumps(
+      {"config": config.to_dict(), "oracle": _ORACLE.value, "init_noise": _INIT_NOISE.value,
+       "peers": _PEERS.value, "save_samples": _SAVE_SAMPLES.value}, default=str))
 
-  rows = []
-  for problem, problem_entries in zip(problems, entries):
-    sample_dir = workdir / "samples" / problem.name if _SAVE_SAMPLES.value else None
-    problem_rows, _ = benchmark.run_benchmark(
-        problem, problem_entries, tuple(config.nfes),
-        reference=benchmark.oracle_reference(problem.mixture, problem.process, problem.x_T,
-                                             **config.reference),
-        sample_dir=sample_dir, log=lambda line: print(line, flush=True))
-    rows += problem_rows
+  with workdir.claim(_WORKDIR.value, "bench", resume=_RESUME.value) as out:
+    finished = {}
+    if _RESUME.value:
+      if not (out / SETTINGS).is_file():
+        raise SystemExit(f"--resume: {out} has no {SETTINGS}: that benchmark stopped before its "
+                         "first run; start it anew in a new --workdir")
+      saved = json.loads((out / SETTINGS).read_text())
+      differ = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
+      if differ:
+        raise SystemExit(f"--resume: this command's {differ} differ from those the benchmark in "
+                         f"{out} was started with ({out / SETTINGS}); rerun with the same flags")
+      finished = {benchmark.row_key(row): row for row in workdir.read_rows(out)}
+      print(f"resuming {out}: {len(finished)} finished runs are kept", flush=True)
+    else:
+      (out / SETTINGS).write_text(json.dumps(settings, indent=1))
+    rows = []
+    for problem, problem_entries in zip(problems, entries):
+      sample_dir = out / "samples" / problem.name if _SAVE_SAMPLES.value else None
+      problem_rows, _ = benchmark.run_benchmark(
+          problem, problem_entries, tuple(config.nfes),
+          reference=benchmark.oracle_reference(problem.mixture, problem.process, problem.x_T,
+                                               **config.reference),
+          sample_dir=sample_dir, log=lambda line: print(line, flush=True), finished=finished,
+          on_row=lambda row: workdir.append_row(out, row))
+      rows += problem_rows
+    write_outputs(out, config, problems, rows)
 
+
+def write_outputs(out, config, problems, rows):
+  """results.md, .csv, .json and the plots, with the header of what was run."""
   header = {"versions": benchmark.versions(), "device": str(jax.devices()[0]),
             "process": config.process, "process_options": config.process_options.to_dict(),
             "prediction": config.prediction, "num_samples": config.num_samples,
@@ -99,10 +163,10 @@ def main(argv):
                    "counts once",
             "metrics": "rmse = sqrt(mean ||x - x_ref||^2 / D) to the PF-ODE solution from the "
                        "same x_T; sw2 = sliced Wasserstein-2 to fresh data; nll in nats"}
-  benchmark.write_results(workdir, header, rows)
+  benchmark.write_results(out, header, rows)
   print(benchmark.markdown_table(rows))
-  print(f"wrote results.md, results.csv, results.json and rmse-*.png to {workdir}")
+  print(f"wrote results.md, results.csv, results.json and rmse-*.png to {out}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

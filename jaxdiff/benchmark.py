@@ -22,8 +22,11 @@ A configuration is (sampler name, options, grid name, grid options); its
 registry rule `num_steps(nfe, **options)` gives the grid length for each NFE.
 The grid "learned" is fitted to each sampler at each NFE (`grids.learned`, LD3)
 on training starts drawn apart from the benchmark's x_T (`training_pairs`).
-One bad configuration never stops the benchmark: its error (an unreachable NFE,
-NaN/inf, a wrong NFE count) is recorded in its row.
+A configuration mistake (an unknown sampler, grid, option or peer, a bad option
+value) is found by `check_entries` before anything runs: each configuration is
+traced once with jax.eval_shape, without compiling. What only the run itself
+shows (an NFE a configuration cannot spend, NaN/inf, a wrong NFE count) is
+recorded in that run's row and the benchmark goes on.
 """
 
 import csv
@@ -57,6 +60,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 def random_mixture(dim: int = 64, num_modes: int = 10, scale: float = 1.0,
                    std_range=(0.1, 0.3), seed: int = 0) -> oracle.GaussianMixture:
   """A seeded mixture: means scale * U[-1, 1]^D, stds U(std_range), Dirichlet(5) weights."""
+  for name, value in (("dim", dim), ("num_modes", num_modes)):
+    if not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"random_mixture: {name} must be a positive integer, got {value!r}")
+  if len(std_range) != 2 or not 0 < std_range[0] <= std_range[1]:
+    raise ValueError(f"random_mixture: std_range must be (low, high) with 0 < low <= high, "
+                     f"got {std_range!r}")
   rng = np.random.default_rng(seed)
   weights = rng.dirichlet(np.full(num_modes, 5.0))
   means = scale * rng.uniform(-1.0, 1.0, (num_modes, dim))
@@ -71,17 +80,43 @@ def make_oracle(name: str, **options) -> oracle.GaussianMixture:
   """A named oracle mixture: "ring" (oracle.ring) or "random" (random_mixture)."""
   if name not in ORACLES:
     raise ValueError(f"unknown oracle {name!r}; valid: {sorted(ORACLES)}")
+  valid = list(inspect.signature(ORACLES[name]).parameters)
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise ValueError(f"oracle {name!r} takes the options {valid}, got unknown {unknown}")
   return ORACLES[name](**options)
+
+
+def _load_numeric(path, what: str, keys=None):
+  """The array of an .npy file (keys None) or the named arrays of an .npz file,
+  each numeric, or a ValueError naming the file and what it must hold."""
+  kind = ".npy file (np.save) of one array" if keys is None else f".npz file (np.savez) of {keys}"
+  try:
+    loaded = np.load(path)  # allow_pickle=False: never unpickles.
+    is_npz = hasattr(loaded, "files")
+    if is_npz != (keys is not None):
+      raise ValueError(f"got {'an .npz' if is_npz else 'an .npy'} file")
+    arrays = {k: loaded[k] for k in keys if k in loaded.files} if is_npz else {"array": loaded}
+  except (OSError, EOFError, ValueError) as error:
+    raise ValueError(f"cannot read {what} {path} ({type(error).__name__}: {error}); it must be "
+                     f"an {kind} of numbers") from error
+  for name, a in arrays.items():
+    if not np.issubdtype(a.dtype, np.number):
+      raise ValueError(f"{what} {path}: {name} must hold numbers, got dtype {a.dtype}")
+  return arrays if is_npz else arrays["array"]
 
 
 def load_mixture(path) -> oracle.GaussianMixture:
   """A mixture from an .npz file with arrays weights [K], means [K, D], stds [K]."""
-  with np.load(path) as arrays:
-    missing = {"weights", "means", "stds"} - set(arrays.files)
-    if missing:
-      raise ValueError(f"oracle file {path} lacks arrays {sorted(missing)}; it needs weights "
-                       f"[K], means [K, D] and stds [K], got {sorted(arrays.files)}")
+  arrays = _load_numeric(path, "oracle file", ("weights", "means", "stds"))
+  missing = {"weights", "means", "stds"} - set(arrays)
+  if missing:
+    raise ValueError(f"oracle file {path} lacks arrays {sorted(missing)}; it needs weights "
+                     f"[K], means [K, D] and stds [K], got {sorted(arrays)}")
+  try:
     return oracle.GaussianMixture(arrays["weights"], arrays["means"], arrays["stds"])
+  except ValueError as error:
+    raise ValueError(f"oracle file {path}: {error}") from error
 
 
 def check_init_noise(x_T, shape, source="x_T"):
@@ -97,7 +132,7 @@ def check_init_noise(x_T, shape, source="x_T"):
 
 def load_init_noise(path, shape):
   """x_T [num_samples, D] from an .npy file, its shape checked."""
-  return check_init_noise(np.load(path), shape, source=f"init noise {path}")
+  return check_init_noise(_load_numeric(path, "init noise"), shape, source=f"init noise {path}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -175,7 +210,9 @@ class Entry:
   """One benchmark configuration: run(nfe) -> (x [B, D], info dict).
 
   info holds nfe_counted, steps, times (the evaluation times then the end, in
-  the process's t), compile_s, run_s and stochastic.
+  the process's t), compile_s, run_s and stochastic. check(nfe) raises what
+  run(nfe) would raise before it compiles or samples: UnreachableNFE where the
+  configuration cannot spend this NFE, anything else for a mistake.
   """
 
   family: str  # "jaxdiff" or "diffusers"
@@ -184,6 +221,7 @@ class Entry:
   grid: str
   grid_options: dict
   run: Callable
+  check: Callable
 
   @property
   def label(self):
@@ -200,23 +238,67 @@ def _accepted_options(fn, options):
   return {k: v for k, v in options.items() if k in parameters}
 
 
+class UnreachableNFE(ValueError):
+  """A configuration's NFE rule cannot spend this NFE (a row error, not a mistake)."""
+
+
+def _check_keywords(fn, options, what):
+  """ValueError unless fn (which takes **options) names every key of options."""
+  valid = [p.name for p in inspect.signature(fn).parameters.values()
+           if p.kind is inspect.Parameter.KEYWORD_ONLY]
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise ValueError(f"{what} takes the options {valid}, got unknown {unknown}")
+
+
 def sampler_entry(problem: Problem, name: str, options=None, grid: str = "trailing",
                   grid_options=None) -> Entry:
   """A registered jaxdiff sampler on a named grid (grids.make_grid), or on the grid
-  "learned" for it (`learned_grid`, grid_options its keywords)."""
+  "learned" for it (`learned_grid`, grid_options its keywords).
+
+  Raises:
+    ValueError for an unknown sampler, grid or option name.
+  """
   options, grid_options = dict(options or {}), dict(grid_options or {})
+  sampler = samplers.get_sampler(name)
+  samplers.check_options(name, options)
+  if grid == "learned":
+    _check_keywords(learned_grid, grid_options, "the grid 'learned'")
+    _check_keywords(grids.learned, {k: v for k, v in grid_options.items()
+                                    if k not in ("init", "init_options", "num_pairs")},
+                    "the grid 'learned'")
+  elif grid not in grids.GRIDS:
+    raise ValueError(f"unknown grid {grid!r}; valid: {sorted(grids.GRIDS)} and 'learned'")
+
+  def setup(nfe):
+    """(N, the sampler with its options bound) for this NFE."""
+    try:
+      num_steps = sampler.num_steps(nfe, **_accepted_options(sampler.num_steps, options))
+    except ValueError as error:
+      raise UnreachableNFE(str(error)) from error
+    return num_steps, functools.partial(sampler.fn, problem.denoise_fn, problem.process,
+                                        prediction=problem.prediction, **options)
+
+  def fixed_grid(num_steps):
+    if grid == "learned":  # The starting grid of the fit.
+      return grids.make_grid(problem.process, grid_options.get("init", "log_snr"), num_steps,
+                             **dict(grid_options.get("init_options") or {}))
+    return grids.make_grid(problem.process, grid, num_steps, **grid_options)
+
+  def check(nfe):
+    num_steps, fn = setup(nfe)
+    times = samplers.check_grid(fixed_grid(num_steps), problem.process, num_steps)
+    jax.eval_shape(fn, problem.x_T, problem.key, times)
 
   def run(nfe):
-    sampler = samplers.get_sampler(name)
-    num_steps = sampler.num_steps(nfe, **_accepted_options(sampler.num_steps, options))
-    fn = functools.partial(sampler.fn, problem.denoise_fn, problem.process,
-                           prediction=problem.prediction, **options)
+    num_steps, fn = setup(nfe)
     fit = {}
     if grid == "learned":
       times, fit = learned_grid(problem, lambda x, g: fn(x, problem.key, g)[0], num_steps,
                                 **grid_options)
     else:
-      times = grids.make_grid(problem.process, grid, num_steps, **grid_options)  # [N + 1]
+      times = fixed_grid(num_steps)  # [N + 1]
+    times = samplers.check_grid(times, problem.process, num_steps)
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(problem.x_T, problem.key, times).compile()
     compile_s = time.perf_counter() - start
@@ -230,7 +312,38 @@ def sampler_entry(problem: Problem, name: str, options=None, grid: str = "traili
                "times": np.asarray(times).tolist(), "compile_s": compile_s, "run_s": run_s,
                "stochastic": not np.array_equal(x, x_other, equal_nan=True)}
 
-  return Entry("jaxdiff", name, options, grid, grid_options, run)
+  return Entry("jaxdiff", name, options, grid, grid_options, run, check)
+
+
+def check_nfes(nfes):
+  """The NFE values as a tuple of positive integers, or a ValueError."""
+  nfes = tuple(nfes)
+  bad = [n for n in nfes if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1]
+  if not nfes or bad:
+    raise ValueError(f"nfes must be a non-empty sequence of positive integers, got {nfes!r}")
+  return nfes
+
+
+def check_entries(entries, nfes):
+  """Every configuration's mistakes, found before anything runs: a list of messages.
+
+  An NFE that a configuration cannot spend is left to its row; a configuration
+  that can spend none of them is a mistake.
+  """
+  problems = []
+  for entry in entries:
+    unreachable = []
+    try:
+      for nfe in check_nfes(nfes):
+        try:
+          entry.check(nfe)
+        except UnreachableNFE as error:
+          unreachable.append(f"NFE {nfe}: {error}")
+      if len(unreachable) == len(nfes):
+        raise ValueError("it can spend none of the NFEs asked for: " + "; ".join(unreachable))
+    except Exception as error:  # pylint: disable=broad-except  # Every mistake is reported.
+      problems.append(f"{entry.family} {entry.label}: {type(error).__name__}: {error}")
+  return problems
 
 
 @functools.lru_cache(maxsize=None)
@@ -302,8 +415,21 @@ def check_unique(entries):
     raise ValueError(f"configurations listed more than once: {sorted(repeated)}")
 
 
+def row_key(row):
+  """What identifies a run across an interrupted benchmark and its resumption."""
+  return row["oracle"], row["family"], row["label"], row["nfe"]
+
+
+def _save_npz(path, **arrays):
+  """np.savez through a temporary file and a rename: the file is whole or absent."""
+  partial = path.with_name(path.name + ".partial")
+  with open(partial, "wb") as f:
+    np.savez(f, **arrays)
+  partial.replace(path)
+
+
 def run_benchmark(problem: Problem, entries, nfes, *, reference=None, sample_dir=None,
-                  log=print):
+                  log=print, finished=None, on_row=None):
   """Runs every entry at every NFE on one problem.
 
   Args:
@@ -313,26 +439,37 @@ def run_benchmark(problem: Problem, entries, nfes, *, reference=None, sample_dir
     reference: [B, D] PF-ODE solution from x_T; oracle_reference by default.
     sample_dir: when given, writes problem.npz (x_T, reference) and an .npz per run.
     log: called with one progress line per run.
+    finished: rows of an interrupted benchmark (`row_key` -> row), taken as they
+      are instead of running again.
+    on_row: called with each new row as soon as it is finished.
 
   Returns:
     (rows, reference): a list of row dicts, one per (entry, nfe), and [B, D].
   """
   check_unique(entries)
+  finished = finished or {}
   if reference is None:
     reference = oracle_reference(problem.mixture, problem.process, problem.x_T)
   if sample_dir is not None:
     sample_dir = pathlib.Path(sample_dir)
     sample_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(sample_dir / "problem.npz", x_T=problem.x_T, reference=reference)
+    _save_npz(sample_dir / "problem.npz", x_T=problem.x_T, reference=reference)
   rows = []
   for entry in entries:
     for nfe in nfes:
+      key = (problem.name, entry.family, entry.label, nfe)
+      if key in finished:
+        rows.append(finished[key])
+        log(progress_line(len(rows), len(entries) * len(nfes), rows[-1]) + " (finished before)")
+        continue
       row, x = run_entry(problem, entry, nfe, reference)
       rows.append(row)
-      log(progress_line(len(rows), len(entries) * len(nfes), row))
       if sample_dir is not None and x is not None:
-        np.savez(sample_dir / f"{len(rows):03d}-nfe{nfe}.npz", x=np.asarray(x),
-                 times=np.asarray(row["times"]), label=row["label"])
+        _save_npz(sample_dir / f"{len(rows):03d}-nfe{nfe}.npz", x=np.asarray(x),
+                  times=np.asarray(row["times"]), label=row["label"])
+      if on_row is not None:
+        on_row(row)
+      log(progress_line(len(rows), len(entries) * len(nfes), row))
   return rows, reference
 
 
@@ -392,8 +529,12 @@ def markdown_table(rows):
       prefix = "diffusers " if family == "diffusers" else ""
       lines.append(f"| {prefix}{label} | " + " | ".join(cells) + f" | {', '.join(sorted(ends))} |")
     tables.append("\n".join(lines))
-  return ("\n\n".join(tables) + "\n\n* stochastic sampler: its rmse is not a discretization "
-          "error of the PF-ODE. error: see results.csv for the message.\n")
+  notes = []
+  if any(row["status"] == "ok" and row["stochastic"] for row in rows):
+    notes.append("* stochastic sampler: its rmse is not a discretization error of the PF-ODE.")
+  if any(row["status"] != "ok" for row in rows):
+    notes.append("error: see results.csv for the message.")
+  return "\n\n".join(tables) + "\n\n" + " ".join(notes) + "\n"
 
 
 CSV_COLUMNS = ("oracle", "family", "sampler", "options", "grid", "grid_options", "label", "nfe",

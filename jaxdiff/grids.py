@@ -31,6 +31,7 @@ Builders, named as in the literature:
                       2024's "Align Your Steps".
 """
 
+import inspect
 import math
 
 import jax
@@ -306,4 +307,8 @@ def make_grid(process: Process, name: str, num_steps: int, **options):
   """
   if name not in GRIDS:
     raise ValueError(f"unknown grid {name!r}; valid: {sorted(GRIDS)}")
+  valid = list(inspect.signature(GRIDS[name]).parameters)[2:]  # After process, num_steps.
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise ValueError(f"grid {name!r} takes the options {valid}, got unknown {unknown}")
   return GRIDS[name](process, num_steps, **options)

@@ -44,6 +44,10 @@ class GaussianMixture:
     if weights.shape != (k,) or stds.shape != (k,):
       raise ValueError(f"weights and stds must be [K] = [{k}] to match means {means.shape}; "
                        f"got {weights.shape} and {stds.shape}")
+    for name, a in (("weights", weights), ("means", means), ("stds", stds)):
+      if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite, got NaN or inf at indices "
+                         f"{np.argwhere(~np.isfinite(a))[:5].tolist()}")
     if np.any(weights <= 0) or abs(weights.sum() - 1) > 1e-5:
       raise ValueError(f"weights must be positive and sum to 1, got {weights}")
     if np.any(stds <= 0):
@@ -124,6 +128,11 @@ class GaussianMixture:
 
 def ring(num_modes: int = 8, radius: float = 0.7, std: float = 0.08, dim: int = 2):
   """num_modes equal-weight modes on a circle of the given radius in the first two axes."""
+  if not isinstance(num_modes, (int, np.integer)) or num_modes < 1:
+    raise ValueError(f"ring: num_modes must be a positive integer, got {num_modes!r}")
+  if not isinstance(dim, (int, np.integer)) or dim < 2:
+    raise ValueError(f"ring: dim must be an integer >= 2 (the circle lies in the first two "
+                     f"axes), got {dim!r}")
   angles = 2 * np.pi * np.arange(num_modes) / num_modes
   means = np.zeros((num_modes, dim), np.float32)
   means[:, 0], means[:, 1] = radius * np.cos(angles), radius * np.sin(angles)

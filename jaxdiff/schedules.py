@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 
 import jax
@@ -262,9 +263,11 @@ class DiscreteDDPM(Process):
     return i.astype(jnp.float32) / self.num_steps
 
 
-def discrete_ddpm(schedule: str = "linear", num_steps: int = 1000, **kwargs) -> DiscreteDDPM:
+def discrete_ddpm(schedule: str = "linear", num_steps: int = 1000, beta_start: float = 1e-4,
+                  beta_end: float = 0.02) -> DiscreteDDPM:
   """A DiscreteDDPM with a named beta schedule (see `beta_schedule`)."""
-  return DiscreteDDPM(betas=tuple(beta_schedule(schedule, num_steps, **kwargs).tolist()))
+  betas = beta_schedule(schedule, num_steps, beta_start, beta_end)
+  return DiscreteDDPM(betas=tuple(betas.tolist()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,4 +387,8 @@ def make_process(name: str, **kwargs) -> Process:
   """Builds a process by name, e.g. make_process("ddpm", schedule="cosine")."""
   if name not in PROCESSES:
     raise ValueError(f"unknown process {name!r}; valid: {sorted(PROCESSES)}")
+  valid = [p.name for p in inspect.signature(PROCESSES[name]).parameters.values()]
+  unknown = sorted(set(kwargs) - set(valid))
+  if unknown:
+    raise ValueError(f"process {name!r} takes the options {valid}, got unknown {unknown}")
   return PROCESSES[name](**kwargs)

@@ -1,18 +1,144 @@
-"""Output folders of the entry points: created fresh, never written over.
+"""Output folders of the entry points: owned by one run, written as it goes.
 
-A folder that already holds files is refused before anything is written, so
-samples, tables and checkpoints a user made are never lost.
+A run claims its folder before it writes anything, and never writes into one
+it did not claim:
+  * a new folder is created with an exclusive mkdir; the default name
+    runs/<prefix>-<time> gets -2, -3, ... when another run took it first (two
+    runs started in the same second keep both results);
+  * an existing folder is claimed only when empty, by creating its marker
+    file `INCOMPLETE` exclusively; a folder that holds files is refused.
+While the run works it holds a lock on the marker; the marker records the
+command and, if the run fails or is interrupted, why; it is removed when the
+run finishes. So a folder with `INCOMPLETE` and no live run is an unfinished
+run: its finished rows are in results.jsonl (`append_row`, one JSON object a
+line, written as each row finishes), and `claim(..., resume=True)` takes it up
+again (bench.py --resume).
 """
 
+import contextlib
+import fcntl
+import itertools
+import json
+import os
 import pathlib
+import sys
 import time
 
+import numpy as np
 
-def new_workdir(path, prefix: str) -> pathlib.Path:
-  """Creates `path` (default runs/<prefix>-<time>), refusing one that already holds files."""
+MARKER = "INCOMPLETE"
+ROWS = "results.jsonl"
+
+
+def _refusal(path: pathlib.Path) -> str:
+  files = sorted(p.name for p in path.iterdir())
+  if MARKER in files:
+    return (f"workdir {path} holds an unfinished run (its {MARKER} file says which command "
+            f"and why it stopped; finished rows are in {ROWS}); bench.py finishes it with the "
+            "same flags plus --resume, or pass a new --workdir (nothing was written)")
+  shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
+  return (f"workdir {path} already holds files ({shown}); pass a new --workdir "
+          "(nothing was written)")
+
+
+def _create_unique(path: pathlib.Path) -> pathlib.Path:
+  """Creates `path`, or the first free `path`-2, -3, ..., exclusively."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  for n in itertools.count(1):
+    candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+    try:
+      candidate.mkdir()
+      return candidate
+    except FileExistsError:
+      continue
+
+
+@contextlib.contextmanager
+def claim(path, prefix: str, *, resume: bool = False):
+  """Claims the output folder for the duration of a `with` block; yields its Path.
+
+  Args:
+    path: the folder, or None for a new runs/<prefix>-<time>[-n].
+    prefix: the default name's prefix ("sample", "bench").
+    resume: take up an unfinished run's folder (it must hold the marker and no
+      live run may hold it).
+
+  Raises:
+    SystemExit naming the folder and what to do, before anything is written,
+    when it holds files (or, with resume, is no unfinished run), is a file,
+    cannot be created, or another run holds it.
+  """
+  default_prefix = None if path else prefix
   path = pathlib.Path(path or time.strftime(f"runs/{prefix}-%Y%m%d-%H%M%S"))
-  if path.is_dir() and any(path.iterdir()):
-    raise SystemExit(f"workdir {path} already holds files; pass a new --workdir "
-                     "(nothing was written).")
-  path.mkdir(parents=True, exist_ok=True)
-  return path
+  try:
+    if path.exists() and not path.is_dir():
+      raise SystemExit(f"workdir {path} is a file, not a folder; pass a new --workdir "
+                       "(nothing was written)")
+    if resume and not (path / MARKER).is_file():
+      raise SystemExit(f"--resume needs the folder of an unfinished run (holding {MARKER}); "
+                       f"{path} is not one")
+    if default_prefix is not None:
+      path = _create_unique(path)
+    elif not resume:
+      if path.is_dir() and any(path.iterdir()):
+        raise SystemExit(_refusal(path))
+      if not path.is_dir():
+        path.mkdir(parents=True)  # Exclusive: FileExistsError if another run made it.
+    marker = open(path / MARKER, "a" if resume else "x", encoding="utf-8")
+  except FileExistsError:
+    raise SystemExit(f"workdir {path} was claimed by another run just now; pass a new "
+                     "--workdir (nothing was written)") from None
+  except OSError as error:
+    raise SystemExit(f"cannot create workdir {path}: {error.strerror or error}; pass a "
+                     "--workdir you can write to (nothing was written)") from None
+  with marker:
+    try:
+      fcntl.flock(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise SystemExit(f"another run is working in {path} (it holds {path / MARKER}); "
+                       "wait for it or pass a new --workdir") from None
+    _note(marker, f"{'resumed' if resume else 'started'} (pid {os.getpid()}): "
+          f"{' '.join(sys.argv)}")
+    try:
+      yield path
+    except BaseException as error:  # Interrupts too: the marker says why the run stopped.
+      _note(marker, f"stopped: {type(error).__name__}: {error}")
+      raise
+    os.remove(path / MARKER)
+
+
+def _note(marker, line: str):
+  marker.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+  marker.flush()
+
+
+def append_row(workdir, row: dict):
+  """Appends one finished row to workdir/results.jsonl, flushed to disk."""
+  path = pathlib.Path(workdir) / ROWS
+  # A line cut off by a kill is closed first, so that it stays one bad line.
+  cut_off = path.exists() and path.stat().st_size and path.read_bytes()[-1:] != b"\n"
+  with open(path, "a", encoding="utf-8") as f:
+    f.write("\n" * bool(cut_off) + json.dumps(row, default=_json_default) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_rows(workdir):
+  """The complete rows of workdir/results.jsonl; a line cut off by a kill is skipped."""
+  path = pathlib.Path(workdir) / ROWS
+  if not path.exists():
+    return []
+  rows = []
+  for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return rows
+
+
+def _json_default(value):
+  """NumPy and JAX scalars and arrays as plain numbers and lists; anything else as text."""
+  if isinstance(value, np.generic) or hasattr(value, "__array__"):
+    return np.asarray(value).tolist()
+  return str(value)

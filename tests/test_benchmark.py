@@ -6,6 +6,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -142,7 +143,10 @@ def test_bad_configurations_are_error_rows_not_crashes(monkeypatch):
   monkeypatch.setitem(samplers.SAMPLERS, "nan", Sampler(_fake_sampler(0, np.nan), lambda n: n))
   problem = quick_problem()
   entries = [benchmark.sampler_entry(problem, name, {}, "trailing")
-             for name in ("third", "miscount", "nan", "not_registered")]
+                for name in ("third", "miscount", "nan")]
+  # What only a run shows is no configuration mistake: an NFE the rule cannot spend
+  # among others it can, a miscount, NaN.
+  assert benchmark.check_entries(entries, (3, 4)) == []
   rows, _ = benchmark.run_benchmark(problem, entries, (3, 4), reference=problem.x_T,
                                     log=lambda _: None)
   status = {(r["sampler"], r["nfe"]): (r["status"], r["error"]) for r in rows}
@@ -151,11 +155,116 @@ def test_bad_configurations_are_error_rows_not_crashes(monkeypatch):
   assert "multiple of 3; nearest 3, 6" in status[("third", 4)][1]
   assert "NFE mismatch: asked 4, the sampler counted 5" in status[("miscount", 4)][1]
   assert "FloatingPointError: sampling produced NaN or inf at step 0" in status[("nan", 3)][1]
-  assert "unknown sampler 'not_registered'" in status[("not_registered", 3)][1]
   table = benchmark.markdown_table(rows)
   assert "| third trailing | 0 | error | 0 |" in table  # The fake returns x_T = the reference.
+  assert "error: see results.csv" in table and "stochastic sampler" not in table
+  ok_only = benchmark.markdown_table([r for r in rows if r["status"] == "ok"])
+  assert "error" not in ok_only
+  # A configuration that can spend none of the NFEs is a mistake, found before running.
+  (mistake,) = benchmark.check_entries(entries[:1], (4, 5))
+  assert "jaxdiff third trailing: ValueError: it can spend none of the NFEs" in mistake
   with pytest.raises(ValueError, match="listed more than once"):
     benchmark.run_benchmark(problem, entries[:1] * 2, (3,), reference=problem.x_T)
+
+
+def test_configuration_mistakes_are_found_before_anything_runs(tmp_path):
+  problem = quick_problem()
+  for args, message in (
+      (("ddimm", {}, "trailing"), "unknown sampler 'ddimm'"),
+      (("ddim", {"etaa": 0.0}, "trailing"), r"'ddim' takes the options .* got unknown \['etaa'\]"),
+      (("ddim", {}, "trailingg"), "unknown grid 'trailingg'"),
+      (("ddim", {}, "learned", {"num_iteration": 3}), r"got unknown \['num_iteration'\]")):
+    with pytest.raises(ValueError, match=message):
+      benchmark.sampler_entry(problem, *args)
+  # Values are checked by tracing each configuration (no compilation).
+  entries = [benchmark.sampler_entry(problem, "dpm_solver", {"algorithm": "dpm++"}, "log_snr"),
+             benchmark.sampler_entry(problem, "ddim", {}, "uniform", {"rho": 7.0}),
+             benchmark.sampler_entry(problem, "ddim", {}, "trailing")]
+  mistakes = benchmark.check_entries(entries, (5, 10))
+  assert len(mistakes) == 2
+  assert "dpm_solver algorithm=dpm++ log_snr: ValueError:" in mistakes[0]
+  assert "'dpm++'" in mistakes[0] and "dpmsolver++" in mistakes[0]
+  assert "grid 'uniform' takes the options ['t_max', 't_min'], got unknown ['rho']" in mistakes[1]
+  with pytest.raises(ValueError, match="nfes must be a non-empty sequence of positive"):
+    benchmark.check_nfes((0, 5))
+
+  # bench.py lists every mistake and exits non-zero before it writes anything.
+  config = tmp_path / "bad.py"
+  config.write_text("from configs import benchmark_quick, benchmark\n"
+                    "def get_config():\n"
+                    "  config = benchmark_quick.get_config()\n"
+                    "  config.samplers = (benchmark.sampler('ddimm', 'trailing'),\n"
+                    "                     benchmark.sampler('ddim', 'trailing', {'etaa': 0.0}),\n"
+                    "                     benchmark.sampler('ddim', 'trailing'))\n"
+                    "  return config\n")
+  result = run_bench("--config", str(config), "--workdir", str(tmp_path / "run"))
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "invalid benchmark configuration (nothing was written)" in result.stderr
+  assert "unknown sampler 'ddimm'" in result.stderr and "['etaa']" in result.stderr
+  assert not (tmp_path / "run").exists()
+  for args, message in ((("--config.nfes", "(0, 5)"), "nfes must be a non-empty sequence"),
+                        (("--config.prediction", "foo"), "prediction must be one of")):
+    result = run_bench("--config", "configs/benchmark_quick.py", "--workdir",
+                       str(tmp_path / "run"), *args)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_oracle_files_are_refused_with_their_name(tmp_path):
+  (tmp_path / "empty.npz").write_bytes(b"")
+  with pytest.raises(ValueError, match="cannot read oracle file .*empty.npz.*EOFError"):
+    benchmark.load_mixture(tmp_path / "empty.npz")
+  np.savez(tmp_path / "nan.npz", weights=[np.nan, 1.0], means=np.zeros((2, 2)), stds=np.ones(2))
+  with pytest.raises(ValueError, match=r"nan.npz: weights must be finite"):
+    benchmark.load_mixture(tmp_path / "nan.npz")
+  np.savez(tmp_path / "inf.npz", weights=[0.5, 0.5], means=[[0, np.inf], [0, 0]], stds=np.ones(2))
+  with pytest.raises(ValueError, match=r"inf.npz: means must be finite"):
+    benchmark.load_mixture(tmp_path / "inf.npz")
+  np.save(tmp_path / "text.npy", np.array(["a", "b"]))
+  with pytest.raises(ValueError, match=r"text.npy: array must hold numbers, got dtype <U1"):
+    benchmark.load_init_noise(tmp_path / "text.npy", (2,))
+  with pytest.raises(ValueError, match=r"oracle 'ring' takes the options .* got unknown \['dims'\]"):
+    benchmark.make_oracle("ring", dims=3)
+  with pytest.raises(ValueError, match="num_modes must be a positive integer, got 0"):
+    benchmark.make_oracle("random", num_modes=0)
+
+
+def test_interrupted_benchmark_keeps_its_rows_and_resumes(tmp_path):
+  """SIGKILL after two of six runs: the rows and sample files stay, INCOMPLETE marks
+  the folder, a plain rerun is refused with the way out, and --resume runs only
+  the four missing runs."""
+  workdir = tmp_path / "run"
+  args = [sys.executable, "bench.py", "--config", "configs/benchmark_quick.py", "--workdir",
+          str(workdir), "--save-samples"]
+  process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  rows_file = workdir / "results.jsonl"
+  deadline = time.monotonic() + 300
+  while not (rows_file.exists() and len(rows_file.read_text().splitlines()) >= 2):
+    assert process.poll() is None and time.monotonic() < deadline
+    time.sleep(0.05)
+  process.kill()
+  process.wait()
+  before = [json.loads(line) for line in rows_file.read_text().splitlines()]
+  assert (workdir / "INCOMPLETE").is_file() and not (workdir / "results.md").exists()
+  assert 2 <= len(before) < 6
+
+  again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert again.returncode != 0
+  assert "unfinished run" in again.stderr and "--resume" in again.stderr
+  other = subprocess.run(args + ["--resume", "--config.seed", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+  assert other.returncode != 0 and "['config'] differ" in other.stderr
+
+  resumed = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"{len(before)} finished runs are kept" in resumed.stdout
+  rows = json.loads((workdir / "results.json").read_text())["rows"]
+  assert len(rows) == 6 and rows[:len(before)] == before  # Kept as they were, not rerun.
+  assert len(rows_file.read_text().splitlines()) == 6
+  assert not (workdir / "INCOMPLETE").exists()
+  assert len(list((workdir / "samples" / "ring-2d").glob("0*-nfe*.npz"))) == 6
 
 
 # --------------------------------------------------------------------------

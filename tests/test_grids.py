@@ -143,6 +143,11 @@ def test_errors():
   ddpm, vp, flow = (PROCESSES[n] for n in ("ddpm", "vp", "flow"))
   with pytest.raises(ValueError, match="unknown grid 'nope'.*karras"):
     grids.make_grid(vp, "nope", 10)
+  with pytest.raises(ValueError, match=r"grid 'uniform' takes the options \['t_max', 't_min'\], "
+                     r"got unknown \['rho'\]"):
+    grids.make_grid(vp, "uniform", 10, rho=7)
+  with pytest.raises(ValueError, match=r"'trailing' takes the options \['steps_offset'\]"):
+    grids.make_grid(ddpm, "trailing", 10, t_min=0.1)
   for bad in (0, -3, 2.5):
     with pytest.raises(ValueError, match="num_steps"):
       grids.make_grid(vp, "uniform", bad)

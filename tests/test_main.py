@@ -33,6 +33,10 @@ def test_sample_writes_results_and_never_overwrites(tmp_path):
   assert "| ddim eta=0.0 | trailing | 10 | 10 |" in (workdir / "results.md").read_text()
   assert Image.open(workdir / "samples.png").size[0] > 400
   assert set(np.load(workdir / "samples.npz")) >= {"x_T"}
+  # The rows were appended as they finished; the finished run left no INCOMPLETE marker.
+  appended = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+  assert [r["nfe"] for r in appended] == [0, 20, 10]
+  assert not (workdir / "INCOMPLETE").exists()
 
   before = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()}
   again = run_main("--workdir", str(workdir))
@@ -54,14 +58,44 @@ def test_plot_schedules_and_noising(tmp_path):
                        tmp_path / "bad.png")
 
 
-def test_bad_config_is_refused_before_anything_is_written(tmp_path):
+@pytest.mark.parametrize("args, message", [
+    # The smoke config's diffusers spacings need a discrete process; VP has none.
+    (("--config.process", "vp", "--config.process_options", "{}"),
+     "'trailing' spacing needs a discrete process"),
+    (("--config.process", "vp"), "process 'vp' takes the options ['t_min', 't_max', 'beta_min', "
+     "'beta_max'], got unknown ['num_steps', 'schedule']"),
+    (("--config.num_samples", "0"), "num_samples must be a positive integer, got 0"),
+    (("--config.oracle.dim", "1"), "dim must be an integer >= 2"),
+    (("--config.prediction", "foo"), "prediction must be one of ['eps', 'x0', 'v', 'score', "
+     "'velocity'], got 'foo'"),
+    (("--config.num_sample", "3"), "unknown config key '--config.num_sample': the configuration "
+     "has no field 'num_sample'. Did you mean \"num_samples\""),
+])
+def test_bad_config_is_refused_before_anything_is_written(tmp_path, args, message):
   workdir = tmp_path / "run"
-  # The smoke config's diffusers spacings need a discrete process; VP has none.
-  result = run_main("--workdir", str(workdir), "--config.process", "vp",
-                    "--config.process_options", "{}")
+  result = run_main("--workdir", str(workdir), *args)
   assert result.returncode != 0
-  assert "'trailing' spacing needs a discrete process" in result.stderr
+  assert message in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
   assert not workdir.exists()
+
+
+def test_sampler_options_are_checked_before_anything_runs(tmp_path):
+  """A bad option value is found by tracing (no compile), before the workdir exists."""
+  config = tmp_path / "config.py"
+  config.write_text("from configs import base\n"
+                    "def get_config():\n"
+                    "  config = base.get_config()\n"
+                    "  config.samplers = (base.sampler_run('ddim', 'trailing', 10),\n"
+                    "                     base.sampler_run('ddpm', 'trailing', 10, variance='x'))\n"
+                    "  return config\n")
+  result = subprocess.run([sys.executable, "sample.py", "--config", str(config), "--workdir",
+                           str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode != 0
+  assert "sampler run ddpm {'variance': 'x'}: unknown variance 'x'" in result.stderr
+  assert "sampling:" not in result.stdout  # Nothing ran.
+  assert not (tmp_path / "run").exists()
 
 
 def test_plot_guidance_sweep(tmp_path):

@@ -93,3 +93,14 @@ def test_bad_input():
     oracle.GaussianMixture([0.5, 0.5], [[0.0]], [1.0])
   with pytest.raises(ValueError, match=r"points must be \[B, 3\]"):
     mixture_3d().score(schedules.VP(), jnp.zeros((2, 2)), 0.5)
+  # NaN passes both "sum to 1" and "positive" comparisons; it must still be refused.
+  with pytest.raises(ValueError, match=r"weights must be finite, got NaN or inf at indices \[\[0\]\]"):
+    oracle.GaussianMixture([np.nan, 1.0], [[0.0], [1.0]], [1.0, 1.0])
+  with pytest.raises(ValueError, match="means must be finite"):
+    oracle.GaussianMixture([1.0], [[np.inf]], [1.0])
+  with pytest.raises(ValueError, match="stds must be finite"):
+    oracle.GaussianMixture([1.0], [[0.0]], [np.nan])
+  with pytest.raises(ValueError, match="num_modes must be a positive integer, got 0"):
+    oracle.ring(num_modes=0)
+  with pytest.raises(ValueError, match="dim must be an integer >= 2 .* got 1"):
+    oracle.ring(dim=1)

@@ -3,14 +3,25 @@
 Each family lives in its own module; SAMPLERS is the one registry. Every entry
 pairs the sampler with its rule num_steps(nfe, **options) -> N, the grid length
 that spends exactly `nfe` network evaluations (ValueError where none does).
+
+What every sampler checks (`loop.check_inputs`), and when: the grid's shape
+(1-D, at least two times) always; its values (finite, strictly decreasing,
+inside the process's time domain) and x_T's (no NaN or inf) only where they
+are concrete. Inside jit they are traced and pass unchecked, so call
+`check_grid(grid, process)` and `check_x_T(x_T)` once outside jit (sample.py
+and the benchmark do): that costs nothing per step. A key of None is accepted
+where no noise is drawn (DDIM with eta = 0, EDM without churn, the ODE
+solvers) and refused with a clear error where noise is drawn.
 """
 
+import inspect
 from typing import Callable, NamedTuple
 
 from jaxdiff.samplers import dpm_solver, edm, ipndm, ode, pc, unipc
 from jaxdiff.samplers.ddim import ddim, ddim_num_steps
 from jaxdiff.samplers.ddpm import ddpm, ddpm_num_steps
-from jaxdiff.samplers.loop import raise_if_nonfinite  # Re-exported for callers.
+# Re-exported for callers: the input checks and the host-side NaN report.
+from jaxdiff.samplers.loop import check_grid, check_x_T, raise_if_nonfinite
 
 
 class Sampler(NamedTuple):
@@ -41,3 +52,16 @@ def get_sampler(name: str) -> Sampler:
   if name not in SAMPLERS:
     raise ValueError(f"unknown sampler {name!r}; valid: {sorted(SAMPLERS)}")
   return SAMPLERS[name]
+
+
+def check_options(name: str, options) -> None:
+  """Raises ValueError unless every key of `options` is a keyword of sampler `name`.
+
+  Only the names are checked here; values are checked when the sampler is
+  traced (jax.eval_shape on it checks them without compiling).
+  """
+  parameters = inspect.signature(get_sampler(name).fn).parameters.values()
+  valid = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise ValueError(f"sampler {name!r} takes the options {valid}, got unknown {unknown}")

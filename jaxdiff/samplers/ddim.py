@@ -25,7 +25,7 @@ def ddim(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "eps
     denoise_fn: (x [B, ...], t [B], cond) -> network output of type `prediction`.
     process: the forward process.
     x_T: [B, ...] sample at grid[0].
-    key: PRNG key for the per-step noise (unused when eta = 0).
+    key: PRNG key for the per-step noise; may be None when eta = 0.
     grid: [N + 1] strictly decreasing times (see `jaxdiff.grids`).
     prediction: one of parameterization.PREDICTIONS.
     cond: passed to denoise_fn unchanged.
@@ -37,6 +37,8 @@ def ddim(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "eps
   """
   if isinstance(eta, (int, float)) and not 0.0 <= eta <= 1.0:
     raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+  if key is None and not (isinstance(eta, (int, float)) and eta == 0):
+    loop.require_key(key, f"ddim with eta = {eta!r} (not a concrete 0)")
 
   def update(x_t, x0, eps, t, s, z):
     del x_t

@@ -40,6 +40,7 @@ def ddpm(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "eps
   """
   if variance not in VARIANCES:
     raise ValueError(f"unknown variance {variance!r}; valid: {list(VARIANCES)}")
+  loop.require_key(key, "ddpm")
 
   def update(x_t, x0, eps, t, s, z):
     del eps

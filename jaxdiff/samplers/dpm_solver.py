@@ -342,7 +342,7 @@ def dpm_solver(denoise_fn, process: Process, x_T, key, grid, *, prediction: str 
   _check_choice("method", method, METHODS)
   _check_choice("algorithm", algorithm, ALGORITHMS)
   _check_thresholds(threshold_ratio, max_threshold)
-  grid = loop.as_grid(grid, process)
+  grid = loop.check_inputs(x_T, grid, process)
   denoise = _denoiser(denoise_fn, process, prediction, clip_x0, thresholding, threshold_ratio,
                       max_threshold)
   if method == "singlestep":
@@ -370,8 +370,9 @@ def dpm_solver_sde(denoise_fn, process: Process, x_T, key, grid, *, prediction: 
     x_0 [B, ...] at grid[-1], and info {"nfe": int32, "nonfinite_step": int32}.
   """
   _check_order(order, (1, 2))
+  loop.require_key(key, "dpm_solver_sde")
   _check_thresholds(threshold_ratio, max_threshold)
-  grid = loop.as_grid(grid, process)
+  grid = loop.check_inputs(x_T, grid, process)
   denoise = _denoiser(denoise_fn, process, prediction, clip_x0, thresholding, threshold_ratio,
                       max_threshold)
   return _multistep(denoise, process, "sde", order, lower_order_final, x_T, key, grid, cond)

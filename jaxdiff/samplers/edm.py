@@ -47,7 +47,8 @@ def edm_heun(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = 
     denoise_fn: (x [B, ...], t [B], cond) -> network output of type `prediction`.
     process: the forward process.
     x_T: [B, ...] sample at grid[0].
-    key: PRNG key; step i draws its churn noise from fold_in(key, i).
+    key: PRNG key; step i draws its churn noise from fold_in(key, i). May be
+      None when s_churn = 0.
     grid: [N + 1] strictly decreasing times (see `jaxdiff.grids`; "karras" is
       eq. 5 in sigma_tilde).
     prediction, cond, clip_x0: as for the other samplers.
@@ -60,7 +61,9 @@ def edm_heun(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = 
   """
   if isinstance(s_churn, (int, float)) and not s_churn >= 0:
     raise ValueError(f"s_churn must be >= 0, got {s_churn!r}")
-  grid = loop.as_grid(grid, process)
+  if not (isinstance(s_churn, (int, float)) and s_churn == 0):
+    loop.require_key(key, f"edm_heun with s_churn = {s_churn!r} (not a concrete 0)")
+  grid = loop.check_inputs(x_T, grid, process)
   denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
   num_steps = grid.shape[0] - 1
   sigma_tilde = process.noise_to_signal(grid)  # [N + 1]
@@ -76,7 +79,8 @@ def edm_heun(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = 
     in_range = (s_min <= sigma_cur) & (sigma_cur <= s_max)
     gamma = jnp.where(in_range, jnp.minimum(s_churn / num_steps, math.sqrt(2.0) - 1.0), 0.0)
     sigma_hat = sigma_cur * (1.0 + gamma)
-    z = jax.random.normal(jax.random.fold_in(key, i), x_cur.shape, x_cur.dtype)
+    z = (jnp.zeros_like(x_cur) if key is None  # No churn: z is unused.
+         else jax.random.normal(jax.random.fold_in(key, i), x_cur.shape, x_cur.dtype))
     # sqrt(sigma_hat^2 - sigma_cur^2), free of cancellation.
     x_hat = x_cur + sigma_cur * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z
     t_hat = jnp.where(gamma > 0, process.t_from_noise_to_signal(sigma_hat), t_cur)

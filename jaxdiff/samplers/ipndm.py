@@ -63,7 +63,7 @@ def ipndm(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "ep
   del key
   if max_order not in (1, 2, 3, 4):
     raise ValueError(f"max_order must be 1, 2, 3 or 4, got {max_order!r}")
-  grid = loop.as_grid(grid, process)
+  grid = loop.check_inputs(x_T, grid, process)
   denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
   coefficients = jnp.asarray(ADAMS_BASHFORTH[:max_order, :max_order])  # [K, K]
 

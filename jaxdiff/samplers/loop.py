@@ -16,14 +16,70 @@ from jaxdiff import parameterization
 from jaxdiff.schedules import Process
 
 
-def as_grid(grid, process: Process):
-  """The grid as float32 [N + 1], checked: 1-D, at least two times, inside the
-  process's time domain when concrete (see `jaxdiff.grids`)."""
+def _concrete(value):
+  """value as a NumPy array, or None when it is traced (inside jit) and cannot be read."""
+  try:
+    return np.asarray(value)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return None
+
+
+def check_grid(grid, process: Process, num_steps=None):
+  """The grid as float32 [N + 1], checked where its values are known.
+
+  Always: 1-D with at least two times (and N = num_steps when given). When the
+  grid is concrete (not traced inside jit): finite, strictly decreasing and
+  inside the process's time domain. Under jit only the shape can be checked;
+  call this once on the concrete grid before jitting a sampler (the entry
+  points and the benchmark do) -- it costs nothing per step.
+
+  Raises:
+    ValueError naming what is wrong and what a grid must be.
+  """
   grid = jnp.asarray(grid, jnp.float32)
   if grid.ndim != 1 or grid.shape[0] < 2:
     raise ValueError(f"grid must be 1-D with at least 2 times [N + 1], got shape {grid.shape}")
-  process.check_time(grid, "grid")
+  if num_steps is not None and grid.shape[0] != num_steps + 1:
+    raise ValueError(f"grid must hold N + 1 = {num_steps + 1} times for N = {num_steps} steps, "
+                     f"got {grid.shape[0]}")
+  times = _concrete(grid)
+  if times is None:
+    return grid
+  if not np.all(np.isfinite(times)):
+    raise ValueError(f"grid holds NaN or inf: {times}")
+  if not np.all(np.diff(times) < 0):
+    i = int(np.argmax(np.diff(times) >= 0))
+    raise ValueError(f"grid must strictly decrease from where sampling starts to where it ends "
+                     f"(e.g. [t_max, ..., 0], see jaxdiff.grids), but grid[{i}] = {times[i]:.6g} "
+                     f"<= grid[{i + 1}] = {times[i + 1]:.6g}")
+  process.check_time(times, "grid")
   return grid
+
+
+def check_x_T(x_T):
+  """Raises ValueError when a concrete x_T [B, ...] holds NaN or inf (traced: unchecked).
+
+  A single non-finite row would otherwise give NaN rows in the samples (and, in
+  an adaptive solver, steer the step size of the whole batch).
+  """
+  values = _concrete(x_T)
+  if values is not None and not np.all(np.isfinite(values)):
+    rows = np.flatnonzero(~np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1))
+    raise ValueError(f"x_T holds NaN or inf in {rows.size} of its {values.shape[0]} rows "
+                     f"(first: {rows[:5].tolist()}); the starting noise must be finite")
+
+
+def check_inputs(x_T, grid, process: Process):
+  """check_x_T(x_T) and check_grid(grid, process): every sampler's input check."""
+  check_x_T(x_T)
+  return check_grid(grid, process)
+
+
+def require_key(key, sampler: str):
+  """Raises a clear ValueError when a sampler that draws noise got key=None."""
+  if key is None:
+    raise ValueError(f"{sampler} draws noise and needs a PRNG key (jax.random.PRNGKey(seed)), "
+                     "got key=None")
 
 
 def denoiser(denoise_fn, process: Process, prediction: str, clip_x0: bool):
@@ -59,13 +115,14 @@ def sample_loop(update, denoise_fn, process: Process, x_T, key, grid, *, predict
     update: (x_t, x0, eps, t, s, z) -> x_s, all arrays [B, ...], t and s scalars.
     denoise_fn, process, prediction, cond, clip_x0: as for `denoiser`.
     x_T: [B, ...] start at grid[0].
-    key: PRNG key; step i draws its noise from fold_in(key, i).
-    grid: [N + 1] decreasing times.
+    key: PRNG key; step i draws its noise from fold_in(key, i). None: no noise
+      (z = 0), for updates that ignore it.
+    grid: [N + 1] strictly decreasing times (`check_grid`).
 
   Returns:
     x at grid[N] [B, ...] and info {"nfe": int32 number of network calls}.
   """
-  grid = as_grid(grid, process)
+  grid = check_inputs(x_T, grid, process)
   denoise = denoiser(denoise_fn, process, prediction, clip_x0)
   num_steps = grid.shape[0] - 1
 
@@ -74,8 +131,11 @@ def sample_loop(update, denoise_fn, process: Process, x_T, key, grid, *, predict
     i, t, s = inputs
     x0, eps = denoise(x_t, t, cond)
     nfe = nfe + 1
-    z = jax.random.normal(jax.random.fold_in(key, i), x_t.shape, x_t.dtype)
-    z = jnp.where(i < num_steps - 1, z, jnp.zeros_like(z))  # No noise on the last step.
+    if key is None:
+      z = jnp.zeros_like(x_t)
+    else:
+      z = jax.random.normal(jax.random.fold_in(key, i), x_t.shape, x_t.dtype)
+      z = jnp.where(i < num_steps - 1, z, jnp.zeros_like(z))  # No noise on the last step.
     x_s = update(x_t, x0, eps, t, s, z).astype(x_t.dtype)
     return (x_s, nfe), all_finite(x_s)
 

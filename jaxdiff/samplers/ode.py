@@ -62,7 +62,7 @@ TABLEAUS = {
 def _runge_kutta(tableau: Tableau, denoise_fn, process: Process, x_T, grid, *, prediction,
                  cond, clip_x0):
   """Runs the explicit RK method of `tableau` on dx/dt = v over the grid's steps."""
-  grid = loop.as_grid(grid, process)
+  grid = loop.check_inputs(x_T, grid, process)
   denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
 
   def velocity(x, t):  # v = alpha' x0_hat + sigma' eps_hat: [B, ...], one network call.
@@ -171,6 +171,19 @@ def rk4_num_steps(nfe: int) -> int:
 SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8}
 
 
+def _finite_rms_norm(scaled_error):
+  """RMS over the finite entries of the controller's scaled error.
+
+  diffrax's default RMS norm over the whole batch is NaN as soon as one row is:
+  every step is then rejected and the step size collapses for all rows. Here a
+  row that became NaN/inf keeps its NaN (and is flagged by nonfinite_step) but
+  no longer decides the step size of the others.
+  """
+  finite = jnp.isfinite(scaled_error)
+  total = jnp.sum(jnp.where(finite, jnp.square(scaled_error), 0.0))
+  return jnp.sqrt(total / jnp.maximum(jnp.sum(finite), 1))
+
+
 def adaptive(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "eps",
              cond=None, clip_x0: bool = False, solver: str = "tsit5", rtol: float = 1e-5,
              atol: float = 1e-5, max_steps: int = 4096):
@@ -195,7 +208,9 @@ def adaptive(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = 
     denoise_fn, process, x_T, key (unused), prediction, cond, clip_x0: as for `euler`.
     grid: [N + 1] decreasing times; only grid[0] and grid[-1] are read.
     solver: "tsit5", "dopri5" or "dopri8".
-    rtol, atol: the controller's tolerances on x~ (RMS norm over the batch).
+    rtol, atol: the controller's tolerances on x~ (RMS norm over the batch's
+      finite entries: a row that turned NaN/inf stays NaN in x_0 without
+      steering the others' steps).
     max_steps: the most steps (accepted and rejected) before giving up.
 
   Returns:
@@ -206,7 +221,7 @@ def adaptive(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = 
   del key
   if solver not in SOLVERS:
     raise ValueError(f"unknown diffrax solver {solver!r}; valid: {sorted(SOLVERS)}")
-  grid = loop.as_grid(grid, process)
+  grid = loop.check_inputs(x_T, grid, process)
   denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
   ode_solver = SOLVERS[solver]()
 
@@ -231,7 +246,7 @@ def adaptive(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = 
 
   solution = diffrax.diffeqsolve(
       term, ode_solver, t0=sigma_0, t1=sigma_1, dt0=0.01 * (sigma_1 - sigma_0), y0=x_tilde_0,
-      stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps,
+      stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=_finite_rms_norm), max_steps=max_steps,
       solver_state=solver_state, throw=False)
   x = (process.alpha(grid[-1]) * solution.ys[-1]).astype(x_T.dtype)
 

@@ -110,6 +110,7 @@ def euler_maruyama(denoise_fn, process: Process, x_T, key, grid, *, prediction: 
   Returns:
     x_0 [B, ...] at grid[-1], and info {"nfe": int32 (= N), "nonfinite_step": int32}.
   """
+  loop.require_key(key, "euler_maruyama")
   return loop.sample_loop(_euler_maruyama_update(process), denoise_fn, process, x_T, key, grid,
                           prediction=prediction, cond=cond, clip_x0=clip_x0)
 
@@ -120,6 +121,7 @@ def reverse_diffusion(denoise_fn, process: Process, x_T, key, grid, *, predictio
 
   Args and returns as for `euler_maruyama`; NFE = N.
   """
+  loop.require_key(key, "reverse_diffusion")
   return loop.sample_loop(_reverse_diffusion_update(process), denoise_fn, process, x_T, key,
                           grid, prediction=prediction, cond=cond, clip_x0=clip_x0)
 
@@ -241,7 +243,8 @@ def pc(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "eps",
   update = _predictor_update(process, predictor)
   _check_steps("corrector_steps", corrector_steps)
   _check_snr_norm(snr_norm)
-  grid = loop.as_grid(grid, process)
+  loop.require_key(key, "pc")
+  grid = loop.check_inputs(x_T, grid, process)
   denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
   num_steps = grid.shape[0] - 1
 

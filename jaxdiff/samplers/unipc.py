@@ -204,7 +204,7 @@ def unipc(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "ep
   """
   _check_options(order, variant)
   del key
-  grid = loop.as_grid(grid, process)
+  grid = loop.check_inputs(x_T, grid, process)
   denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
   num_steps = grid.shape[0] - 1
   half_log_snr = lambda t: 0.5 * process.log_snr(t)  # DPM-Solver's lambda.

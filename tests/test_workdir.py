@@ -1,0 +1,88 @@
+"""Output folders: claimed by one run, never written over, marked while unfinished."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxdiff import workdir
+
+
+def test_default_names_never_collide(tmp_path, monkeypatch):
+  """Runs started in the same second get -2, -3, ...: both results are kept."""
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(time, "strftime", lambda fmt, *a: fmt.replace("%Y%m%d-%H%M%S", "same"))
+  with workdir.claim(None, "sample") as first, workdir.claim(None, "sample") as second:
+    with workdir.claim(None, "sample") as third:
+      (first / "a").write_text("1")
+      (second / "a").write_text("2")
+  assert [p.name for p in (first, second, third)] == ["sample-same", "sample-same-2",
+                                                       "sample-same-3"]
+  assert (first / "a").read_text() == "1" and (second / "a").read_text() == "2"
+
+
+def test_marker_while_running_removed_at_the_end_kept_on_failure(tmp_path):
+  with workdir.claim(tmp_path / "ok", "x") as out:
+    assert (out / workdir.MARKER).is_file()
+    assert "started" in (out / workdir.MARKER).read_text()
+  assert not (out / workdir.MARKER).exists()
+
+  with pytest.raises(KeyboardInterrupt):
+    with workdir.claim(tmp_path / "stopped", "x") as out:
+      raise KeyboardInterrupt
+  assert "stopped: KeyboardInterrupt" in (out / workdir.MARKER).read_text()
+
+
+def test_refusals_write_nothing(tmp_path):
+  (tmp_path / "full").mkdir()
+  (tmp_path / "full" / "mine.txt").write_text("keep")
+  with pytest.raises(SystemExit, match=r"already holds files \(mine.txt\)"):
+    with workdir.claim(tmp_path / "full", "x"):
+      pass
+  assert os.listdir(tmp_path / "full") == ["mine.txt"]
+
+  (tmp_path / "file").write_text("")
+  with pytest.raises(SystemExit, match="is a file, not a folder"):
+    with workdir.claim(tmp_path / "file", "x"):
+      pass
+  with pytest.raises(SystemExit, match="cannot create workdir .*(Not a directory|File exists)"):
+    with workdir.claim(tmp_path / "file" / "sub", "x"):
+      pass
+
+  # An empty folder is claimed; a second claim while the first runs is refused.
+  (tmp_path / "empty").mkdir()
+  with workdir.claim(tmp_path / "empty", "x"):
+    with pytest.raises(SystemExit, match="unfinished run.*--resume"):
+      with workdir.claim(tmp_path / "empty", "x"):
+        pass
+    with pytest.raises(SystemExit, match="another run is working in"):
+      with workdir.claim(tmp_path / "empty", "x", resume=True):
+        pass
+  with pytest.raises(SystemExit, match="--resume needs the folder of an unfinished run"):
+    with workdir.claim(tmp_path / "empty", "x", resume=True):
+      pass
+
+
+def test_killed_run_can_be_resumed_and_its_rows_survive(tmp_path):
+  """SIGKILL leaves the marker and every row appended before it; a line cut off
+  mid-write is skipped, and a resumed run appends after it."""
+  out = tmp_path / "run"
+  script = (f"import os, signal\nfrom jaxdiff import workdir\n"
+            f"with workdir.claim({str(out)!r}, 'x'):\n"
+            f"  workdir.append_row({str(out)!r}, {{'i': 0, 'x': __import__('numpy').float32(1.5)}})\n"
+            f"  open({str(out / workdir.ROWS)!r}, 'a').write('{{\"i\": 1, \"cut')\n"
+            f"  os.kill(os.getpid(), signal.SIGKILL)\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+  assert result.returncode == -9, result.stderr
+  assert (out / workdir.MARKER).is_file()
+  assert workdir.read_rows(out) == [{"i": 0, "x": 1.5}]
+  with workdir.claim(out, "x", resume=True):
+    workdir.append_row(out, {"i": 1, "x": np.arange(2)})
+  assert workdir.read_rows(out) == [{"i": 0, "x": 1.5}, {"i": 1, "x": [0, 1]}]
+  assert not (out / workdir.MARKER).exists()
+  lines = (out / workdir.ROWS).read_text().splitlines()
+  assert len(lines) == 3 and json.loads(lines[2]) == {"i": 1, "x": [0, 1]}
