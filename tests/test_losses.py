@@ -150,6 +150,11 @@ def test_vlb_of_the_oracle_is_finite_and_a_bound(mixture, vlb_1000):
     assert exact[name].shape == (256,) and np.all(np.isfinite(exact[name])), name
   assert exact["terms"].shape == (256, 1000)
   assert np.all(exact["decoder"] > 0) and np.all(exact["bpd"] > 0)
+  # The total is the prior plus every term: the decoder and the T - 1 KLs.
+  np.testing.assert_allclose(exact["decoder"], exact["terms"][:, 0], rtol=1e-6)
+  np.testing.assert_allclose(exact["diffusion"], np.sum(exact["terms"][:, 1:], axis=1), rtol=1e-5)
+  np.testing.assert_allclose(exact["total"], exact["prior"] + np.sum(exact["terms"], axis=1),
+                             rtol=1e-5)
   np.testing.assert_allclose(exact["total"],
                              exact["prior"] + exact["diffusion"] + exact["decoder"], rtol=1e-6)
   np.testing.assert_allclose(exact["bpd"], exact["total"] / (2 * math.log(2)), rtol=1e-6)
@@ -219,6 +224,95 @@ def test_vlb_with_the_true_x0_has_closed_form_terms(mixture):
   decoder = -2 * np.log(2 * stats.norm.cdf(BIN_HALF_WIDTH / std) - 1)
   for variance in losses.VARIANCES:
     np.testing.assert_allclose(out[variance]["decoder"], np.full(8, decoder), rtol=1e-4)
+
+
+def test_vlb_of_a_model_off_by_known_amounts_is_closed_form(mixture):
+  """x0_hat = x0 + d_i u (|u| = 1) at step i, whatever x_t. Then q and p differ in mean by
+  c_i d_i u, c_i = sqrt(abar_{i-1}) beta_i / (1 - abar_i) (Ho et al. eq. 7), so with the
+  posterior variance beta_tilde_i KL_i = (c_i d_i)^2 / (2 beta_tilde_i) for every noise draw;
+  the decoder is the bin mass of N(x0 + d_1 u, beta_tilde_2) and the total the prior plus
+  all T terms. Here c_i d_i = z_i sqrt(beta_tilde_i) (d_1 = z_1 sqrt(beta_tilde_2)),
+  z_i = 1 + i / T: KL_i = z_i^2 / 2 nats, the last one (2 nats) included."""
+  num_steps, dim = 10, 2
+  betas = schedules.beta_schedule("linear", num_steps, beta_end=0.2)
+  process = schedules.DiscreteDDPM(betas=tuple(betas))
+  abar = np.cumprod(np.concatenate([[1.0], 1.0 - betas]))  # abar_0 = 1, ..., abar_T
+  i = np.arange(1, num_steps + 1)
+  c = np.sqrt(abar[i - 1]) * betas / (1 - abar[i])  # [T]; c_1 = 1
+  beta_tilde = (1 - abar[i - 1]) / (1 - abar[i]) * betas  # [T]; beta_tilde_1 = 0
+  std_1 = math.sqrt(beta_tilde[1])  # The decoder's std (Ho et al.'s convention).
+  z = 1.0 + i / num_steps
+  d = z * np.concatenate([[std_1], np.sqrt(beta_tilde[1:])]) / c  # [T]
+  u = np.array([0.6, -0.8])
+  x0 = _points(mixture, 8)
+  offsets = jnp.asarray(np.concatenate([[0.0], d]), jnp.float32)  # Indexed by the step i.
+
+  def off_model(x, t, cond):
+    step = jnp.round(t * num_steps).astype(jnp.int32)  # [B], t = i / T
+    return x0 + offsets[step][:, None] * jnp.asarray(u, jnp.float32)
+
+  out = jax.jit(lambda key: losses.vlb_terms(off_model, process, x0, key, _ddpm_times(process),
+                                             prediction="x0"))(jax.random.PRNGKey(9))
+  kl = (c[1:] * d[1:]) ** 2 / (2 * beta_tilde[1:])  # [T - 1]
+  np.testing.assert_allclose(kl, z[1:] ** 2 / 2, rtol=1e-12)
+  h = BIN_HALF_WIDTH  # Every point lies inside (-1, 1): no edge bin.
+  decoder = -np.sum(np.log(stats.norm.cdf((h - d[0] * u) / std_1)
+                           - stats.norm.cdf((-h - d[0] * u) / std_1)))
+  prior = _prior_kl(x0, np.log(abar[-1]), np.log(abar[-1]))  # [8]
+  total = prior + kl.sum() + decoder
+  assert out["terms"].shape == (8, num_steps)
+  np.testing.assert_allclose(out["terms"][:, 0], np.full(8, decoder), rtol=1e-4)
+  np.testing.assert_allclose(out["terms"][:, 1:], np.broadcast_to(kl, (8, num_steps - 1)),
+                             rtol=1e-4)
+  np.testing.assert_allclose(out["decoder"], np.full(8, decoder), rtol=1e-4)
+  np.testing.assert_allclose(out["diffusion"], np.full(8, kl.sum()), rtol=1e-4)
+  np.testing.assert_allclose(out["prior"], prior, rtol=1e-4)
+  np.testing.assert_allclose(out["total"], total, rtol=1e-4)
+  np.testing.assert_allclose(out["bpd"], total / (dim * math.log(2)), rtol=1e-4)
+
+
+def test_vlb_of_the_exact_denoiser_of_gaussian_data_has_its_closed_form_mean():
+  """Data N(mu, s^2 I) and its exact denoiser x0_hat(x_t) = E[x0 | x_t]. The error
+  x0 - x0_hat ~ N(0, v_i I), v_i = s^2 sigma_i^2 / (alpha_i^2 s^2 + sigma_i^2), whatever x_t,
+  so E KL_i = D c_i^2 v_i / (2 beta_tilde_i), c_i as above; the decoder's mean is, per
+  coordinate, E -log(Phi((e + h) / std_1) - Phi((e - h) / std_1)) over e ~ N(0, v_1)
+  (Gauss-Hermite); the prior's, with both variances 1 - abar_T (the grid ends at t_max),
+  D/2 abar_T (s^2 + mu^2) / (1 - abar_T). The Monte-Carlo means over 512 examples match
+  within 5 standard errors, and the bound exceeds the data's own expected NLL,
+  D/2 log(2 pi e s^2) - D log(2h)."""
+  num_steps, dim, mu, s, batch = 20, 2, 0.2, 0.1, 512
+  betas = schedules.beta_schedule("linear", num_steps, beta_end=0.25)
+  process = schedules.DiscreteDDPM(betas=tuple(betas))
+  gaussian = oracle.GaussianMixture(np.ones(1), np.full((1, dim), mu), np.full(1, s))
+  x0 = gaussian.sample(jax.random.PRNGKey(10), batch)  # Continuous, inside (-1, 1).
+  out = jax.jit(lambda key: losses.vlb_terms(gaussian.denoise_fn(process), process, x0, key,
+                                             _ddpm_times(process)))(jax.random.PRNGKey(11))
+
+  abar = np.cumprod(np.concatenate([[1.0], 1.0 - betas]))  # abar_0 = 1, ..., abar_T
+  i = np.arange(1, num_steps + 1)
+  c = np.sqrt(abar[i - 1]) * betas / (1 - abar[i])  # [T]
+  beta_tilde = (1 - abar[i - 1]) / (1 - abar[i]) * betas  # [T]
+  v = s**2 * (1 - abar[i]) / (abar[i] * s**2 + 1 - abar[i])  # [T]
+  std_1, h = math.sqrt(beta_tilde[1]), BIN_HALF_WIDTH
+  nodes, weights = np.polynomial.hermite_e.hermegauss(60)  # E f(e), e ~ N(0, 1)
+  e = -np.abs(math.sqrt(v[0]) * nodes)  # The mass is even in e; the lower tail is accurate.
+  upper, lower = special.log_ndtr((e + h) / std_1), special.log_ndtr((e - h) / std_1)
+  log_mass = upper + np.log(-np.expm1(lower - upper))
+  decoder = -dim * np.sum(weights * log_mass) / weights.sum()
+  prior = dim / 2 * abar[-1] * (s**2 + mu**2) / (1 - abar[-1])
+  nll = dim / 2 * math.log(2 * math.pi * math.e * s**2) - dim * math.log(2 * h)
+  kl = dim * c[1:] ** 2 * v[1:] / (2 * beta_tilde[1:])  # [T - 1]; var_i = beta_tilde_i
+  expected = {"prior": prior, "decoder": decoder, "diffusion": kl.sum(),
+              "total": prior + decoder + kl.sum()}
+  assert expected["total"] > nll + 1.0
+  for name, value in expected.items():
+    sample = np.asarray(out[name], np.float64)
+    standard_error = sample.std() / math.sqrt(batch)
+    assert abs(sample.mean() - value) < 5 * standard_error + 1e-4 * abs(value), (
+        name, sample.mean(), value, standard_error)
+  per_step = np.asarray(out["terms"][:, 1:], np.float64)  # [B, T - 1]
+  np.testing.assert_array_less(np.abs(per_step.mean(0) - kl),
+                               5 * per_step.std(0) / math.sqrt(batch) + 1e-4 * kl)
 
 
 def test_discretized_decoder_matches_scipy_and_normalizes():

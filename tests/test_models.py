@@ -1,12 +1,15 @@
 """Tests for the networks and classifier-free guidance: parameter counts of the
-papers' configurations (by jax.eval_shape, nothing materialised), zero output
-at initialisation where the papers zero-initialise, live time and class
-embeddings, a finite forward + backward pass, bfloat16 compute against
-float32, the XLA compiler options (same results), the U-Net's ADM and DDPM++
-options (skip rescaling, BigGAN resampling blocks, Fourier time features;
-their diffusers parity is in test_weights), classifier-free guidance (w = 0
-or 1, one batched call, independence of the prediction type, inside a sampler),
-and errors for bad input.
+papers' configurations (by jax.eval_shape, nothing materialised; DiT's counted
+layer by layer), zero output at initialisation where the papers zero-initialise,
+live time and class embeddings, a finite forward + backward pass, dropout live
+in training only, the layers' forward math written out in float64 numpy
+(attention, the residual and attention blocks, the DiT block, the sinusoid;
+without PyTorch), bfloat16 compute against float32, the XLA compiler options
+(same results), the U-Net's ADM and DDPM++ options (skip rescaling, BigGAN
+resampling blocks, Fourier time features; their diffusers parity is in
+test_weights), classifier-free guidance (w = 0, 1 and beyond, one batched
+call, independence of the prediction type, inside a sampler), and errors for
+bad input.
 
 Tiny configurations; every compiled function is shared across tests."""
 
@@ -21,7 +24,8 @@ import pytest
 from jaxdiff import guidance, parameterization, samplers, schedules
 from jaxdiff.models import (DIT_SIZES, DiT, UNet, compiler, compiler_options, denoise_fn,
                             dit, num_params)
-from jaxdiff.models.layers import LabelEmbedding, TimeEmbedding
+from jaxdiff.models.dit import DiTBlock
+from jaxdiff.models.layers import Attention, LabelEmbedding, TimeEmbedding, timestep_embedding
 from jaxdiff.models.unet import AttnBlock, ResBlock
 
 NUM_CLASSES = 10
@@ -50,6 +54,11 @@ def inputs(name, seed=0):
   """x [B, H, W, C] (one image repeated), t [B], cond [B]."""
   x = jax.random.normal(jax.random.PRNGKey(seed), (1,) + SHAPES[name][1:])
   return jnp.repeat(x, B, axis=0), jnp.full((B,), 0.3, jnp.float32), jnp.full((B,), 3, jnp.int32)
+
+
+def _normal(seed, shape):
+  """float32 standard normals from numpy (no PRNG compilation for a new shape)."""
+  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 @functools.cache
@@ -121,12 +130,36 @@ def test_ddpmpp_cifar10_count_is_score_sdes_up_to_two_documented_details():
 
 
 PAPER_PARAMS = {"S": 33e6, "B": 130e6, "L": 458e6, "XL": 675e6}  # Peebles & Xie, Table 1
+EXACT_PARAMS = {"S/2": 32_865_056, "B/2": 130_315_808, "L/2": 457_840_672,
+                "XL/2": 674_834_720}
+
+
+def dit_param_count(depth, hidden_size, patch_size, in_channels=4, num_classes=1000,
+                    frequency_dim=256, mlp_ratio=4):
+  """DiT's parameters, layer by layer (learned sigma; LayerNorms have no parameters)."""
+  D, p, out = hidden_size, patch_size, 2 * in_channels
+  dense = lambda n_in, n_out: n_in * n_out + n_out  # kernel + bias
+  embed = (dense(p * p * in_channels, D)  # Patch embedding (a stride-p conv).
+           + dense(frequency_dim, D) + dense(D, D)  # Time MLP.
+           + (num_classes + 1) * D)  # Class table with the null class.
+  block = (dense(D, 6 * D)  # adaLN-Zero modulation.
+           + 4 * dense(D, D)  # q, k, v, out.
+           + dense(D, mlp_ratio * D) + dense(mlp_ratio * D, D))
+  final = dense(D, 2 * D) + dense(D, p * p * out)
+  return embed + depth * block + final
 
 
 @pytest.mark.parametrize("size", list(DIT_SIZES))
-def test_dit_parameter_counts_match_the_paper(size):
-  # ImageNet 256: 32x32x4 latents, 1000 classes, learned sigma.
+def test_dit_parameter_counts_are_exact(size):
+  # ImageNet 256: 32x32x4 latents, 1000 classes, learned sigma. The layer-by-layer count
+  # (XL/2: DiT's code's 675,129,632 less the frozen 256 x 1152 position embedding) and,
+  # at 1%, the paper's rounded Table 1.
   n = count(dit(size), (1, 32, 32, 4))
+  widths = DIT_SIZES[size]
+  assert n == dit_param_count(widths["depth"], widths["hidden_size"], widths["patch_size"])
+  if size in EXACT_PARAMS:
+    assert n == EXACT_PARAMS[size]
+  assert EXACT_PARAMS["XL/2"] + 256 * 1152 == 675_129_632  # DiT's code, with its pos_embed.
   assert abs(n / PAPER_PARAMS[size.split("/")[0]] - 1) < 0.01, n
 
 
@@ -182,6 +215,39 @@ def test_forward_backward_with_dropout_and_remat_is_finite(name):
   assert sum(float(jnp.sum(g**2)) for g in leaves) > 0
 
 
+def test_unet_dropout_is_active_only_in_training():
+  """deterministic=False with rate 0.5: two dropout keys give two outputs; rate 0 in training
+  mode is the deterministic network. A one-level U-Net (5 residual blocks, unconditional: no
+  class dropout) with fixed nonzero parameters."""
+  model = UNet(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_groups=4,
+               dropout=0.5)
+  x, t = _normal(29, (2, 4, 4, 3)), np.array([0.3, 0.7], np.float32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, deterministic=True))
+  leaves, tree = jax.tree.flatten(shapes["params"])
+  params = jax.tree.unflatten(tree, [  # perturb's pattern, in numpy: nothing to compile.
+      0.3 * np.sin(1.7 * np.arange(p.size) + i).reshape(p.shape).astype(np.float32)
+      for i, p in enumerate(leaves)])
+
+  def train(params, key):
+    return model.apply({"params": params}, x, t, deterministic=False, rngs={"dropout": key})
+
+  def rate_0_and_deterministic(params, key):
+    return (model.clone(dropout=0.0).apply({"params": params}, x, t, deterministic=False,
+                                           rngs={"dropout": key}),
+            model.apply({"params": params}, x, t, deterministic=True))
+
+  key_1, key_2 = jax.random.key(3, impl="rbg"), jax.random.key(4, impl="rbg")
+  train = compile_quickly(train, params, key_1)
+  out_1, out_2 = np.asarray(train(params, key_1)), np.asarray(train(params, key_2))
+  rate_0, deterministic = (np.asarray(out) for out in compile_quickly(
+      rate_0_and_deterministic, params, key_1)(params, key_1))
+  scale = deterministic.std()
+  assert scale > 1e-2
+  assert np.abs(out_1 - out_2).max() > 0.1 * scale
+  assert np.abs(out_1 - deterministic).max() > 0.1 * scale
+  np.testing.assert_allclose(rate_0, deterministic, rtol=1e-5, atol=1e-6 * scale)
+
+
 def test_unet_bfloat16_compute_tracks_float32():
   x, t, cond = inputs("unet")
   params = perturbed_params("unet")
@@ -190,6 +256,139 @@ def test_unet_bfloat16_compute_tracks_float32():
   assert out16.dtype == jnp.float32
   err = float(jnp.max(jnp.abs(out16 - out32)) / jnp.max(jnp.abs(out32)))
   assert 0 < err < 0.05, err
+
+
+# --------------------------------------------------------------------------
+# The layers' forward math, written out in float64 numpy.
+# --------------------------------------------------------------------------
+
+
+def _np(tree):
+  """A tree of arrays in float64 numpy."""
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def _dense(x, p):
+  return x @ p["kernel"] + p["bias"]
+
+
+def _swish(x):
+  return x / (1 + np.exp(-x))
+
+
+def _conv3x3(x, p):
+  """'SAME' 3x3 cross-correlation: [B, H, W, C] -> [B, H, W, C']."""
+  H, W = x.shape[1:3]
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return p["bias"] + sum(padded[:, i:i + H, j:j + W] @ p["kernel"][i, j]
+                         for i in range(3) for j in range(3))
+
+
+def _group_norm(x, p, groups, eps):
+  """Wu & He: mean and (biased) variance over H, W and the channels of each group."""
+  B, H, W, C = x.shape
+  g = x.reshape(B, H, W, groups, C // groups)
+  mean = g.mean(axis=(1, 2, 4), keepdims=True)
+  var = ((g - mean) ** 2).mean(axis=(1, 2, 4), keepdims=True)
+  return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape) * p["scale"] + p["bias"]
+
+
+def _layer_norm(x, eps):
+  mean = x.mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps)
+
+
+def _attention(x, p, heads):
+  """Vaswani et al. eq. 1 per head: softmax(q k^T / sqrt(d)) v, d = C / heads; x [B, N, C]."""
+  B, N, C = x.shape
+  d = C // heads
+  q, k, v = (_dense(x, p[name]).reshape(B, N, heads, d).transpose(0, 2, 1, 3)
+             for name in ("q", "k", "v"))  # [B, heads, N, d]
+  logits = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)  # [B, heads, N, N]
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  return _dense((weights @ v).transpose(0, 2, 1, 3).reshape(B, N, C), p["out"])
+
+
+def _assert_close(out, expected, rtol=1e-4):
+  assert float(np.std(expected)) > 0.1  # Not a trivially small output.
+  np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+def _perturbed_outputs(modules_and_args):
+  """[(params, output)] of each (module, args), perturbed initial parameters, one compile."""
+  def run(key):
+    outputs = []
+    for module, args in modules_and_args:
+      params = perturb(module.init(key, *args)["params"])
+      outputs.append((params, module.apply({"params": params}, *args)))
+    return outputs
+
+  key = jax.random.PRNGKey(21)
+  return [_np(pair) for pair in compile_quickly(run, key)(key)]
+
+
+def test_attention_is_scaled_dot_product_softmax():
+  """Separate q, k, v projections, softmax(q k^T / sqrt(d)) v per head, the output
+  projection: 1 and 2 heads against the numpy transcription."""
+  x = _normal(20, (2, 6, 8))
+  x64 = np.asarray(x, np.float64)
+  outputs = _perturbed_outputs([(Attention(heads), (x,)) for heads in (1, 2)])
+  for heads, (params, out) in zip((1, 2), outputs):
+    _assert_close(out, _attention(x64, params, heads))
+
+
+def test_resblock_and_attnblock_follow_ho_et_al():
+  """h = conv1(swish(GN(x))); h = conv2(swish(GN(h + Dense(swish(temb))))); out = nin(x) + h,
+  with AdaGN GN(h) (1 + y_s) + y_b instead for scale_shift_norm; x + Attn(GN(x))."""
+  x = _normal(22, (2, 4, 4, 8))
+  temb = _normal(23, (2, 12))
+  x64, temb64 = np.asarray(x, np.float64), np.asarray(temb, np.float64)[:, None, None, :]
+  kw = dict(num_groups=4, norm_eps=1e-6, dtype=jnp.float32)
+  *resblocks, (p_attn, out_attn) = _perturbed_outputs(
+      [(ResBlock(16, dropout=0.0, scale_shift_norm=adagn, **kw), (x, temb, True))
+       for adagn in (False, True)] + [(AttnBlock(2, **kw), (x,))])
+  for scale_shift_norm, (p, out) in zip((False, True), resblocks):
+    h = _conv3x3(_swish(_group_norm(x64, p["norm1"], 4, 1e-6)), p["conv1"])
+    emb = _dense(_swish(temb64), p["temb_proj"])
+    if scale_shift_norm:
+      y_s, y_b = emb[..., :16], emb[..., 16:]
+      h = _group_norm(h, p["norm2"], 4, 1e-6) * (1 + y_s) + y_b
+    else:
+      h = _group_norm(h + emb, p["norm2"], 4, 1e-6)
+    h = _conv3x3(_swish(h), p["conv2"])
+    _assert_close(out, _dense(x64, p["nin_shortcut"]) + h)
+  h = _attention(_group_norm(x64, p_attn["norm"], 4, 1e-6).reshape(2, 16, 8), p_attn["attn"], 2)
+  _assert_close(out_attn, x64 + h.reshape(x.shape))
+
+
+def test_dit_block_is_adaln_zero():
+  """Peebles & Xie sec. 3.2: x + g_1 Attn(LN(x) (1 + s_1) + b_1), then
+  x + g_2 MLP(LN(x) (1 + s_2) + b_2), (b_1, s_1, g_1, b_2, s_2, g_2) = Dense(swish(c))."""
+  x = _normal(26, (2, 6, 8))
+  c = _normal(27, (2, 8))
+  block = DiTBlock(num_heads=2, mlp_ratio=4.0, norm_eps=1e-6, mlp_norm_eps=1e-5,
+                   dtype=jnp.float32)
+  [(p, out)] = _perturbed_outputs([(block, (x, c))])
+  h = np.asarray(x, np.float64)
+  mod = _dense(_swish(np.asarray(c, np.float64)), p["adaLN_modulation"])[:, None, :]
+  b1, s1, g1, b2, s2, g2 = np.split(mod, 6, axis=-1)
+  h = h + g1 * _attention(_layer_norm(h, 1e-6) * (1 + s1) + b1, p["attn"], 2)
+  u = _dense(_layer_norm(h, 1e-5) * (1 + s2) + b2, p["mlp_fc1"])
+  gelu = 0.5 * u * (1 + np.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u**3)))
+  _assert_close(out, h + g2 * _dense(gelu, p["mlp_fc2"]))
+
+
+def test_timestep_embedding_is_the_sinusoid():
+  """[sin, cos] (or [cos, sin]) of s 10000^(-k / (dim / 2 - shift)), k < dim / 2."""
+  s = jnp.array([0.0, 3.0, 417.0])
+  for freq_shift, flip in ((1.0, False), (0.0, True)):
+    freqs = 10000.0 ** (-np.arange(4) / (4 - freq_shift))
+    args = np.asarray(s, np.float64)[:, None] * freqs
+    parts = [np.sin(args), np.cos(args)]
+    expected = np.concatenate(parts[::-1] if flip else parts, axis=1)
+    out = timestep_embedding(s, 8, freq_shift=freq_shift, flip_sin_to_cos=flip)
+    np.testing.assert_allclose(out, expected, atol=2e-4)  # float32 arguments up to 417.
 
 
 # --------------------------------------------------------------------------
@@ -388,6 +587,21 @@ def test_guidance_w0_is_unconditional_w1_conditional_in_one_call(name):
     guided = guidance.guided_denoise_fn(fn, w, NUM_CLASSES)(x, t, cond)
     assert calls == [4]
     np.testing.assert_allclose(guided, expected, atol=1e-6)
+
+
+def test_guidance_beyond_one_and_below_zero_extrapolates_linearly():
+  """D_w = D_null + w (D_cond - D_null) at w = 3, 7.5 and -0.5 (Ho & Salimans eq. 6,
+  w = 1 + w'), a scalar w and a per-example [B] one, against the formula in float64."""
+  net = lambda x, t, cond: jnp.sin(x * (1.0 + cond[:, None])) + t[:, None]
+  x = _normal(14, (3, 5))
+  t, cond = jnp.array([0.2, 0.5, 0.9]), jnp.array([1.0, 2.0, -0.5])
+  x64, t64 = np.asarray(x, np.float64), np.asarray(t, np.float64)[:, None]
+  d_cond = np.sin(x64 * (1.0 + np.asarray(cond, np.float64)[:, None])) + t64
+  d_null = np.sin(x64 * 1.0) + t64  # null_cond = 0.
+  for w in (3.0, 7.5, -0.5, np.array([3.0, 0.0, 7.5])):
+    guided = guidance.guided_denoise_fn(net, w, 0.0)(x, t, cond)
+    expected = d_null + np.reshape(w, (-1, 1)) * (d_cond - d_null)
+    np.testing.assert_allclose(guided, expected, rtol=1e-5, atol=1e-5, err_msg=str(w))
 
 
 def test_guidance_is_independent_of_the_prediction_type():

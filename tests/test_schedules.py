@@ -38,7 +38,11 @@ def test_beta_schedules_follow_their_papers():
   np.testing.assert_allclose(np.diff(linear), (0.02 - 1e-4) / 999)
   quadratic = schedules.beta_schedule("quadratic", 1000)
   np.testing.assert_allclose(np.diff(np.sqrt(quadratic)), (0.02**0.5 - 1e-4**0.5) / 999)
+  # diffusers' "sigmoid": beta_i = beta_start + (beta_end - beta_start) sigmoid(x_i),
+  # x_i = -6 + 12 i / (T - 1), i = 0..T-1.
   sigmoid = schedules.beta_schedule("sigmoid", 1000)
+  x = -6.0 + 12.0 * np.arange(1000) / 999
+  np.testing.assert_allclose(sigmoid, 1e-4 + (0.02 - 1e-4) / (1 + np.exp(-x)), rtol=1e-12)
   assert np.all(np.diff(sigmoid) > 0) and 1e-4 < sigmoid[0] < sigmoid[-1] < 0.02
   # Nichol & Dhariwal eq. 17: alpha_bar_t = f(t) / f(0), f(t) = cos^2((t/T + s)/(1 + s) pi/2).
   cosine = schedules.beta_schedule("cosine", 1000)
@@ -143,6 +147,10 @@ def test_edm_train_time_is_log_normal():
 def test_bad_input_names_the_parameter():
   with pytest.raises(ValueError, match="unknown process 'vpp'.*valid"):
     schedules.make_process("vpp")
+  # A DDPM's options given to VP: named, with the valid ones (was a TypeError).
+  with pytest.raises(ValueError, match=r"process 'vp' takes the options \['t_min', 't_max', "
+                     r"'beta_min', 'beta_max'\], got unknown \['num_steps'\]"):
+    schedules.make_process("vp", num_steps=1000)
   with pytest.raises(ValueError, match="unknown beta schedule 'cosin'"):
     schedules.discrete_ddpm("cosin")
   with pytest.raises(ValueError, match="num_steps must be a positive integer"):

@@ -1,9 +1,10 @@
-"""Tests for UniPC (Zhao et al. 2023): order 1 without corrector is DDIM; the
-empirical convergence orders of UniP-p (p) and UniPC-p (p + 1) against a
-diffrax solution of the probability-flow ODE; the corrector's gain at no NFE;
-the ends of the grid where the log-SNR is infinite; agreement with a float64
-transcription of diffusers' update formulas (and with diffusers itself when
-installed); counted NFE, one trace for all grids of a length, and errors."""
+"""Tests for UniPC (Zhao et al. 2023): the phi functions against float64 closed
+forms; order 1 without corrector is DDIM; the empirical convergence orders of
+UniP-p (p) and UniPC-p (p + 1) against a diffrax solution of the
+probability-flow ODE; the corrector's gain at no NFE; the ends of the grid
+where the log-SNR is infinite; agreement with a float64 transcription of
+diffusers' update formulas (and with diffusers itself when installed); counted
+NFE, one trace for all grids of a length, and errors."""
 
 import functools
 import math
@@ -13,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import integrate
 
 from jaxdiff import grids, oracle, schedules, sde
 from jaxdiff.samplers import ddim
-from jaxdiff.samplers.unipc import unipc, unipc_num_steps
+from jaxdiff.samplers.unipc import _phi, unipc, unipc_num_steps
 
 T = 1000
 # A smooth oracle (stds >= 0.35): the denoiser varies slowly in log-SNR, so the
@@ -47,6 +49,31 @@ def prior(process_name, num, seed=0):
 def toy_denoise_fn(x, t, cond):
   del cond
   return jnp.tanh(x) * (0.5 + sde.per_example(t, x))
+
+
+# --------------------------------------------------------------------------
+# The exponential-integrator functions phi_k.
+# --------------------------------------------------------------------------
+
+
+def test_phi_functions_match_float64_closed_forms():
+  """phi_k(x) = (e^x - sum_{j<k} x^j / j!) / x^k = int_0^1 e^{(1-u) x} u^{k-1} / (k-1)! du,
+  phi_k(0) = 1 / k!, for k = 1..4 (UniPC-3 uses up to phi_4), on both sides of the switch
+  between the Taylor series and the recursion at |x| = 1 and for both signs of x
+  (hh = -h < 0 with the data prediction, h > 0 with the noise prediction)."""
+  xs = np.array([-4.0, -2.0, -1.0, -0.999, -0.7, -0.3, -0.05, -1e-3, 0.0, 1e-3, 0.05, 0.3,
+                 0.7, 0.999, 1.0, 2.0, 4.0])
+  phis = np.asarray(jax.jit(lambda x: jnp.stack(_phi(x, 4)))(jnp.asarray(xs, jnp.float32)))
+  for k in range(1, 5):
+    # The closed form in float64 where it does not cancel badly, the integral everywhere.
+    big = np.abs(xs) >= 0.3
+    taylor_head = sum(xs[big] ** j / math.factorial(j) for j in range(k))
+    np.testing.assert_allclose(phis[k - 1, big], (np.exp(xs[big]) - taylor_head) / xs[big] ** k,
+                               rtol=5e-6, err_msg=f"phi_{k}")
+    integral = [integrate.quad(lambda u: math.exp((1 - u) * x) * u ** (k - 1), 0.0, 1.0,
+                               epsabs=0.0, epsrel=1e-12)[0] / math.factorial(k - 1) for x in xs]
+    np.testing.assert_allclose(phis[k - 1], integral, rtol=5e-6, err_msg=f"phi_{k}")
+    assert phis[k - 1, xs == 0.0] == pytest.approx(1 / math.factorial(k), rel=1e-7)
 
 
 # --------------------------------------------------------------------------
