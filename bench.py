@@ -114,8 +114,10 @@ def check_config(config):
 def main(argv):
   del argv
   config = _CONFIG.value
-  if _RESUME.value and not _WORKDIR.value:
-    raise SystemExit("--resume needs --workdir: the folder of the interrupted benchmark")
+  if _RESUME.value and not (_WORKDIR.value and
+                            (pathlib.Path(_WORKDIR.value) / workdir.MARKER).is_file()):
+    raise SystemExit(f"--resume needs --workdir DIR, the folder of an interrupted benchmark "
+                     f"(it holds {workdir.MARKER}); got {_WORKDIR.value}")
   problems, entries = check_config(config)
   settings = json.loads(json.dumps(
       {"config": config.to_dict(), "oracle": _ORACLE.value, "init_noise": _INIT_NOISE.value,

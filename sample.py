@@ -1,9 +1,23 @@
-"""Samples the analytic Gaussian-mixture oracle with the configured samplers.
+"""Samples a trained model (--checkpoint), or the analytic Gaussian-mixture oracle.
 
-  python sample.py                                   # configs/base.py
+  python sample.py --checkpoint runs/digits                    # UniPC, NFE 20, 1000 samples
+  python sample.py --checkpoint runs/digits --sampler ddpm --nfe 1000 --num 64 --params raw
+  python sample.py --checkpoint runs/fmnist --guidance 3 --labels 0,1,2
+  python sample.py                                   # the oracle: configs/base.py
   python sample.py --config configs/cosine.py --workdir runs/cosine
   python sample.py --config.num_samples 1000
 
+With --checkpoint (a training workdir, its latest complete checkpoint, or one
+<step>/ folder): the process, prediction and network come from the checkpoint;
+any registered sampler runs at the asked NFE on the grid `--grid`, by default
+the one `jaxdiff.grids.default_for` picks for the process (printed). The
+samples go to a new folder (default <training workdir>/samples-<time>):
+samples.npz (samples in [-1, 1] and x_T, labels), samples.png (a grid of the
+first 100) and results.md / results.json (what ran, how long, and for data
+with an evaluation classifier, its quality figures). Sampling with another
+process than the one trained needs --process and warns.
+
+Without --checkpoint, the oracle job:
 Everything the config names is built and checked (each sampler traced once,
 without compiling) before the workdir is claimed (jaxdiff.workdir: a new
 folder, never one that holds files). Rows are appended to results.jsonl as
@@ -16,17 +30,49 @@ that stops early leaves its finished rows and the file INCOMPLETE saying why.
 import json
 import os
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from jaxdiff import (cli, grids, metrics, oracle, parameterization, plots, samplers, schedules,
-                     sde, workdir)
+from jaxdiff import (benchmark, cli, evaluation, grids, metrics, oracle, parameterization, plots,
+                     samplers, schedules, sde, workdir)
+from jaxdiff.train import checkpoint, experiment, sampling
 
 _CONFIG = cli.define_config("configs/base.py", "Sampling configuration.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/sample-<time>.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/sample-<time>, "
+                               "or <training workdir>/samples-<time> with --checkpoint.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Sample this trained model: a training "
+                                  "workdir, its checkpoints/ folder or one <step>/ folder.")
+_SAMPLER = flags.DEFINE_string("sampler", "unipc", "With --checkpoint: a registered sampler.")
+_NFE = flags.DEFINE_integer("nfe", 20, "With --checkpoint: network evaluations per sample.")
+_NUM = flags.DEFINE_integer("num", 1000, "With --checkpoint: number of samples.")
+_GRID = flags.DEFINE_string("grid", None, "With --checkpoint: a grid of jaxdiff.grids.GRIDS; "
+                            "default: the one for the trained process (grids.default_for).")
+_GRID_OPTIONS = flags.DEFINE_string("grid-options", "{}", "With --checkpoint and --grid: the "
+                                    "grid's options as JSON, e.g. '{\"rho\": 5}'.")
+_OPTIONS = flags.DEFINE_string("options", "{}", "With --checkpoint: sampler options as JSON, "
+                               "e.g. '{\"order\": 3}'.")
+_GUIDANCE = flags.DEFINE_float("guidance", 1.0, "With --checkpoint: classifier-free guidance "
+                               "scale w (1: the conditional model; conditional models only).")
+_LABELS = flags.DEFINE_list("labels", None, "With --checkpoint: class ids, cycled over the "
+                            "samples (default 0, 1, ..., K-1, 0, ...).")
+_PARAMS = flags.DEFINE_string("params", "ema", "With --checkpoint: 'ema' (the first EMA), "
+                              "'ema:<decay>' or 'raw'.")
+_SEED = flags.DEFINE_integer("seed", 0, "With --checkpoint: seed of x_T and the sampler's noise.")
+_INIT_NOISE = flags.DEFINE_string("init-noise", None, "With --checkpoint: x_T from this .npy "
+                                  "[num, *data shape] instead of the seed.")
+_BATCH = flags.DEFINE_integer("batch-size", 500, "With --checkpoint: samples per compiled call.")
+_PROCESS = flags.DEFINE_string("process", None, "With --checkpoint: sample with this process "
+                               "(jaxdiff.schedules.PROCESSES) instead of the trained one; warns.")
+_PROCESS_OPTIONS = flags.DEFINE_string("process-options", "{}", "Options of --process as JSON.")
+_EVALUATE = flags.DEFINE_enum("evaluate", "auto", ["auto", "yes", "no"], "With --checkpoint: "
+                              "judge the samples with a classifier trained on the real data "
+                              "(jaxdiff.evaluation); auto: for the digits, where it trains in "
+                              "seconds.")
+EVALUATED_SOURCES = ("digits", "idx")  # Labelled 8-bit image sources jaxdiff.evaluation knows.
 
 
 def build(config):
@@ -90,6 +136,9 @@ def markdown_table(rows):
 
 def main(argv):
   del argv
+  if _CHECKPOINT.value:
+    sample_checkpoint()
+    return
   config = _CONFIG.value
   try:
     process, mixture, denoise_fn, runs = build(config)
@@ -143,6 +192,123 @@ def sample_all(config, process, mixture, denoise_fn, runs, out):
                        out / "schedule.png")
   print(header + table)
   print(f"\nwrote {sorted(os.listdir(out))} to {out}")
+
+
+# --------------------------------------------------------------------------
+# A trained model.
+# --------------------------------------------------------------------------
+
+
+def load_experiment(path):
+  """(checkpoint folder, Experiment) of --checkpoint, with --process applied (warned)."""
+  step_dir = checkpoint.find(path)
+  record = checkpoint.read_run(step_dir)
+  config = record["config"]
+  if _PROCESS.value:
+    trained = (config["process"], config["process_options"])
+    config = {**config, "process": _PROCESS.value,
+              "process_options": json.loads(_PROCESS_OPTIONS.value)}
+    warnings.warn(f"sampling with the process {_PROCESS.value} {config['process_options']}; the "
+                  f"network was trained with {trained[0]} {trained[1]}")
+  spec = record["data"]
+  data_spec = experiment.DataSpec(tuple(spec["shape"]), spec["num_classes"], spec["eight_bit"])
+  return step_dir, experiment.Experiment.from_config(config, data_spec)
+
+
+def checkpoint_inputs(built, plan):
+  """(x_T [num, ...], labels [num] or None) from the flags, checked."""
+  num = _NUM.value
+  if num < 1:
+    raise ValueError(f"--num must be a positive integer, got {num}")
+  if _INIT_NOISE.value:
+    x_T = benchmark.load_init_noise(_INIT_NOISE.value, (num, *built.data.shape))
+  else:
+    x_T = sampling.prior_noise(built, plan, jax.random.fold_in(jax.random.PRNGKey(_SEED.value), 0),
+                               num)
+  if _LABELS.value is None:
+    return x_T, sampling.default_labels(built, num)
+  if not built.conditional:
+    raise ValueError("--labels needs a class-conditional model; this one was trained without")
+  try:
+    ids = [int(v) for v in _LABELS.value]
+  except ValueError:
+    raise ValueError(f"--labels must be integers, got {_LABELS.value}") from None
+  if not all(0 <= i < built.data.num_classes for i in ids):
+    raise ValueError(f"--labels must lie in [0, {built.data.num_classes}), got {ids}")
+  return x_T, jnp.asarray(np.resize(ids, num), jnp.int32)
+
+
+def sample_checkpoint():
+  """Samples a trained model as the flags say; writes the new output folder."""
+  try:
+    step_dir, built = load_experiment(_CHECKPOINT.value)
+    plan = sampling.plan(built, _SAMPLER.value, _NFE.value, grid=_GRID.value,
+                         grid_options=json.loads(_GRID_OPTIONS.value),
+                         guidance_scale=_GUIDANCE.value, options=json.loads(_OPTIONS.value))
+    x_T, labels = checkpoint_inputs(built, plan)
+    params = sampling.load_params(step_dir, built, _PARAMS.value)
+  except (ValueError, FileNotFoundError) as error:
+    raise SystemExit(f"cannot sample: {error} (nothing was written)") from None
+  print(f"sampling {step_dir}: {plan.describe()}, {_NUM.value} samples, params {_PARAMS.value}",
+        flush=True)
+  train_dir = step_dir.parent.parent
+  with workdir.claim(_WORKDIR.value, "samples", parent=train_dir) as out:
+    start = time.perf_counter()
+    x_0, nfe = sampling.sample_in_batches(built, plan, params, x_T, labels,
+                                          jax.random.PRNGKey(_SEED.value), _BATCH.value)
+    seconds = time.perf_counter() - start
+    np.savez(out / "samples.npz", samples=x_0, x_T=np.asarray(x_T),
+             labels=np.asarray(labels) if labels is not None else np.zeros(0, np.int32))
+    if built.data.eight_bit:
+      plots.save_image_grid(x_0[:100], out / "samples.png")
+    else:
+      plots.plot_samples_2d({"samples": x_0[:, :2]}, out / "samples.png",
+                            extent=float(np.nanmax(np.abs(x_0[:, :2]))) * 1.1)
+    row = {"checkpoint": str(step_dir), "sampler": plan.sampler, "nfe": nfe,
+           "grid": plan.grid_name + "".join(f" {k}={v:.4g}" for k, v in plan.grid_options.items()),
+           "steps": len(plan.grid) - 1, "guidance": plan.guidance_scale, "params": _PARAMS.value,
+           "num_samples": len(x_0), "seed": _SEED.value, "seconds": seconds}
+    table = markdown_table([row])
+    quality = evaluate(built, x_0)
+    if quality:
+      table += "\n\n" + quality_table(quality)
+    (out / "results.json").write_text(json.dumps({"rows": [row], "quality": quality}, indent=1))
+    (out / "results.md").write_text(table + "\n")
+    print(table)
+    print(f"\nwrote samples.npz, samples.png and results.md to {out}")
+
+
+def evaluate(built, x_0):
+  """{set name: jaxdiff.evaluation.quality} for the samples (all, and as many as the held-out
+  split, since the Frechet distance depends on N), the held-out real images and noise; {}
+  where the flag and the data say not to."""
+  source = built.run.data_source
+  wanted = _EVALUATE.value == "yes" or (_EVALUATE.value == "auto" and source == "digits")
+  if not wanted:
+    return {}
+  if source not in EVALUATED_SOURCES or not built.data.eight_bit:
+    raise SystemExit(f"--evaluate yes: no evaluation classifier for the source {source!r}; "
+                     f"it knows {list(EVALUATED_SOURCES)}")
+  options = {k: v for k, v in built.run.data_options.items() if k != "split"}
+  reference = evaluation.reference(source, **options)
+  rows = {f"samples ({len(x_0)})": evaluation.quality(x_0, reference)}
+  held_out = len(reference.heldout_images)
+  if len(x_0) > held_out:
+    rows[f"samples (first {held_out})"] = evaluation.quality(x_0[:held_out], reference)
+  return {**rows, **evaluation.reference_rows(reference)}
+
+
+def quality_table(quality):
+  """The quality rows as a markdown table, the number of images in every row."""
+  rows = [{"images": name, "N": q["num_samples"], "confidence": q["confidence"],
+           "classes": q["classes_present"], "class entropy": q["class_entropy"],
+           "Frechet distance": q["frechet_distance"],
+           "nearest-train distance": q["nearest_train_mean"]} for name, q in quality.items()]
+  first = next(iter(quality.values()))
+  return (f"Judged by a classifier trained on {first['num_reference']} {first['reference']} "
+          "images (jaxdiff.evaluation): Frechet distance of its features to theirs, mean "
+          "distance of each image to its nearest training image (held-out real images: "
+          f"{first['heldout_nearest_train_mean']:.3g}).\n\n" + markdown_table(rows))
 
 
 if __name__ == "__main__":

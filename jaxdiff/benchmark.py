@@ -230,14 +230,6 @@ class Entry:
     return " ".join(str(w) for w in words)
 
 
-def _accepted_options(fn, options):
-  """The options fn's signature accepts (all of them if it takes **kwargs)."""
-  parameters = inspect.signature(fn).parameters
-  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-    return dict(options)
-  return {k: v for k, v in options.items() if k in parameters}
-
-
 class UnreachableNFE(ValueError):
   """A configuration's NFE rule cannot spend this NFE (a row error, not a mistake)."""
 
@@ -273,7 +265,7 @@ def sampler_entry(problem: Problem, name: str, options=None, grid: str = "traili
   def setup(nfe):
     """(N, the sampler with its options bound) for this NFE."""
     try:
-      num_steps = sampler.num_steps(nfe, **_accepted_options(sampler.num_steps, options))
+      num_steps = samplers.num_steps_for(name, nfe, options)
     except ValueError as error:
       raise UnreachableNFE(str(error)) from error
     return num_steps, functools.partial(sampler.fn, problem.denoise_fn, problem.process,

@@ -37,8 +37,11 @@ def define_config(default: str, help_string: str):
 
 
 def parse_flags(argv):
-  """absl's flag parser for app.run(main, flags_parser=parse_flags), with that message."""
+  """absl's flag parser for app.run(main, flags_parser=parse_flags), with that message
+  for an unknown key and absl's own one-line message for a value of the wrong type."""
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as error:
     raise _unknown_key(error) from None
+  except flags.Error as error:
+    raise SystemExit(f"{error} (nothing was run; pass --helpfull for every flag)") from None

@@ -312,3 +312,32 @@ def make_grid(process: Process, name: str, num_steps: int, **options):
   if unknown:
     raise ValueError(f"grid {name!r} takes the options {valid}, got unknown {unknown}")
   return GRIDS[name](process, num_steps, **options)
+
+
+# The lowest log-SNR a default sampling grid starts from (see `default_for`).
+LOG_SNR_FLOOR = -10.0
+
+
+def default_for(process: Process) -> tuple[str, dict]:
+  """The grid (name, options) to sample a trained model with when none is asked for.
+
+    "karras"   where alpha = 1 (EDM, VE): Karras et al.'s rho = 7 grid in sigma.
+    "log_snr"  where the log-SNR is finite on [t_min, t_max] (the DDPM and VP
+               families): DPM-Solver's and UniPC's recommended grid, started no
+               lower than lam = LOG_SNR_FLOOR = -10. A linear 1000-step DDPM
+               ends at lam(1) = -10.1, but the cosine schedule's clipped last
+               betas reach lam(1) = -19.8, where x0 = (x - sigma eps) / alpha
+               multiplies the network's error by 1 / alpha ~ 2e4 and multistep
+               solvers extrapolate that error; DPM-Solver's code likewise ends
+               its continuous cosine schedule at T = 0.9946 (lam = -9.5).
+               Sampling starts from N(0, sigma(grid[0])^2).
+    "uniform"  otherwise (flow matching, where alpha(t_max) = 0).
+  """
+  if float(process.alpha(process.t_max)) == 1.0:
+    return "karras", {}
+  lam_max_t, lam_min_t = (float(process.log_snr(t)) for t in (process.t_max, process.t_min))
+  if not (math.isfinite(lam_max_t) and math.isfinite(lam_min_t)):
+    return "uniform", {}
+  if lam_max_t < LOG_SNR_FLOOR:
+    return "log_snr", {"t_max": float(process.t_from_log_snr(LOG_SNR_FLOOR))}
+  return "log_snr", {}

@@ -14,6 +14,10 @@ velocity; see `parameterization`), with the true target:
     Score-Based Diffusion Models", thm. 1: lambda = g(t)^2 on the score target
     (likelihood weighting) bounds the negative log-likelihood.
   * Salimans & Ho 2022, "Progressive Distillation", sec. 4: the v target.
+  * Karras et al. 2022 ("EDM"), eq. 8: the x0 target of the preconditioned
+    network (`parameterization.edm_preconditioned`) with lambda = (s^2 +
+    sd^2) / (s sd)^2, s = sigma / alpha ("edm"; sd = 0.5); its process
+    `schedules.EDM` draws ln sigma ~ N(-1.2, 1.2^2).
 
 Variational bound (`vlb_terms`, Ho et al. 2020, eq. 5, with the discretized
 decoder of eq. 13, sec. 3.3; bits/dim as in Nichol & Dhariwal 2021), on a grid
@@ -42,6 +46,7 @@ WEIGHTINGS = {
     "none": lambda process, t: jnp.ones_like(t),
     "sigma2": lambda process, t: process.sigma2(t),
     "likelihood": lambda process, t: process.g2(t),
+    "edm": parameterization.edm_loss_weight,
 }
 
 REDUCTIONS = {"mean": jnp.mean, "sum": jnp.sum}

@@ -12,7 +12,20 @@ With x_t = alpha x_0 + sigma eps (alpha, sigma at time t, primes d/dt):
 Every prediction is turned into the pair (x0, eps), which any other can be
 built from. A prediction cannot be inverted where its coefficient vanishes:
 x0 from eps at alpha = 0, eps from x0 at sigma = 0.
+
+EDM preconditioning (Karras et al. 2022, "Elucidating the Design Space...",
+Table 1 and eq. 7) wraps a raw network F into an x0 prediction,
+  D(x~; s) = c_skip(s) x~ + c_out(s) F(c_in(s) x~; c_noise(s)),
+  c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2),
+  c_in = 1 / sqrt(s^2 + sd^2), c_noise = log(s) / 4,
+written for any process in its scaled variables x~ = x / alpha and s =
+sigma / alpha (their eq. 4 with s(t) = alpha(t)); for alpha = 1 (EDM, VE) it is
+their formula. sd = sigma_data = 0.5 for data in [-1, 1]. Its loss weight
+lambda(s) = (s^2 + sd^2) / (s sd)^2 on the x0 error makes the effective
+target of F unit-variance at every noise level (eq. 8 and app. B.6).
 """
+
+import jax.numpy as jnp
 
 
 from jaxdiff.schedules import Process
@@ -102,3 +115,32 @@ def x0_eps_fn(denoise_fn, process: Process, prediction: str):
     return to_x0_eps(process, prediction, denoise_fn(x, t, cond), x, t)
 
   return fn
+
+
+EDM_SIGMA_DATA = 0.5  # Karras et al. 2022: the std of data scaled to [-1, 1].
+
+
+def edm_preconditioned(network_fn, process: Process, sigma_data: float = EDM_SIGMA_DATA):
+  """Wraps a raw network F(x_in, c_noise [B], cond) into the x0 prediction D (Table 1).
+
+  Returns:
+    (x_t [B, ...], t [B], cond) -> x0_hat [B, ...]: a "x0" prediction for samplers
+    and losses.
+  """
+
+  def fn(x, t, cond=None):
+    alpha = per_example(process.alpha(t), x)
+    s = process.noise_to_signal(t)  # [B]
+    s_x = per_example(s, x)
+    x_tilde = x / alpha
+    norm = jnp.sqrt(s_x**2 + sigma_data**2)
+    out = network_fn(x_tilde / norm, jnp.log(s) / 4.0, cond)
+    return sigma_data**2 / norm**2 * x_tilde + s_x * sigma_data / norm * out
+
+  return fn
+
+
+def edm_loss_weight(process: Process, t, sigma_data: float = EDM_SIGMA_DATA):
+  """lambda = (s^2 + sd^2) / (s sd)^2, s = sigma / alpha: [B], for the x0 error (eq. 8)."""
+  s2 = jnp.square(process.noise_to_signal(t))
+  return (s2 + sigma_data**2) / (s2 * sigma_data**2)

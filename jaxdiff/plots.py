@@ -6,11 +6,14 @@
   plot_samples_2d  2-D samples over the contours of a true density.
   plot_guidance_sweep  samples at several classifier-free guidance scales
                    (Ho & Salimans 2022, fig. 1 shows such a sweep).
+  save_image_grid  images tiled into one PNG, pixel for pixel (small images
+                   enlarged by an integer factor).
 """
 
 import jax
 import jax.numpy as jnp
 import matplotlib
+import PIL.Image
 
 matplotlib.use("Agg")  # Files only; no display is assumed.
 import matplotlib.pyplot as plt  # noqa: E402
@@ -125,3 +128,27 @@ def plot_guidance_sweep(samples, scales, path):
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def save_image_grid(images, path, *, cols: int | None = None, min_size: int = 32, pad: int = 1):
+  """Tiles images [N, H, W, C] (C 1 or 3) in [-1, 1] into one PNG, row by row.
+
+  Each image is enlarged by the smallest integer factor that makes it at least
+  min_size pixels high (nearest neighbour, so pixels stay visible); tiles are
+  separated by `pad` white pixels. cols defaults to ceil(sqrt(N)).
+  """
+  images = np.asarray(images, np.float32)
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"images must be [N, H, W, C] with C in (1, 3), got {images.shape}")
+  n, h, w, c = images.shape
+  cols = cols or int(np.ceil(np.sqrt(n)))
+  rows = -(-n // cols)
+  factor = max(1, -(-min_size // h))
+  pixels = np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
+  pixels = pixels.repeat(factor, axis=1).repeat(factor, axis=2)
+  th, tw = h * factor + pad, w * factor + pad
+  canvas = np.full((rows * th + pad, cols * tw + pad, c), 255, np.uint8)
+  for i in range(n):
+    r, q = divmod(i, cols)
+    canvas[pad + r * th:pad + r * th + h * factor, pad + q * tw:pad + q * tw + w * factor] = pixels[i]
+  PIL.Image.fromarray(canvas.squeeze(-1) if c == 1 else canvas).save(path)

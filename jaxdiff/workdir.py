@@ -12,7 +12,7 @@ command and, if the run fails or is interrupted, why; it is removed when the
 run finishes. So a folder with `INCOMPLETE` and no live run is an unfinished
 run: its finished rows are in results.jsonl (`append_row`, one JSON object a
 line, written as each row finishes), and `claim(..., resume=True)` takes it up
-again (bench.py --resume).
+again (bench.py --resume; train.py resumes its own workdirs).
 """
 
 import contextlib
@@ -54,29 +54,28 @@ def _create_unique(path: pathlib.Path) -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def claim(path, prefix: str, *, resume: bool = False):
+def claim(path, prefix: str, *, resume: bool = False, parent="runs"):
   """Claims the output folder for the duration of a `with` block; yields its Path.
 
   Args:
-    path: the folder, or None for a new runs/<prefix>-<time>[-n].
+    path: the folder, or None for a new <parent>/<prefix>-<time>[-n].
     prefix: the default name's prefix ("sample", "bench").
-    resume: take up an unfinished run's folder (it must hold the marker and no
-      live run may hold it).
+    resume: take up an earlier run's folder (it must exist; no live run may
+      hold it); the caller decides that it is one of its own.
 
   Raises:
     SystemExit naming the folder and what to do, before anything is written,
-    when it holds files (or, with resume, is no unfinished run), is a file,
-    cannot be created, or another run holds it.
+    when it holds files (or, with resume, does not exist), is a file, cannot
+    be created, or another run holds it.
   """
   default_prefix = None if path else prefix
-  path = pathlib.Path(path or time.strftime(f"runs/{prefix}-%Y%m%d-%H%M%S"))
+  path = pathlib.Path(path or pathlib.Path(parent) / time.strftime(f"{prefix}-%Y%m%d-%H%M%S"))
   try:
     if path.exists() and not path.is_dir():
       raise SystemExit(f"workdir {path} is a file, not a folder; pass a new --workdir "
                        "(nothing was written)")
-    if resume and not (path / MARKER).is_file():
-      raise SystemExit(f"--resume needs the folder of an unfinished run (holding {MARKER}); "
-                       f"{path} is not one")
+    if resume and not path.is_dir():
+      raise SystemExit(f"cannot resume in {path}: there is no such folder")
     if default_prefix is not None:
       path = _create_unique(path)
     elif not resume:

@@ -62,8 +62,8 @@ def test_refusals_write_nothing(tmp_path):
     with pytest.raises(SystemExit, match="another run is working in"):
       with workdir.claim(tmp_path / "empty", "x", resume=True):
         pass
-  with pytest.raises(SystemExit, match="--resume needs the folder of an unfinished run"):
-    with workdir.claim(tmp_path / "empty", "x", resume=True):
+  with pytest.raises(SystemExit, match="cannot resume in .*no such folder"):
+    with workdir.claim(tmp_path / "missing", "x", resume=True):
       pass
 
 

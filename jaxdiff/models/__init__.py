@@ -1,14 +1,39 @@
-"""Networks: the DDPM U-Net (`unet`), the Diffusion Transformer (`dit`), shared layers.
+"""Networks: the DDPM U-Net (`unet`), the Diffusion Transformer (`dit`), a residual
+MLP for points (`mlp`), shared layers.
 
-`denoise_fn(model, params)` turns either into the (x, t, cond) -> prediction
+`make_model(name, **options)` builds one by its name in MODELS;
+`denoise_fn(model, params)` turns any into the (x, t, cond) -> prediction
 function that samplers and losses take; `compiler_options()` are the XLA
 options to jit them with (`compiler`).
 """
 
+import inspect
+
 from jaxdiff.models.compiler import compiler_options
 from jaxdiff.models.dit import DIT_SIZES, DiT, dit
 from jaxdiff.models.layers import num_params
+from jaxdiff.models.mlp import MLP
 from jaxdiff.models.unet import UNet
+
+# name -> constructor; "dit" takes its size ("S/2" ... "XL/8") first.
+MODELS = {"unet": UNet, "dit": dit, "mlp": MLP}
+
+
+def make_model(name: str, **options):
+  """The network `name` of MODELS with its options, e.g. make_model("unet", ch=32).
+
+  Raises:
+    ValueError naming the valid names or options.
+  """
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; valid: {sorted(MODELS)}")
+  module = DiT if name == "dit" else MODELS[name]
+  valid = (["size"] if name == "dit" else []) + [
+      field for field in inspect.signature(module).parameters if field not in ("parent", "name")]
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise ValueError(f"model {name!r} takes the options {valid}, got unknown {unknown}")
+  return MODELS[name](**options)
 
 
 def denoise_fn(model, params):
@@ -26,4 +51,5 @@ def denoise_fn(model, params):
   return fn
 
 
-__all__ = ["DIT_SIZES", "DiT", "UNet", "compiler_options", "denoise_fn", "dit", "num_params"]
+__all__ = ["DIT_SIZES", "DiT", "MLP", "MODELS", "UNet", "compiler_options", "denoise_fn", "dit",
+           "make_model", "num_params"]

@@ -65,3 +65,18 @@ def check_options(name: str, options) -> None:
   unknown = sorted(set(options) - set(valid))
   if unknown:
     raise ValueError(f"sampler {name!r} takes the options {valid}, got unknown {unknown}")
+
+
+def num_steps_for(name: str, nfe: int, options=None) -> int:
+  """Grid length N at which sampler `name` with `options` spends exactly `nfe`
+  network calls (its registry rule, given the options it takes).
+
+  Raises:
+    ValueError where no N does, naming the NFE values that work.
+  """
+  rule = get_sampler(name).num_steps
+  parameters = inspect.signature(rule).parameters
+  options = dict(options or {})
+  if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    options = {k: v for k, v in options.items() if k in parameters}
+  return rule(nfe, **options)

@@ -1,0 +1,63 @@
+"""Every default of training (train.py), in one ConfigDict: the digits default.
+
+Experiments beside this file override only what they change (digits.py is this
+config itself). Fields:
+  num_steps, batch_size (global), seed, checkpoint_every, log_every,
+  sample_every, keep_checkpoints, steps_per_call (k optimizer steps per
+  jitted call, a lax.scan; the cadences must be multiples of k);
+  mesh: {"data": n} devices (-1: all);
+  data: a source of jaxdiff.data.SOURCES with its options, random_flip;
+  process, process_options: jaxdiff.schedules.make_process;
+  loss: the Objective of jaxdiff.train.step (prediction, target, weighting,
+    reduce, preconditioning);
+  model: a network of jaxdiff.models.MODELS with its options (channels,
+    num_classes and class_dropout follow from data and the fields below),
+    conditional (on the data's labels), label_dropout (the null class's
+    probability, for classifier-free guidance), dtype (compute; params stay
+    float32);
+  optim: jaxdiff.train.optim.OptimizerConfig; ema: decays and their warm-up;
+  samples: the picture of EMA samples written every sample_every steps.
+A restarted run may change num_steps and the cadences, nothing else.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.num_steps = 1500
+  config.batch_size = 128
+  config.checkpoint_every = 500
+  config.log_every = 50
+  config.sample_every = 500
+  config.keep_checkpoints = 3
+  config.steps_per_call = 1
+  config.mesh = ml_collections.ConfigDict({"data": -1})
+
+  config.data = ml_collections.ConfigDict({
+      "source": "digits", "options": {"split": "train"}, "random_flip": False})
+
+  config.process = "ddpm"
+  config.process_options = ml_collections.ConfigDict({"schedule": "cosine", "num_steps": 1000})
+  config.loss = ml_collections.ConfigDict({
+      "prediction": "eps", "target": "eps", "weighting": "none", "reduce": "mean",
+      "preconditioning": "none"})
+
+  # A 1,001,729-parameter U-Net for 8x8 images: widths 32, 64, attention at 4x4.
+  config.model = ml_collections.ConfigDict({
+      "name": "unet",
+      "options": {"ch": 32, "ch_mult": (1, 2), "num_res_blocks": 2, "attn_resolutions": (4,),
+                  "num_groups": 8, "dropout": 0.1},
+      "conditional": False, "label_dropout": 0.1, "dtype": "float32"})
+
+  config.optim = ml_collections.ConfigDict({
+      "learning_rate": 1e-3, "warmup_steps": 100, "schedule": "cosine",
+      "end_learning_rate": 1e-5, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
+      "decay_norms_and_biases": False, "grad_clip": 1.0})
+  config.ema = ml_collections.ConfigDict({"decays": (0.9999,), "warmup": True})
+
+  # EMA samples every sample_every steps: fixed noise, fixed labels (0, 1, 2, ...).
+  config.samples = ml_collections.ConfigDict({
+      "num": 64, "sampler": "unipc", "nfe": 20, "guidance": 1.0})
+  return config

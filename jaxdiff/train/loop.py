@@ -1,0 +1,214 @@
+"""The training loop: data -> jitted step -> metrics, pictures, checkpoints.
+
+`train` runs an Experiment in a claimed workdir from its latest checkpoint (or
+from step 0) to run.num_steps:
+  * each call of the compiled step makes steps_per_call updates on as many
+    batches, assembled into global arrays over the mesh; the host reads a
+    call's metrics only after the next call is queued, so the device never
+    waits for it;
+  * a NaN or inf loss stops the run with a FloatingPointError naming the step,
+    before any checkpoint holds it; the last good checkpoint stays;
+  * every log_every steps: the loss (mean over the window), gradient norm,
+    learning rate, EMA decays, steps/s and images/s go to metrics.jsonl and
+    TensorBoard (`writer`); a tqdm bar shows loss, steps/s and the ETA;
+  * every sample_every steps: a picture of samples from the first EMA with a
+    fixed x_T and fixed labels (samples/step-<n>.png), so progress is visible;
+  * every checkpoint_every steps and at the end: a checkpoint (Orbax, async)
+    of the state, the data iterator's position and the run record (the
+    config and the data's spec, also written as train_config.json).
+Only process 0 writes metrics, pictures and the bar; Orbax writes checkpoints
+from every process.
+"""
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jaxdiff import data, models, plots
+from jaxdiff.train import checkpoint, optim, sampling, sharding, state as train_state, step
+from jaxdiff.train.experiment import Experiment
+from jaxdiff.train.writer import MetricWriter
+
+
+RECORD = "train_config.json"  # The run record, readable without Orbax.
+
+
+class ConfigMismatch(ValueError):
+  """The workdir's checkpoint was trained with another configuration."""
+
+
+@dataclasses.dataclass
+class Summary:
+  """What a finished (or stopped) call of `train` did."""
+
+  start_step: int
+  step: int
+  seconds: float
+  final_loss: float
+  checkpoint: str
+  workdir: str
+
+
+def run_record(experiment: Experiment) -> dict:
+  """What a checkpoint stores besides arrays: the config and the data's spec."""
+  return {"config": experiment.config, "data": dataclasses.asdict(experiment.data),
+          "jaxdiff": 1}
+
+
+class _Progress:
+  """The host's side of the loop: reads finished calls' metrics, stops on NaN, logs.
+
+  Only process 0 has a writer and a visible bar.
+  """
+
+  def __init__(self, run, start_step: int, writer, bar, checkpoints):
+    self.run, self.writer, self.bar, self.checkpoints = run, writer, bar, checkpoints
+    self.window, self.final_loss = [], float("nan")
+    self.window_step, self.window_start = start_step, None  # Timed from the first call on.
+
+  def settle(self, end_step: int, metrics):
+    """Takes the metrics [k] of the call that ended at end_step (waits for it)."""
+    metrics = jax.device_get(metrics)
+    losses = np.asarray(metrics["loss"])
+    if not np.all(np.isfinite(losses)):
+      bad = end_step - len(losses) + int(np.argmin(np.isfinite(losses))) + 1
+      raise FloatingPointError(
+          f"the loss is {losses[~np.isfinite(losses)][0]} at step {bad}; training stopped. The "
+          f"last good checkpoint ({self.checkpoints.latest_step()}) is kept in "
+          f"{self.checkpoints.directory}")
+    if self.window_start is None:  # The first call, compilation included, is not timed.
+      self.window_start, self.window_step = time.perf_counter(), end_step
+    self.window.extend(losses.tolist())
+    self.final_loss = float(losses[-1])
+    self.bar.update(len(losses))
+    self.bar.set_postfix(loss=f"{np.mean(self.window):.4f}")
+    if end_step % self.run.log_every == 0 or end_step == self.run.num_steps:
+      seconds = time.perf_counter() - self.window_start
+      steps_per_s = (end_step - self.window_step) / seconds if seconds > 0 else float("nan")
+      scalars = {"loss": np.mean(self.window), "grad_norm": metrics["grad_norm"][-1],
+                 "learning_rate": metrics["learning_rate"][-1], "steps_per_s": steps_per_s,
+                 "images_per_s": steps_per_s * self.run.batch_size,
+                 **{k: v[-1] for k, v in metrics.items() if k.startswith("ema_decay/")}}
+      if self.writer is not None:
+        self.writer.write(end_step, scalars)
+      self.window.clear()
+      self.window_start, self.window_step = time.perf_counter(), end_step
+
+
+def train(experiment: Experiment, source, workdir, mesh, *, show_progress: bool = True):
+  """Trains to experiment.run.num_steps in `workdir` (claimed by the caller).
+
+  Returns:
+    a Summary.
+
+  Raises:
+    ConfigMismatch when the workdir's checkpoint was trained with another config;
+    FloatingPointError on a NaN or inf loss, naming the step.
+  """
+  run = experiment.run
+  workdir = pathlib.Path(workdir)
+  sharding.check_batch_size(mesh, run.batch_size)
+  optimizer = optim.make_optimizer(experiment.optimizer, run.num_steps)
+  init = experiment.init_fn(optimizer)
+  state_sharding = sharding.state_sharding(mesh, jax.eval_shape(init))
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          jax.eval_shape(init), state_sharding)
+  iterator = data.make_iterator(source, batch_size=run.batch_size, seed=run.seed,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count(), random_flip=run.random_flip)
+
+  def check_run(record):
+    differences = experiment.differences(record["config"])
+    if differences:
+      raise ConfigMismatch(
+          f"the checkpoint in {workdir / checkpoint.DIRECTORY} was trained with another "
+          f"configuration; it differs in: {'; '.join(differences)}. Pass the same config, or a "
+          "new --workdir (the checkpoint is kept)")
+
+  checkpoints = checkpoint.manager(workdir, keep=run.keep_checkpoints)
+  if jax.process_index() == 0:
+    (workdir / RECORD).write_text(json.dumps(run_record(experiment), indent=1))
+  try:
+    restored = checkpoint.restore_latest(workdir, checkpoints, abstract, iterator, check_run)
+    state = (restored[0] if restored is not None
+             else jax.jit(init, out_shardings=state_sharding)())
+    return _run(experiment, state, iterator, workdir, mesh, checkpoints, optimizer,
+                state_sharding, show_progress)
+  finally:
+    checkpoints.wait_until_finished()
+    checkpoints.close()
+
+
+def _run(experiment, state, iterator, workdir, mesh, checkpoints, optimizer, state_sharding,
+         show_progress):
+  """The loop itself, from the state's step to num_steps."""
+  run = experiment.run
+  writes = jax.process_index() == 0
+  start_step = current = int(state.step)
+  train_step = step.jit_train_step(
+      step.make_train_step(experiment.model, experiment.objective, optimizer,
+                           optim.learning_rate_schedule(experiment.optimizer, run.num_steps),
+                           experiment.ema_decays, ema_warmup=experiment.ema_warmup,
+                           conditional=experiment.conditional),
+      state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh))
+  picture = _picture_fn(experiment) if writes else None
+  writer = MetricWriter(workdir, start_step) if writes else None
+  bar = tqdm(total=run.num_steps, initial=start_step, unit="step", dynamic_ncols=True,
+             disable=not (writes and show_progress))
+  progress = _Progress(run, start_step, writer, bar, checkpoints)
+  started, pending = time.perf_counter(), None
+  try:
+    while current < run.num_steps:
+      local = [next(iterator) for _ in range(run.steps_per_call)]
+      batches = sharding.global_batch(jax.tree.map(lambda *x: np.stack(x), *local),
+                                      sharding.batch_sharding(mesh))
+      state, metrics = train_step(state, batches)
+      current += run.steps_per_call
+      if pending is not None:  # The previous call, read while this one runs.
+        progress.settle(*pending)
+      pending = (current, metrics)
+      done = current == run.num_steps
+      if current % run.checkpoint_every == 0 or done:
+        progress.settle(*pending)  # Nothing non-finite goes into a checkpoint.
+        pending = None
+        checkpoint.save(checkpoints, current, state, iterator, run_record(experiment))
+      if picture is not None and (current % run.sample_every == 0 or done):
+        picture(state, workdir / "samples" / f"step-{current}.png")
+  finally:
+    bar.close()
+    if writer is not None:
+      writer.close()
+  return Summary(start_step, current, time.perf_counter() - started, progress.final_loss,
+                 str(checkpoints.directory / str(checkpoints.latest_step())), str(workdir))
+
+
+def _picture_fn(experiment: Experiment):
+  """(state, path) -> writes a picture of EMA samples (fixed x_T and labels)."""
+  run = experiment.run
+  plan = sampling.plan(experiment, run.sample_sampler, run.sample_nfe,
+                       guidance_scale=run.sample_guidance if experiment.conditional else 1.0)
+  sample = jax.jit(sampling.make_sample_fn(experiment, plan),
+                   compiler_options=models.compiler_options())
+  key_noise, key_sampler = jax.random.split(jax.random.fold_in(
+      jax.random.PRNGKey(run.seed), 0x5A))  # Apart from the training keys.
+  x_T = sampling.prior_noise(experiment, plan, key_noise, run.sample_num)
+  labels = sampling.default_labels(experiment, run.sample_num)
+  ema_name = train_state.ema_name(experiment.ema_decays[0])
+
+  def picture(state, path):
+    path.parent.mkdir(exist_ok=True)
+    x_0, _ = sample(state.ema[ema_name], x_T, key_sampler, labels)
+    x_0 = np.asarray(jax.device_get(x_0))
+    if experiment.data.eight_bit:
+      plots.save_image_grid(x_0, path)
+    else:
+      plots.plot_samples_2d({path.stem: x_0[:, :2]}, path,
+                            extent=1.1 * float(np.nanmax(np.abs(x_0[:, :2]), initial=1.0)))
+
+  return picture

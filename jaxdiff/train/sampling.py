@@ -1,0 +1,137 @@
+"""Samples of a trained network: its denoiser, a sampler of the zoo at an NFE, guidance.
+
+`make_sample_fn` returns a function (params, x_T, key, labels) -> (x_0, info)
+to jit once: the network (dropout off) wrapped by the experiment's objective
+(EDM preconditioning where trained with it), classifier-free guidance
+(`guidance.guided_denoise_fn`, the null class num_classes) for a conditional
+model at w != 1, and the registered sampler on its grid for the NFE (by
+default `grids.default_for` the process), from x_T ~ N(0, sigma(grid[0])^2).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jaxdiff import grids, guidance, models, samplers
+from jaxdiff.train import checkpoint, optim, state as train_state
+from jaxdiff.train.experiment import Experiment
+from jaxdiff.train.step import network_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplePlan:
+  """A sampler run on a trained model: what it runs and on which grid."""
+
+  sampler: str
+  nfe: int
+  grid_name: str
+  grid_options: dict
+  grid: jax.Array  # [N + 1]
+  guidance_scale: float
+  options: dict
+
+  def describe(self) -> str:
+    grid_options = "".join(f", {k}={v:.4g}" for k, v in self.grid_options.items())
+    words = [f"{self.sampler}", f"NFE {self.nfe}", f"{self.grid_name} grid ({len(self.grid) - 1} "
+             f"steps{grid_options})", *(f"{k}={v}" for k, v in self.options.items())]
+    if self.guidance_scale != 1.0:
+      words.append(f"guidance w = {self.guidance_scale:g}")
+    return ", ".join(words)
+
+
+def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = None,
+         grid_options=None, guidance_scale: float = 1.0, options=None) -> SamplePlan:
+  """Checks the sampler, its options and the NFE, and builds the grid: the named one
+  with grid_options, or by default `grids.default_for` the process.
+
+  Raises:
+    ValueError naming the offending choice.
+  """
+  options = dict(options or {})
+  samplers.check_options(sampler, options)
+  num_steps = samplers.num_steps_for(sampler, nfe, options)
+  if grid is None:
+    grid, grid_options = grids.default_for(experiment.process)
+  grid_options = dict(grid_options or {})
+  times = samplers.check_grid(grids.make_grid(experiment.process, grid, num_steps,
+                                              **grid_options), experiment.process, num_steps)
+  if guidance_scale != 1.0 and not experiment.conditional:
+    raise ValueError(f"guidance w = {guidance_scale} needs a class-conditional model; this one "
+                     "was trained without labels")
+  return SamplePlan(sampler, nfe, grid, grid_options, times, float(guidance_scale), options)
+
+
+def make_sample_fn(experiment: Experiment, sample_plan: SamplePlan):
+  """(params, x_T [B, ...], key, labels [B] or None) -> (x_0 [B, ...], info)."""
+  sampler = samplers.get_sampler(sample_plan.sampler).fn
+  null_class = experiment.data.num_classes
+
+  def sample(params, x_T, key, labels):
+    denoise = experiment.objective.denoise_fn(network_fn(experiment.model, params))
+    if experiment.conditional and sample_plan.guidance_scale != 1.0:
+      denoise = guidance.guided_denoise_fn(denoise, sample_plan.guidance_scale, null_class)
+    return sampler(denoise, experiment.process, x_T, key, sample_plan.grid,
+                   prediction=experiment.objective.prediction,
+                   cond=labels if experiment.conditional else None, **sample_plan.options)
+
+  return sample
+
+
+def prior_noise(experiment: Experiment, sample_plan: SamplePlan, key, num: int):
+  """x_T [num, *data shape] ~ N(0, sigma(t)^2 I) at the plan's first time t."""
+  sigma = experiment.process.sigma(sample_plan.grid[0])
+  return sigma * jax.random.normal(key, (num, *experiment.data.shape))
+
+
+def default_labels(experiment: Experiment, num: int):
+  """0, 1, ..., num_classes - 1, 0, 1, ... for a conditional model; None otherwise."""
+  if not experiment.conditional:
+    return None
+  return jnp.arange(num, dtype=jnp.int32) % experiment.data.num_classes
+
+
+def load_params(step_dir, experiment: Experiment, which: str = "ema"):
+  """The parameters of a checkpoint folder: the first EMA ("ema"), an EMA by its
+  decay ("ema:0.999"), or the raw optimizer iterate ("raw")."""
+  optimizer = optim.make_optimizer(experiment.optimizer, experiment.run.num_steps)
+  abstract = jax.eval_shape(experiment.init_fn(optimizer))
+  state = checkpoint.restore_state(step_dir, abstract)
+  if which == "raw":
+    return state.params
+  name = which.partition(":")[2] or train_state.ema_name(experiment.ema_decays[0])
+  if which.partition(":")[0] != "ema" or name not in state.ema:
+    raise ValueError(f"params must be 'raw', 'ema' or one of "
+                     f"{['ema:' + n for n in state.ema]}, got {which!r}")
+  return state.ema[name]
+
+
+def sample_in_batches(experiment: Experiment, sample_plan: SamplePlan, params, x_T, labels, key,
+                      batch_size: int, *, progress: bool = True):
+  """All of x_T [num, ...] sampled in calls of batch_size (one compilation; the last
+  batch padded), chunk i with the sampler key fold_in(key, i).
+
+  Returns:
+    (samples float32 numpy [num, ...], NFE per sample).
+
+  Raises:
+    FloatingPointError naming the step where a batch turned NaN/inf.
+  """
+  num = x_T.shape[0]
+  batch_size = min(batch_size, num)
+  sample = jax.jit(make_sample_fn(experiment, sample_plan),
+                   compiler_options=models.compiler_options())
+  pad = -num % batch_size
+  x_T = jnp.concatenate([x_T, jnp.zeros((pad, *x_T.shape[1:]), x_T.dtype)])
+  if labels is not None:
+    labels = jnp.concatenate([labels, jnp.zeros((pad,), labels.dtype)])
+  out, nfe = [], 0
+  for i in tqdm(range(0, num, batch_size), desc="sampling", unit="batch", disable=not progress):
+    x_0, info = sample(params, x_T[i:i + batch_size], jax.random.fold_in(key, i // batch_size),
+                       None if labels is None else labels[i:i + batch_size])
+    samplers.raise_if_nonfinite(info, sample_plan.grid)
+    out.append(np.asarray(x_0))
+    nfe = int(info["nfe"])
+  return np.concatenate(out)[:num], nfe

@@ -1,0 +1,153 @@
+"""The training objective and the train step.
+
+`Objective` is what the network is trained to predict and how its error is
+weighted, all from the core (`losses.diffusion_loss` on `schedules` and
+`parameterization`): L_simple (eps; Ho et al. 2020, eq. 14), x0 or v targets,
+denoising score matching with sigma^2 or likelihood weighting (Song et al.
+2021), the flow-matching velocity (Lipman et al. 2023), and EDM's
+preconditioned x0 with its weight (Karras et al. 2022, eq. 7-8).
+
+`make_train_step` builds the pure step (state, batch) -> (state, metrics):
+one loss gradient, the optimizer update and every EMA, with the step's key
+fold_in(state.key, state.step) split into the loss's and dropout's; k steps
+per call run as a lax.scan over k batches, except on the CPU, where they are
+unrolled: XLA's CPU backend (jaxlib 0.10) leaves a convolution's kernel
+gradient inside a while loop in a layout it runs ~30x slower (f01b_i01o->01bf
+instead of b01f_01io->b01f; measured 0.79 s against 0.026 s for one 3x3,
+64-channel layer at batch 128, and 7.2 s against 0.4 s for the digits
+U-Net's step). `jit_train_step` compiles it once
+with the state donated, shardings over the mesh (`sharding`), and
+`models.compiler_options()`.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxdiff import losses, models, parameterization
+from jaxdiff.schedules import Process
+from jaxdiff.train import optim
+from jaxdiff.train.state import TrainState, ema_name
+
+PRECONDITIONINGS = ("none", "edm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """The process, the network's prediction type and the loss on it.
+
+  prediction: what the (preconditioned) network predicts; "x0" with EDM.
+  target, weighting, reduce: as for `losses.diffusion_loss`.
+  preconditioning: "none" (the network's output is the prediction) or "edm"
+    (`parameterization.edm_preconditioned` around it).
+  """
+
+  process: Process
+  prediction: str = "eps"
+  target: str = "eps"
+  weighting: str = "none"
+  reduce: str = "mean"
+  preconditioning: str = "none"
+
+  def __post_init__(self):
+    for name, value, valid in (("prediction", self.prediction, parameterization.PREDICTIONS),
+                               ("target", self.target, parameterization.PREDICTIONS),
+                               ("weighting", self.weighting, tuple(losses.WEIGHTINGS)),
+                               ("reduce", self.reduce, tuple(losses.REDUCTIONS)),
+                               ("preconditioning", self.preconditioning, PRECONDITIONINGS)):
+      if value not in valid:
+        raise ValueError(f"loss.{name} must be one of {list(valid)}, got {value!r}")
+    if self.preconditioning == "edm" and self.prediction != "x0":
+      raise ValueError("EDM preconditioning makes the network an x0 prediction: set "
+                       f"loss.prediction = 'x0' (got {self.prediction!r})")
+
+  def denoise_fn(self, network_fn):
+    """(x_t, t, cond) -> the prediction, from the raw network (x, t, cond) -> output."""
+    if self.preconditioning == "edm":
+      return parameterization.edm_preconditioned(network_fn, self.process)
+    return network_fn
+
+  def loss(self, network_fn, x0, key, cond=None):
+    """Per-example loss [B] and metrics (`losses.diffusion_loss`)."""
+    return losses.diffusion_loss(self.denoise_fn(network_fn), self.process, x0, key, cond,
+                                 prediction=self.prediction, target=self.target,
+                                 weighting=self.weighting, reduce=self.reduce)
+
+
+def network_fn(model, params, dropout_key=None):
+  """(x, t, cond) -> model output; dropout (and label dropout) on when given a key."""
+
+  def fn(x, t, cond=None):
+    if dropout_key is None:
+      return model.apply({"params": params}, x, t, cond, deterministic=True)
+    return model.apply({"params": params}, x, t, cond, deterministic=False,
+                       rngs={"dropout": dropout_key})
+
+  return fn
+
+
+def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, ema_decays, *,
+                    ema_warmup: bool = True, conditional: bool = False, scan: bool | None = None):
+  """The pure train step over k stacked batches.
+
+  Args:
+    model: a Flax module called as model.apply(variables, x, t, cond, deterministic=...).
+    objective: the loss.
+    optimizer: an optax GradientTransformation (`optim.make_optimizer`).
+    learning_rate_fn: step -> learning rate, for the metrics.
+    ema_decays: the EMA decays kept in state.ema.
+    ema_warmup: warm the decays up (`optim.ema_decay`).
+    conditional: feed batch["label"] to the network as its class.
+    scan: run the k steps as a lax.scan (compiled once whatever k) rather than
+      unrolled; by default everywhere but on the CPU (see the module docstring).
+
+  Returns:
+    step(state, batches) -> (state, metrics): batches {"image": [k, B, ...],
+    "label": [k, B]} make k updates; metrics hold [k] arrays: loss, grad_norm
+    (before clipping), learning_rate and ema_decay/<name> of each step.
+  """
+
+  def loss_fn(params, batch, key):
+    key_loss, key_dropout = jax.random.split(key)
+    cond = batch["label"] if conditional else None
+    loss, _ = objective.loss(network_fn(model, params, key_dropout), batch["image"], key_loss,
+                             cond)
+    return jnp.mean(loss)
+
+  def one_step(state: TrainState, batch):
+    key = jax.random.fold_in(state.key, state.step)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decays = {ema_name(d): optim.ema_decay(d, state.step, ema_warmup) for d in ema_decays}
+    ema = {name: optim.ema_update(state.ema[name], params, decay)
+           for name, decay in decays.items()}
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
+               **{f"ema_decay/{name}": decay for name, decay in decays.items()}}
+    new_state = state.replace(step=state.step + 1, params=params, ema=ema, opt_state=opt_state)
+    return new_state, metrics
+
+  if scan is None:
+    scan = jax.default_backend() != "cpu"
+
+  def step(state: TrainState, batches):
+    if scan:
+      return jax.lax.scan(one_step, state, batches)
+    metrics = []
+    for i in range(jax.tree.leaves(batches)[0].shape[0]):
+      state, m = one_step(state, jax.tree.map(lambda b, i=i: b[i], batches))
+      metrics.append(m)
+    return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
+
+  return step
+
+
+def jit_train_step(step, state_sharding, batch_sharding, replicated):
+  """step jitted once: the state donated, in/out shardings over the mesh, the XLA
+  options of `models.compiler_options()`."""
+  return jax.jit(step, donate_argnums=0, in_shardings=(state_sharding, batch_sharding),
+                 out_shardings=(state_sharding, replicated),
+                 compiler_options=models.compiler_options())
