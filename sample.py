@@ -35,7 +35,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from jaxdiff import (benchmark, cli, evaluation, grids, metrics, oracle, parameterization, plots,
                      samplers, schedules, sde, workdir)
@@ -136,6 +136,7 @@ def markdown_table(rows):
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
   if _CHECKPOINT.value:
     sample_checkpoint()
     return
@@ -291,10 +292,11 @@ def evaluate(built, x_0):
                      f"it knows {list(EVALUATED_SOURCES)}")
   options = {k: v for k, v in built.run.data_options.items() if k != "split"}
   reference = evaluation.reference(source, **options)
-  rows = {f"samples ({len(x_0)})": evaluation.quality(x_0, reference)}
+  images = np.clip(x_0, -1.0, 1.0)  # As the PNGs (data.to_uint8) show them.
+  rows = {f"samples ({len(x_0)})": evaluation.quality(images, reference)}
   held_out = len(reference.heldout_images)
   if len(x_0) > held_out:
-    rows[f"samples (first {held_out})"] = evaluation.quality(x_0[:held_out], reference)
+    rows[f"samples (first {held_out})"] = evaluation.quality(images[:held_out], reference)
   return {**rows, **evaluation.reference_rows(reference)}
 
 

@@ -38,7 +38,6 @@ import grain
 import jax
 import numpy as np
 import PIL.Image
-import sklearn.datasets
 
 from jaxdiff import oracle
 
@@ -196,6 +195,8 @@ def digits_source(split: str = "train"):
   splits = ("train", "test", "all")
   if split not in splits:
     raise ValueError(f"digits split must be one of {splits}, got {split!r}")
+  import sklearn.datasets  # pylint: disable=import-outside-toplevel  # A second of start-up.
+
   digits = sklearn.datasets.load_digits()
   images = np.round(digits.images * 255 / 16).astype(np.uint8)[..., None]  # [1797, 8, 8, 1]
   order = np.random.default_rng(0).permutation(len(images))
@@ -335,6 +336,8 @@ def toy_source(name: str = "moons", num_points: int = 10000, seed: int = 0):
   """
   if name not in TOY_SETS:
     raise ValueError(f"toy set must be one of {TOY_SETS}, got {name!r}")
+  import sklearn.datasets  # pylint: disable=import-outside-toplevel  # A second of start-up.
+
   rng = np.random.default_rng(seed)
   labels = np.zeros(num_points, np.int32)
   if name == "moons":

@@ -208,16 +208,20 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_equal(tmp_path):
   equals the uninterrupted run's, and metrics.jsonl holds each step once."""
   longer = ("--config.num_steps", "200", "--config.log_every", "10", "--config.sample_every",
             "200", "--config.keep_checkpoints", "3")
-  reference = run_train("--workdir", str(tmp_path / "reference"), *longer)
+  # Every run after the first loads its compiled programs from JAX's persistent cache.
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  command = [sys.executable, "train.py", "--config", "tests/tiny_config.py", *longer]
+  reference = subprocess.run(command + ["--workdir", str(tmp_path / "reference")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600, env=env)
   assert reference.returncode == 0, reference.stderr[-3000:]
   workdir = tmp_path / "killed"
-  args = [sys.executable, "train.py", "--config", "tests/tiny_config.py", "--workdir",
-          str(workdir), *longer]
+  args = command + ["--workdir", str(workdir)]
   rng = random.Random(0)
   kills = 0
   for kill in range(5):
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL, env=env)
     start_rows = len(read_metrics(workdir))
     deadline = time.monotonic() + 300
     if kill == 0:  # While the first checkpoint is written: its temporary folder exists.
@@ -234,7 +238,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_equal(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     kills += 1
-  result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert kills >= 4, kills
   assert not (workdir / "INCOMPLETE").exists()
@@ -282,6 +286,13 @@ def test_checkpoint_of_another_config_is_refused_and_kept(trained_toy, toy_sourc
   # num_steps and the cadences may change: training goes on to the new num_steps.
   longer = tiny_config(num_steps=30)
   assert build(longer, toy_source).differences(build(tiny_config(), toy_source).config) == []
+
+
+def test_bfloat16_compute_keeps_float32_master_weights(toy_source, tmp_path):
+  summary = train(tiny_config(num_steps=10, model__dtype="bfloat16"), toy_source, tmp_path)
+  assert np.isfinite(summary.final_loss)
+  state = final_state(tmp_path, tiny_config(num_steps=10, model__dtype="bfloat16"), toy_source)
+  assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
 
 
 def test_one_step_on_mock_tfds_data(tmp_path):
@@ -365,3 +376,58 @@ def test_k_steps_per_call_scanned_or_unrolled_equal_k_calls(toy_source):
     for a, b in zip(jax.tree.leaves(multi), jax.tree.leaves(single)):
       np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
                                  rtol=1e-5, atol=1e-7)
+
+
+def test_a_resumed_writer_replaces_the_rows_after_its_step(tmp_path):
+  """metrics.jsonl keeps each step once, and TensorBoard drops the interrupted run's
+  events after the resumed step (the SessionLog START purge)."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+  from jaxdiff.train.writer import MetricWriter  # pylint: disable=import-outside-toplevel
+  first = MetricWriter(tmp_path)
+  for step, loss in ((5, 1.0), (10, 0.5), (15, 0.25)):
+    first.write(step, {"loss": loss})
+  first.close()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 20, "lo')  # Cut off by a kill.
+  resumed = MetricWriter(tmp_path, start_step=5)
+  resumed.write(10, {"loss": 0.4})
+  resumed.close()
+  assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(5, 1.0), (10, 0.4)]
+  events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+  events.Reload()
+  assert [(e.step, e.value) for e in events.Scalars("loss")] == [(5, 1.0),
+                                                                 (10, np.float32(0.4))]
+
+
+def run_sample(*args):
+  return subprocess.run([sys.executable, "sample.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
+
+
+def test_sample_py_samples_a_checkpoint_reproducibly(trained_toy, tmp_path):
+  """sample.py --checkpoint: the checkpoint's own process and network, the default grid
+  named, the same samples for the same seed from the workdir or the step's folder."""
+  first = run_sample("--checkpoint", str(trained_toy), "--num", "16", "--nfe", "4",
+                     "--workdir", str(tmp_path / "a"))
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "unipc, NFE 4, log_snr grid (4 steps" in first.stdout
+  again = run_sample("--checkpoint", str(trained_toy / "checkpoints" / "20"), "--num", "16",
+                     "--nfe", "4", "--workdir", str(tmp_path / "b"))
+  assert again.returncode == 0, again.stderr[-3000:]
+  a, b = (np.load(tmp_path / name / "samples.npz") for name in ("a", "b"))
+  assert a["samples"].shape == (16, 2) and np.all(np.isfinite(a["samples"]))
+  np.testing.assert_array_equal(a["samples"], b["samples"])
+  assert (tmp_path / "a" / "samples.png").is_file()
+  row = json.loads((tmp_path / "a" / "results.json").read_text())["rows"][0]
+  assert row["nfe"] == 4 and row["num_samples"] == 16 and row["params"] == "ema"
+  for args, message in ((("--labels", "1,2"), "--labels needs a class-conditional model"),
+                        (("--guidance", "3"), "guidance w = 3.0 needs a class-conditional"),
+                        (("--params", "ema:0.5"), "params must be 'raw', 'ema' or one of "
+                         "['ema:0.9999']"),
+                        (("--sampler", "heun", "--nfe", "4"), "NFE must be 1 mod 2")):
+    result = run_sample("--checkpoint", str(trained_toy), "--num", "4", "--workdir",
+                        str(tmp_path / "bad"), *args)
+    assert result.returncode != 0 and message in result.stderr, (args, result.stderr[-2000:])
+    assert not (tmp_path / "bad").exists()
+  missing = run_sample("--checkpoint", str(tmp_path / "nothing-here"))
+  assert missing.returncode != 0 and "no complete checkpoint in" in missing.stderr

@@ -1,18 +1,22 @@
 """Where training metrics go: <workdir>/metrics.jsonl and TensorBoard event files.
 
 One JSON object per logged step in metrics.jsonl (flushed as written), and the
-same scalars as TensorBoard events under <workdir>/tensorboard, written by
-tensorboardX, which needs no TensorFlow. A resumed run starts at the step of
-its checkpoint: rows after that step (written by the interrupted run, and
-about to be redone) are dropped from metrics.jsonl, and TensorBoard's
-purge_step hides them there.
+same scalars as TensorBoard events under <workdir>/tensorboard, written with
+TensorBoard's own event-file writer, which needs no TensorFlow (tensorboardX
+would do too, but imports PyTorch where it is installed: 5 s of start-up). A
+resumed run starts at the step of its checkpoint: rows after that step
+(written by the interrupted run, and about to be redone) are dropped from
+metrics.jsonl, and a SessionLog START event at the next step makes TensorBoard
+drop them too (TensorFlow's purge convention).
 """
 
 import json
 import os
 import pathlib
+import time
 
-import tensorboardX
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 METRICS = "metrics.jsonl"
 
@@ -26,8 +30,11 @@ class MetricWriter:
       kept = [line for line in self.path.read_text().splitlines()
               if _step_of(line) is not None and _step_of(line) <= start_step]
       self.path.write_text("".join(line + "\n" for line in kept))
-    self.events = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"),
-                                             purge_step=start_step + 1 if start_step else None)
+    self.events = EventFileWriter(str(pathlib.Path(workdir) / "tensorboard"))
+    if start_step:
+      self.events.add_event(event_pb2.Event(
+          wall_time=time.time(), step=start_step + 1,
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def write(self, step: int, scalars: dict):
     scalars = {name: float(value) for name, value in scalars.items()}
@@ -35,8 +42,10 @@ class MetricWriter:
       f.write(json.dumps({"step": int(step), **scalars}) + "\n")
       f.flush()
       os.fsync(f.fileno())
-    for name, value in scalars.items():
-      self.events.add_scalar(name, value, int(step))
+    values = [summary_pb2.Summary.Value(tag=name, simple_value=value)
+              for name, value in scalars.items()]
+    self.events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                          summary=summary_pb2.Summary(value=values)))
     self.events.flush()
 
   def close(self):
