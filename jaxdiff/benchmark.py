@@ -234,15 +234,6 @@ class UnreachableNFE(ValueError):
   """A configuration's NFE rule cannot spend this NFE (a row error, not a mistake)."""
 
 
-def _check_keywords(fn, options, what):
-  """ValueError unless fn (which takes **options) names every key of options."""
-  valid = [p.name for p in inspect.signature(fn).parameters.values()
-           if p.kind is inspect.Parameter.KEYWORD_ONLY]
-  unknown = sorted(set(options) - set(valid))
-  if unknown:
-    raise ValueError(f"{what} takes the options {valid}, got unknown {unknown}")
-
-
 def sampler_entry(problem: Problem, name: str, options=None, grid: str = "trailing",
                   grid_options=None) -> Entry:
   """A registered jaxdiff sampler on a named grid (grids.make_grid), or on the grid
@@ -255,10 +246,12 @@ def sampler_entry(problem: Problem, name: str, options=None, grid: str = "traili
   sampler = samplers.get_sampler(name)
   samplers.check_options(name, options)
   if grid == "learned":
-    _check_keywords(learned_grid, grid_options, "the grid 'learned'")
-    _check_keywords(grids.learned, {k: v for k, v in grid_options.items()
-                                    if k not in ("init", "init_options", "num_pairs")},
-                    "the grid 'learned'")
+    valid = [p.name for fn in (learned_grid, grids.learned)
+             for p in inspect.signature(fn).parameters.values()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "key"]
+    unknown = sorted(set(grid_options) - set(valid))
+    if unknown:
+      raise ValueError(f"the grid 'learned' takes the options {valid}, got unknown {unknown}")
   elif grid not in grids.GRIDS:
     raise ValueError(f"unknown grid {grid!r}; valid: {sorted(grids.GRIDS)} and 'learned'")
 
