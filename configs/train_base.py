@@ -57,7 +57,8 @@ def get_config():
       "decay_norms_and_biases": False, "grad_clip": 1.0})
   config.ema = ml_collections.ConfigDict({"decays": (0.9999,), "warmup": True})
 
-  # EMA samples every sample_every steps: fixed noise, fixed labels (0, 1, 2, ...).
+  # EMA samples every sample_every steps: fixed noise, fixed labels (0, 1, 2, ...); num 0
+  # for none.
   config.samples = ml_collections.ConfigDict({
       "num": 64, "sampler": "unipc", "nfe": 20, "guidance": 1.0})
   return config

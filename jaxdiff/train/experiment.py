@@ -162,6 +162,9 @@ def run_settings(config: dict) -> RunSettings:
       raise ValueError(f"{field} ({config[field]}) must be a multiple of steps_per_call ({k}): "
                        "the state exists only between calls")
   data, samples = config["data"], config["samples"]
+  if not isinstance(samples["num"], int) or samples["num"] < 0:
+    raise ValueError(f"samples.num must be an integer >= 0 (0: no pictures), got "
+                     f"{samples['num']!r}")
   return RunSettings(
       num_steps=config["num_steps"], batch_size=config["batch_size"], seed=int(config["seed"]),
       checkpoint_every=config["checkpoint_every"], log_every=config["log_every"],

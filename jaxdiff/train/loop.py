@@ -11,8 +11,9 @@ from step 0) to run.num_steps:
   * every log_every steps: the loss (mean over the window), gradient norm,
     learning rate, EMA decays, steps/s and images/s go to metrics.jsonl and
     TensorBoard (`writer`); a tqdm bar shows loss, steps/s and the ETA;
-  * every sample_every steps: a picture of samples from the first EMA with a
-    fixed x_T and fixed labels (samples/step-<n>.png), so progress is visible;
+  * every sample_every steps: a picture of samples.num samples from the first
+    EMA with a fixed x_T and fixed labels (samples/step-<n>.png), so progress
+    is visible (samples.num = 0: none);
   * every checkpoint_every steps and at the end: a checkpoint (Orbax, async)
     of the state, the data iterator's position and the run record (the
     config and the data's spec, also written as train_config.json).
@@ -157,7 +158,7 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, optimizer, sta
                            experiment.ema_decays, ema_warmup=experiment.ema_warmup,
                            conditional=experiment.conditional),
       state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh))
-  picture = _picture_fn(experiment) if writes else None
+  picture = _picture_fn(experiment) if writes and run.sample_num else None
   writer = MetricWriter(workdir, start_step) if writes else None
   bar = tqdm(total=run.num_steps, initial=start_step, unit="step", dynamic_ncols=True,
              disable=not (writes and show_progress))
