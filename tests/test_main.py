@@ -64,10 +64,8 @@ def test_plot_schedules_and_noising(tmp_path):
      "'trailing' spacing needs a discrete process"),
     (("--config.process", "vp"), "process 'vp' takes the options ['t_min', 't_max', 'beta_min', "
      "'beta_max'], got unknown ['num_steps', 'schedule']"),
-    (("--config.num_samples", "0"), "num_samples must be a positive integer, got 0"),
-    (("--config.oracle.dim", "1"), "dim must be an integer >= 2"),
-    (("--config.prediction", "foo"), "prediction must be one of ['eps', 'x0', 'v', 'score', "
-     "'velocity'], got 'foo'"),
+    (("--config.num_samples", "0", "--config.prediction", "foo"),
+     "num_samples must be a positive integer, got 0"),
     (("--config.num_sample", "3"), "unknown config key '--config.num_sample': the configuration "
      "has no field 'num_sample'. Did you mean \"num_samples\""),
 ])

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from jaxdiff import data, losses, oracle, parameterization, schedules
-from jaxdiff.train import checkpoint, experiment, loop, optim, sharding, step
+from jaxdiff.train import checkpoint, experiment, loop, optim, sampling, sharding, step
 from jaxdiff.train.writer import read_metrics
 
 
@@ -170,7 +170,7 @@ def test_loss_falls_towards_the_oracle_minimum_and_on_digits(tmp_path, digits_tr
   On digits, 100 steps of the tiny U-Net explain half the noise (measured 0.35)."""
   source = data.make_source("oracle", num_points=4096)
   config = tiny_config(num_steps=300, log_every=20, checkpoint_every=300, sample_every=300,
-                       batch_size=64, data__source="oracle", data__options={"num_points": 4096})
+                       batch_size=64, samples__num=0, data__source="oracle", data__options={"num_points": 4096})
   built = build(config, source)
   loop.train(built, source, tmp_path / "oracle", sharding.make_mesh({"data": -1}),
              show_progress=False)
@@ -183,7 +183,7 @@ def test_loss_falls_towards_the_oracle_minimum_and_on_digits(tmp_path, digits_tr
   assert final - minimum < 0.2 * (1.0 - minimum), (final, minimum)
 
   config = tiny_config("digits", num_steps=100, log_every=20, checkpoint_every=100,
-                       sample_every=100, batch_size=64)
+                       sample_every=100, batch_size=64, samples__num=0)
   train(config, digits_train, tmp_path / "digits")
   assert read_metrics(tmp_path / "digits")[-1]["loss"] < 0.5
 
@@ -192,7 +192,7 @@ def test_resumed_run_is_bitwise_equal_to_the_uninterrupted_one(trained_toy, toy_
                                                               tmp_path):
   """The workdir of a run killed right after its step-10 checkpoint, resumed: the same
   parameters, EMA, optimizer state and metrics at step 20 as the uninterrupted run."""
-  config = tiny_config()
+  config = tiny_config(samples__num=0)
   shutil.copytree(trained_toy / "checkpoints" / "10", tmp_path / "checkpoints" / "10")
   summary = train(config, toy_source, tmp_path)
   assert summary.start_step == 10 and summary.step == 20
@@ -206,8 +206,8 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_equal(tmp_path):
   """train.py killed five times -- once while a checkpoint is being written, four times a
   random 0-0.5 s after the run makes progress -- and restarted each time: the final state
   equals the uninterrupted run's, and metrics.jsonl holds each step once."""
-  longer = ("--config.num_steps", "200", "--config.log_every", "10", "--config.sample_every",
-            "200", "--config.keep_checkpoints", "3")
+  longer = ("--config.num_steps", "200", "--config.log_every", "10", "--config.samples.num",
+            "0", "--config.keep_checkpoints", "3")
   # Every run after the first loads its compiled programs from JAX's persistent cache.
   env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
@@ -242,7 +242,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_equal(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert kills >= 4, kills
   assert not (workdir / "INCOMPLETE").exists()
-  config = tiny_config(num_steps=200, log_every=10, sample_every=200, keep_checkpoints=3)
+  config = tiny_config(num_steps=200, log_every=10, samples__num=0, keep_checkpoints=3)
   source = data.make_source("toy", name="checkerboard", num_points=512)
   assert_bitwise_equal(final_state(workdir, config, source),
                        final_state(tmp_path / "reference", config, source))
@@ -258,7 +258,7 @@ def test_unreadable_checkpoint_is_set_aside_for_the_one_before(trained_toy, toy_
     if f.is_file() and "manifest" in f.name:
       f.unlink()  # A complete-looking checkpoint whose arrays cannot be read.
   with pytest.warns(UserWarning, match="checkpoint 20 cannot be read .* trying the one before"):
-    summary = train(tiny_config(), toy_source, tmp_path)
+    summary = train(tiny_config(samples__num=0), toy_source, tmp_path)
   assert summary.start_step == 10 and summary.step == 20
   assert len(list((tmp_path / "checkpoints-unreadable").iterdir())) == 1  # Kept, not deleted.
 
@@ -272,7 +272,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(train
                               origin="poisoned")
   with pytest.raises(FloatingPointError, match="the loss is (inf|nan) at step 11; .* last "
                      "good checkpoint \\(10\\)"):
-    train(tiny_config(), poisoned, tmp_path)
+    train(tiny_config(samples__num=0), poisoned, tmp_path)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10"]
 
 
@@ -289,9 +289,10 @@ def test_checkpoint_of_another_config_is_refused_and_kept(trained_toy, toy_sourc
 
 
 def test_bfloat16_compute_keeps_float32_master_weights(toy_source, tmp_path):
-  summary = train(tiny_config(num_steps=10, model__dtype="bfloat16"), toy_source, tmp_path)
+  config = tiny_config(num_steps=10, model__dtype="bfloat16", samples__num=0)
+  summary = train(config, toy_source, tmp_path)
   assert np.isfinite(summary.final_loss)
-  state = final_state(tmp_path, tiny_config(num_steps=10, model__dtype="bfloat16"), toy_source)
+  state = final_state(tmp_path, config, toy_source)
   assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
 
 
@@ -300,7 +301,7 @@ def test_one_step_on_mock_tfds_data(tmp_path):
   with tfds.testing.mock_data(num_examples=64):
     source = data.make_source("tfds", name="mnist", split="train")
     config = tiny_config("digits", num_steps=1, checkpoint_every=1, log_every=1, sample_every=1,
-                         batch_size=8, data__source="tfds",
+                         batch_size=8, samples__num=0, data__source="tfds",
                          data__options={"name": "mnist", "split": "train"})
     config.model.options["ch_mult"] = (1, 1)  # 28 -> 14.
     summary = train(config, source, tmp_path)
@@ -317,16 +318,33 @@ def run_train(*args):
                          *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"steps_per_call": 2}, "log_every (5) must be a multiple of steps_per_call (2)"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ({"model__name": "unet"}, "the unet model takes images [H, W, C]; this data has shape (2,)"),
+    ({"model__options": {"features": 8, "width": 3}}, "model 'mlp' takes the options"),
+    ({"loss__weighting": "karras"}, "loss.weighting must be one of"),
+    ({"optim__schedule": "linear"}, "optim.schedule must be one of ('constant', 'cosine')"),
+    ({"ema__decays": (1.5,)}, "ema.decays must be one or more numbers in (0, 1)"),
+    ({"model__conditional": True}, "model.conditional needs a labelled data source"),
+    ({"samples__num": -1}, "samples.num must be an integer >= 0"),
+])
+def test_bad_config_values_name_the_field(toy_source, overrides, message):
+  with pytest.raises(ValueError) as error:
+    build(tiny_config(**overrides), toy_source)
+  assert message in str(error.value)
+
+
+def test_a_missing_dataset_says_how_to_get_it(tmp_path):
+  with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+    data.make_source("idx", directory=str(tmp_path))
+
+
 @pytest.mark.parametrize("args, message", [
     (("--config.nonexistent", "3"), "unknown config key '--config.nonexistent'"),
     (("--config.num_steps", "abc"), "flag --config.num_steps=abc"),
-    (("--config.steps_per_call", "2"), "log_every (5) must be a multiple of steps_per_call (2)"),
-    (("--config.data.source", "idx", "--config.data.options", "{'directory': '/nonexistent'}"),
-     "apt-get install dataset-fashion-mnist"),
-    (("--config.model.name", "unet"), "the unet model takes images [H, W, C]; this data has "
-     "shape (2,)"),
-    (("--config.loss.weighting", "karras"), "loss.weighting must be one of"),
-    (("--config.batch_size", "0"), "batch_size must be a positive integer, got 0"),
+    (("--config.steps_per_call", "2"), "invalid training configuration: log_every (5) must be "
+     "a multiple of steps_per_call (2)"),
 ])
 def test_bad_config_is_refused_before_anything_is_written(tmp_path, args, message):
   result = run_train("--workdir", str(tmp_path / "run"), *args)
@@ -420,14 +438,17 @@ def test_sample_py_samples_a_checkpoint_reproducibly(trained_toy, tmp_path):
   assert (tmp_path / "a" / "samples.png").is_file()
   row = json.loads((tmp_path / "a" / "results.json").read_text())["rows"][0]
   assert row["nfe"] == 4 and row["num_samples"] == 16 and row["params"] == "ema"
-  for args, message in ((("--labels", "1,2"), "--labels needs a class-conditional model"),
-                        (("--guidance", "3"), "guidance w = 3.0 needs a class-conditional"),
-                        (("--params", "ema:0.5"), "params must be 'raw', 'ema' or one of "
-                         "['ema:0.9999']"),
-                        (("--sampler", "heun", "--nfe", "4"), "NFE must be 1 mod 2")):
-    result = run_sample("--checkpoint", str(trained_toy), "--num", "4", "--workdir",
-                        str(tmp_path / "bad"), *args)
-    assert result.returncode != 0 and message in result.stderr, (args, result.stderr[-2000:])
-    assert not (tmp_path / "bad").exists()
+  bad = run_sample("--checkpoint", str(trained_toy), "--num", "4", "--labels", "1,2",
+                   "--workdir", str(tmp_path / "bad"))
+  assert bad.returncode != 0 and "--labels needs a class-conditional model" in bad.stderr
+  assert not (tmp_path / "bad").exists()
+  # The checks behind the other flags, in-process.
+  built = build(tiny_config(), data.make_source("toy", name="checkerboard", num_points=512))
+  with pytest.raises(ValueError, match="guidance w = 3.0 needs a class-conditional model"):
+    sampling.plan(built, "unipc", 4, guidance_scale=3.0)
+  with pytest.raises(ValueError, match="NFE must be 1 mod 2"):
+    sampling.plan(built, "heun", 4)
+  with pytest.raises(ValueError, match=r"params must be 'raw', 'ema' or one of \['ema:0.9999'\]"):
+    sampling.load_params(checkpoint.find(trained_toy), built, "ema:0.5")
   missing = run_sample("--checkpoint", str(tmp_path / "nothing-here"))
   assert missing.returncode != 0 and "no complete checkpoint in" in missing.stderr

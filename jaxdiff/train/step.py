@@ -124,7 +124,7 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
     decays = {ema_name(d): optim.ema_decay(d, state.step, ema_warmup) for d in ema_decays}
     ema = {name: optim.ema_update(state.ema[name], params, decay)
            for name, decay in decays.items()}
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads),
                "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
                **{f"ema_decay/{name}": decay for name, decay in decays.items()}}
     new_state = state.replace(step=state.step + 1, params=params, ema=ema, opt_state=opt_state)
