@@ -103,16 +103,19 @@ def test_weight_decay_is_decoupled_and_skips_vectors_by_default(decay_norms_and_
   np.testing.assert_allclose(new["norm"]["scale"], vector)
 
 
-def test_gradients_are_clipped_by_global_norm_before_adam():
+@pytest.mark.parametrize("norm", [5.0, 0.5])
+def test_gradients_are_clipped_by_global_norm_before_adam(norm):
   config = optim.OptimizerConfig(learning_rate=1.0, grad_clip=1.0, schedule="constant")
   clip = optim.make_optimizer(config, 10)
-  grads = {"a": jnp.array([3.0, 4.0])}  # Norm 5.
+  direction = np.array([0.6, 0.8])
+  grads = {"a": jnp.asarray(norm * direction, jnp.float32)}
   state = clip.init(grads)
-  # After clipping to norm 1 the first Adam step is lr * g / (|g| + eps) = sign(g): the same
-  # as unclipped, so compare the second moments Adam keeps instead.
+  # After clipping the first Adam step is lr * g / (|g| + eps) = sign(g) whatever the
+  # norm, so compare the second moments Adam keeps instead: g clipped to norm 1 when
+  # larger, untouched when smaller.
   _, state = clip.update(grads, state, grads)
   adam_state = state[1][0]
-  np.testing.assert_allclose(adam_state.nu["a"], (1 - 0.999) * (np.array([3.0, 4.0]) / 5) ** 2,
+  np.testing.assert_allclose(adam_state.nu["a"], (1 - 0.999) * (min(norm, 1.0) * direction) ** 2,
                              rtol=1e-6)
 
 
