@@ -1,0 +1,360 @@
+"""Train-step speed: jaxdiff's full train step against its bare loss gradient, its data
+pipeline and PyTorch (diffusers' UNet2DModel trained with the same recipe).
+
+  python3 benchmarks/train_speed.py                          # digits and CIFAR-10, with PyTorch
+  python3 benchmarks/train_speed.py --model digits --repeats 10
+  python3 benchmarks/train_speed.py --model cifar10 --repeats 3
+  python3 benchmarks/train_speed.py --no-peer                # jaxdiff only
+
+Models (the recipe of configs/digits.py for both: L_simple on the cosine 1000-step
+DDPM, clip 1.0, AdamW at 1e-3 with its warm-up and cosine schedule, EMA 0.9999 with
+warm-up, dropout 0.1):
+  digits   configs/digits.py: its 1,001,729-parameter U-Net at batch 128 on the real 8x8
+           digits;
+  cifar10  `UNet()`'s defaults (Ho et al.'s CIFAR-10 U-Net, 35,746,307 parameters) at
+           batch 8 on uniform random [8, 32, 32, 3] in [-1, 1].
+Timed, in blocks of --steps calls (the JAX results blocked on at the end of a block,
+so that calls queue as they do in train.py); in each of --repeats rounds every variant
+times one block, so that a drift in the machine's load hits all alike; printed per
+step, the median block, and each ratio as the median over rounds of its ratio within a
+round:
+  bare gradient  jax.grad of the objective's mean loss, dropout on, jitted with the same
+                 `models.compiler_options()`, on a fixed batch: the floor of any step;
+  full step      the step train.py runs (`jaxdiff.train.loop.train`'s calls:
+                 optim.make_optimizer, step.make_train_step, step.jit_train_step; clip,
+                 AdamW, EMA, metrics; the state donated and rebound every call) on the
+                 same fixed batch;
+  full, pipeline (digits) the same step fed as train.py feeds it: data.make_iterator ->
+                 np.stack -> sharding.global_batch -> step; the pipeline's host time
+                 alone (no step) is printed beside the ratio;
+  pytorch        (unless --no-peer; needs torch and diffusers) the same network as a
+                 diffusers UNet2DModel (block types, groups, Ho et al.'s time embedding:
+                 flip_sin_to_cos=False, freq_shift=1; parameter counts checked equal),
+                 trained eagerly with the same recipe on the same fixed batch: t from
+                 jaxdiff's alpha_bar table, eps-MSE, clip_grad_norm_, torch.optim.AdamW
+                 with the same schedule (LambdaLR), the warmed-up EMA (torch._foreach_lerp_),
+                 --torch-threads intra-op threads (default: the CPU count).
+Printed: seconds/step, steps/s and images/s of each, and the CPU time the process got
+per step (all threads: up to the CPU count times the wall time on an idle machine, less
+on a busy one); the ratios full / bare (goal <= 1.10), pipeline / fixed (goal <= 1.05;
+below 1 is noise) and jaxdiff / PyTorch images/s (goal >= 1), in wall time and in CPU
+time; the first call's time (trace, compile, one step; not timed); the load average
+before and after the timed blocks; versions.
+
+On a CPU shared with other work (load average above the CPU count) PyTorch's OpenMP
+threads spin at each barrier while the thread they wait for is descheduled: its step
+then slows down by 10-30x (measured on this project's 2-core machines: 7.3 s instead of
+0.34 s for the digits forward and backward pass), while XLA's thread pool slows down in
+proportion to the load. Run with OMP_WAIT_POLICY=PASSIVE (read when torch is imported)
+or --torch-threads 1 there; a note under the ratios says when PyTorch looks hit.
+"""
+
+import argparse
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxdiff import data, models
+from jaxdiff.train import experiment, optim, sharding, step
+
+# configs/ and benchmarks/ are not installed with jaxdiff: import them from this checkout.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import unet_speed  # pylint: disable=wrong-import-position
+from configs import digits  # pylint: disable=wrong-import-position
+
+GOAL_FULL_OVER_BARE = 1.10
+GOAL_PIPELINE = 0.05
+# configs/digits.py's network as diffusers UNet2DModel keyword arguments: (32, 64) wide,
+# attention at 4x4 (the second level and the middle), 8 groups, Ho et al.'s time embedding.
+DIGITS_DIFFUSERS = dict(
+    sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=2, downsample_padding=0,
+    flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=8,
+    attention_head_dim=None, act_fn="silu", dropout=0.1)
+MODELS = {
+    # name: (batch size, default --steps, diffusers config)
+    "digits": (128, 10, DIGITS_DIFFUSERS),
+    "cifar10": (8, 2, unet_speed.DIFFUSERS_CONFIG),
+}
+
+
+def seconds_per_step(calls, steps, repeats):
+  """({name: [repeats] wall times per step}, {name: [repeats] CPU times per step}) for calls
+  {name: (fn, sync)}: each block times `steps` calls fn(), then sync of the last result,
+  divided by steps, in wall time and in this process's CPU time (all its threads); one
+  warm-up block each, then the blocks take turns, so that the blocks of one round see the
+  same load."""
+  wall, cpu = {name: [] for name in calls}, {name: [] for name in calls}
+  for _ in range(repeats + 1):
+    for name, (fn, sync) in calls.items():
+      start, start_cpu = time.perf_counter(), time.process_time()
+      for _ in range(steps):
+        out = fn()
+      sync(out)
+      wall[name].append((time.perf_counter() - start) / steps)
+      cpu[name].append((time.process_time() - start_cpu) / steps)
+  return ({name: t[1:] for name, t in wall.items()}, {name: t[1:] for name, t in cpu.items()})
+
+
+def median_ratio(a, b):
+  """The median over rounds of a[i] / b[i]: blocks of one round saw the same load."""
+  return statistics.median(x / y for x, y in zip(a, b))
+
+
+def build(name):
+  """(Experiment, data source or None, fixed local batches {"image": [k, B, ...], "label":
+  [k, B]}) of the model `name`."""
+  config = digits.get_config()
+  if name == "digits":
+    source = data.make_source(config.data.source, **config.data.options)
+    spec = experiment.DataSpec.of(source)
+  else:  # Ho et al.'s CIFAR-10 U-Net (UNet()'s defaults) on random data, same recipe.
+    config.batch_size = MODELS[name][0]
+    config.model.options = ml_collections.ConfigDict({})
+    source, spec = None, experiment.DataSpec((32, 32, 3), 0, True)
+  exp = experiment.Experiment.from_config(config, spec)
+  run = exp.run
+  if source is not None:
+    iterator = data.make_iterator(source, batch_size=run.batch_size, seed=run.seed + 1)
+    local = [next(iterator) for _ in range(run.steps_per_call)]
+  else:
+    rng = np.random.default_rng(run.seed)
+    local = [{"image": rng.uniform(-1, 1, (run.batch_size, *spec.shape)).astype(np.float32),
+              "label": np.zeros(run.batch_size, np.int32)} for _ in range(run.steps_per_call)]
+  return exp, source, jax.tree.map(lambda *x: np.stack(x), *local)
+
+
+def jaxdiff_calls(exp, source, local_batches):
+  """{"bare gradient", "full step"[, "full, pipeline"]: (fn, sync)}, built as
+  loop.train builds its step; prints the parameter count and the first calls' times."""
+  run = exp.run
+  mesh = sharding.make_mesh(run.mesh)
+  sharding.check_batch_size(mesh, run.batch_size)
+  # As loop.train: optimizer, schedule, initial state, the jitted step.
+  optimizer = optim.make_optimizer(exp.optimizer, run.num_steps)
+  learning_rate_fn = optim.learning_rate_schedule(exp.optimizer, run.num_steps)
+  init = exp.init_fn(optimizer)
+  state_sharding = sharding.state_sharding(mesh, jax.eval_shape(init))
+  batch_sharding = sharding.batch_sharding(mesh)
+  state = jax.jit(init, out_shardings=state_sharding)()
+  train_step = step.jit_train_step(
+      step.make_train_step(exp.model, exp.objective, optimizer, learning_rate_fn,
+                           exp.ema_decays, ema_warmup=exp.ema_warmup,
+                           conditional=exp.conditional),
+      state_sharding, batch_sharding, sharding.replicated(mesh))
+  fixed = sharding.global_batch(local_batches, batch_sharding)  # [k, B, ...]
+
+  # The bare gradient: what make_train_step differentiates, on batch 0 of the same batches.
+  def loss_fn(params, batch, key):
+    key_loss, key_dropout = jax.random.split(key)
+    cond = batch["label"] if exp.conditional else None
+    loss, _ = exp.objective.loss(step.network_fn(exp.model, params, key_dropout),
+                                 batch["image"], key_loss, cond)
+    return jnp.mean(loss)
+
+  grad_fn = jax.jit(jax.grad(loss_fn), compiler_options=models.compiler_options())
+  batch0 = jax.tree.map(lambda b: b[0], fixed)
+  key = jax.random.PRNGKey(1)
+  params = jax.tree.map(jnp.copy, state.params)
+
+  start = time.perf_counter()
+  jax.block_until_ready(grad_fn(params, batch0, key))
+  first_grad = time.perf_counter() - start
+  holder = [state]
+  start = time.perf_counter()
+  holder[0], _ = train_step(holder[0], fixed)
+  jax.block_until_ready(holder[0])
+  first_step = time.perf_counter() - start
+  donated = all(leaf.is_deleted() for leaf in jax.tree.leaves(state))
+  print(f"  jaxdiff: {models.num_params(state.params):,} parameters, batch {run.batch_size}, "
+        f"{run.steps_per_call} step(s) per call, on {jax.devices()[0]} (mesh {dict(mesh.shape)}),"
+        f" compiler options {models.compiler_options()}\n"
+        f"  first call (trace, compile, one step; not timed): bare gradient {first_grad:.1f} s,"
+        f" full step {first_step:.1f} s; state donated: {'yes' if donated else 'NO'}")
+
+  def full_fixed():
+    holder[0], metrics = train_step(holder[0], fixed)  # The state is donated: rebind it.
+    return metrics
+
+  calls = {"bare gradient": (lambda: grad_fn(params, batch0, key), jax.block_until_ready),
+           "full step": (full_fixed, jax.block_until_ready)}
+  if source is not None:
+    # As loop.train: the run's iterator, k batches stacked, assembled over the mesh.
+    iterator = data.make_iterator(source, batch_size=run.batch_size, seed=run.seed,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count(),
+                                  random_flip=run.random_flip)
+
+    def full_pipeline():
+      local = [next(iterator) for _ in range(run.steps_per_call)]
+      batches = sharding.global_batch(jax.tree.map(lambda *x: np.stack(x), *local),
+                                      batch_sharding)
+      holder[0], metrics = train_step(holder[0], batches)
+      return metrics
+
+    calls["full, pipeline"] = (full_pipeline, jax.block_until_ready)
+  return calls, models.num_params(state.params)
+
+
+def pytorch_calls(exp, local_batches, diffusers_config, num_params, threads):
+  """{"pytorch": (fn, sync)}: diffusers' UNet2DModel trained with exp's recipe on batch 0,
+  with `threads` intra-op threads."""
+  import diffusers  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  model = diffusers.UNet2DModel(**diffusers_config)
+  count = sum(p.numel() for p in model.parameters())
+  if count != num_params:
+    raise ValueError(f"diffusers' UNet2DModel has {count:,} parameters, jaxdiff's {num_params:,}:"
+                     " not the same network")
+  params = list(model.parameters())
+  ema = [p.detach().clone() for p in params]
+  config, run = exp.optimizer, exp.run
+  optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.b1, config.b2),
+                                eps=config.eps, weight_decay=config.weight_decay)
+  # The same learning rate at every step: jaxdiff's schedule, tabulated.
+  table = np.asarray(jax.vmap(optim.learning_rate_schedule(config, run.num_steps))(
+      jnp.arange(run.num_steps + 1))) / config.learning_rate
+  scheduler = torch.optim.lr_scheduler.LambdaLR(
+      optimizer, lambda n: float(table[min(n, run.num_steps)]))
+  process = exp.objective.process
+  num_train = process.num_steps
+  # alpha_bar_i at t_i = i / T, i = 1..T: diffusers' step n = i - 1.
+  alpha_bar = np.square(np.asarray(process.alpha(jnp.arange(1, num_train + 1) / num_train)))
+  sqrt_ab = torch.from_numpy(np.sqrt(alpha_bar).astype(np.float32))
+  sqrt_1mab = torch.from_numpy(np.sqrt(1 - alpha_bar).astype(np.float32))
+  x0 = torch.from_numpy(np.asarray(local_batches["image"][0]).transpose(0, 3, 1, 2).copy())
+  decay, warmup = exp.ema_decays[0], exp.ema_warmup
+  updates = [0]
+  print(f"  pytorch: diffusers {diffusers.__version__} UNet2DModel, {num_params:,} "
+        f"parameters (equal), torch {torch.__version__}, {torch.get_num_threads()} threads "
+        f"(OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}), eager float32")
+
+  def train_step():
+    # L_simple: n uniform over 0 .. T - 1, x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps.
+    model.train()
+    n = torch.randint(0, num_train, (x0.shape[0],))
+    eps = torch.randn_like(x0)
+    x_t = sqrt_ab[n].view(-1, 1, 1, 1) * x0 + sqrt_1mab[n].view(-1, 1, 1, 1) * eps
+    loss = torch.nn.functional.mse_loss(model(x_t, n).sample, eps)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    # EMA: e <- d e + (1 - d) p with d = min(decay, (1 + n) / (10 + n)), optim.ema_decay.
+    d = min(decay, (1 + updates[0]) / (10 + updates[0])) if warmup else decay
+    with torch.no_grad():
+      torch._foreach_lerp_(ema, params, 1.0 - d)  # pylint: disable=protected-access
+    updates[0] += 1
+    return loss.detach(), grad_norm
+
+  return {"pytorch": (train_step, lambda _: None)}
+
+
+def pipeline_seconds(exp, source, steps=50):
+  """Median host time of one call's input as loop.train makes it (iterator -> stack ->
+  global_batch, blocked on), without the step."""
+  run = exp.run
+  iterator = data.make_iterator(source, batch_size=run.batch_size, seed=run.seed + 2,
+                                random_flip=run.random_flip)
+  batch_sharding = sharding.batch_sharding(sharding.make_mesh(run.mesh))
+  times = []
+  for _ in range(steps + 1):
+    start = time.perf_counter()
+    local = [next(iterator) for _ in range(run.steps_per_call)]
+    jax.block_until_ready(sharding.global_batch(jax.tree.map(lambda *x: np.stack(x), *local),
+                                                batch_sharding))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times[1:])
+
+
+def print_ratio(label, times, cpu, over, under, goal, met):
+  """One ratio line: times[over] / times[under] in wall time (the goal's) and CPU time."""
+  ratio = median_ratio(times[over], times[under])
+  print(f"    {label} = {ratio:.3f} ({median_ratio(cpu[over], cpu[under]):.3f} in CPU time) "
+        f"(goal {goal}: {'met' if met(ratio) else 'missed'})")
+
+
+def benchmark(name, args):
+  """Times one model's variants; prints the table and the ratios."""
+  batch, default_steps, diffusers_config = MODELS[name]
+  steps = args.steps or default_steps
+  print(f"\n{name}:")
+  exp, source, local_batches = build(name)
+  calls, num_params = jaxdiff_calls(exp, source, local_batches)
+  if args.peer:
+    try:
+      calls.update(pytorch_calls(exp, local_batches, diffusers_config, num_params,
+                                 args.torch_threads))
+    except ImportError as error:
+      print(f"  pytorch: skipped ({error})")
+  load_before = os.getloadavg()[0]
+  times, cpu = seconds_per_step(calls, steps, args.repeats)
+  load_after = os.getloadavg()[0]
+  print(f"  median of {args.repeats} blocks of {steps} steps (load average {load_before:.1f} "
+        f"before, {load_after:.1f} after, on {os.cpu_count()} CPUs; CPU s: this process's "
+        "CPU time, all threads):")
+  print(f"    {'':16s} {'s/step':>8s} {'steps/s':>8s} {'images/s':>9s} {'CPU s/step':>11s}")
+  for what, t in times.items():
+    seconds = statistics.median(t)
+    print(f"    {what:16s} {seconds:8.4f} {1 / seconds:8.2f} {batch / seconds:9.1f} "
+          f"{statistics.median(cpu[what]):11.4f}")
+  print("  ratios, each the median over rounds of its ratio within a round:")
+  print_ratio("full / bare", times, cpu, "full step", "bare gradient",
+              f"<= {GOAL_FULL_OVER_BARE:.2f}", lambda r: r <= GOAL_FULL_OVER_BARE)
+  if "full, pipeline" in times:
+    print_ratio("pipeline / fixed", times, cpu, "full, pipeline", "full step",
+                f"<= {1 + GOAL_PIPELINE:.2f}", lambda r: r <= 1 + GOAL_PIPELINE)
+    host = pipeline_seconds(exp, source)
+    print(f"      the pipeline alone (iterator -> stack -> global_batch, no step): "
+          f"{host * 1e3:.2f} ms per step, {host / statistics.median(times['full step']):.1%} "
+          "of the full step")
+  if "pytorch" in times:
+    print_ratio("jaxdiff / PyTorch images/s", times, cpu, "pytorch", "full step", ">= 1",
+                lambda r: r >= 1)
+    slow = statistics.median(times["pytorch"]) > 2 * statistics.median(times["full step"])
+    if (slow and max(load_before, load_after) > os.cpu_count() and args.torch_threads > 1
+        and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"):
+      print(f"    (the machine is busy: PyTorch's {args.torch_threads} OpenMP threads spin at "
+            "every barrier while the thread they wait for is descheduled, which can slow it "
+            "down many times over; compare with OMP_WAIT_POLICY=PASSIVE or --torch-threads 1)")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", choices=("digits", "cifar10", "both"), default="both",
+                      help="digits: configs/digits.py at batch 128; cifar10: UNet() at batch 8")
+  parser.add_argument("--repeats", type=int, default=5,
+                      help="timed blocks per variant; the median is printed")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="steps per timed block (default: 10 for digits, 2 for cifar10)")
+  parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
+                      help="also time PyTorch (--no-peer: jaxdiff only)")
+  parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                      help="PyTorch's intra-op threads (default: the number of CPUs)")
+  args = parser.parse_args()
+  versions = [f"python {platform.python_version()}", f"jax {jax.__version__}"]
+  for module in ("jaxlib", "flax", "optax", "torch", "diffusers"):
+    try:
+      versions.append(f"{module} {__import__(module).__version__}")
+    except ImportError:
+      pass
+  print(f"train_speed: {', '.join(versions)}; {os.cpu_count()} CPUs, load average "
+        f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+  for name in (("digits", "cifar10") if args.model == "both" else (args.model,)):
+    benchmark(name, args)
+
+
+if __name__ == "__main__":
+  main()
