@@ -36,7 +36,7 @@ def build(config):
     source = data.make_source(settings.data_source, **settings.data_options)
     built = experiment.Experiment.from_config(config, experiment.DataSpec.of(source))
     mesh = sharding.make_mesh(built.run.mesh)
-    sharding.check_batch_size(mesh, built.run.batch_size)
+    sharding.check_batch_size(mesh, built.run.batch_size, built.run.grad_accum)
   except (ValueError, FileNotFoundError, KeyError) as error:
     raise SystemExit(f"invalid training configuration: {error} (nothing was written)") from None
   return built, source, mesh

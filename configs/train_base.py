@@ -4,8 +4,11 @@ Experiments beside this file override only what they change (digits.py is this
 config itself). Fields:
   num_steps, batch_size (global), seed, checkpoint_every, log_every,
   sample_every, keep_checkpoints, steps_per_call (k optimizer steps per
-  jitted call, a lax.scan; the cadences must be multiples of k);
-  mesh: {"data": n} devices (-1: all);
+  jitted call, a lax.scan; the cadences must be multiples of k), grad_accum
+  (micro-batches per step, their gradients averaged: for a batch that does not
+  fit);
+  mesh: {"data": n, "fsdp": m} devices (one of them -1: all the other leaves);
+    the batch is split over both, the state's large arrays over fsdp;
   data: a source of jaxdiff.data.SOURCES with its options, random_flip;
   process, process_options: jaxdiff.schedules.make_process;
   loss: the Objective of jaxdiff.train.step (prediction, target, weighting,
@@ -17,7 +20,8 @@ config itself). Fields:
     float32);
   optim: jaxdiff.train.optim.OptimizerConfig; ema: decays and their warm-up;
   samples: the picture of EMA samples written every sample_every steps.
-A restarted run may change num_steps and the cadences, nothing else.
+A restarted run may change num_steps, the cadences, the mesh and grad_accum,
+nothing else.
 """
 
 import ml_collections
@@ -33,7 +37,8 @@ def get_config():
   config.sample_every = 500
   config.keep_checkpoints = 3
   config.steps_per_call = 1
-  config.mesh = ml_collections.ConfigDict({"data": -1})
+  config.grad_accum = 1
+  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
 
   config.data = ml_collections.ConfigDict({
       "source": "digits", "options": {"split": "train"}, "random_flip": False})

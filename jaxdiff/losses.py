@@ -74,20 +74,29 @@ def _reduce_flat(fn, x):
   return fn(x.reshape(x.shape[0], -1), axis=-1)
 
 
+def training_noise(process: Process, shape, key):
+  """The draws of one training batch of x0.shape = shape: t [B] ~
+  process.sample_train_time and eps ~ N(0, I) of that shape."""
+  key_t, key_eps = jax.random.split(key)
+  return process.sample_train_time(key_t, (shape[0],)), jax.random.normal(key_eps, shape)
+
+
 def diffusion_loss(denoise_fn, process: Process, x0, key, cond=None, *, prediction="eps",
-                   target="eps", weighting="none", reduce="mean"):
+                   target="eps", weighting="none", reduce="mean", noise=None):
   """Weighted denoising loss per example.
 
   Args:
     denoise_fn: (x_t [B, ...], t [B], cond) -> output [B, ...] of type `prediction`.
     process: the forward process; t ~ process.sample_train_time.
     x0: data [B, ...].
-    key: PRNG key (split into the t draw and eps).
+    key: PRNG key of the draws (`training_noise`); None when noise is given.
     cond: passed through to denoise_fn; an array must have batch size B.
     prediction: what the network outputs, one of parameterization.PREDICTIONS.
     target: the space the squared error is taken in, same choices.
     weighting: a key of WEIGHTINGS, lambda(t).
     reduce: "mean" or "sum" over the non-batch axes.
+    noise: (t [B], eps [B, ...]) drawn by the caller instead (gradient accumulation
+      draws them for the whole batch and splits them with it).
 
   Returns:
     loss [B] and metrics {"loss": mean loss, "t": t [B], "weight": lambda(t) [B]}.
@@ -98,11 +107,8 @@ def diffusion_loss(denoise_fn, process: Process, x0, key, cond=None, *, predicti
   _check_choice("reduce", reduce, REDUCTIONS)
   x0 = jnp.asarray(x0, jnp.float32)
   _check_cond(x0, cond)
-  key_t, key_eps = jax.random.split(key)
-
   # Forward process at a random time per example.
-  t = process.sample_train_time(key_t, (x0.shape[0],))  # [B]
-  eps = jax.random.normal(key_eps, x0.shape)
+  t, eps = training_noise(process, x0.shape, key) if noise is None else noise
   x_t = sde.q_sample(process, x0, t, eps)
 
   # Network output and truth, both in the target space (no round trip if equal).

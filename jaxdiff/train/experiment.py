@@ -17,9 +17,10 @@ from jaxdiff import models, schedules
 from jaxdiff.train import optim, state as train_state
 from jaxdiff.train.step import Objective
 
-# Fields a restarted run may change: how long and how often, not what is trained.
+# Fields a restarted run may change: how long, how often and on what devices, not what is
+# trained (a mesh or a gradient accumulation changes only the order of the sums).
 RUN_FIELDS = ("num_steps", "checkpoint_every", "log_every", "sample_every", "keep_checkpoints",
-              "samples")
+              "samples", "mesh", "grad_accum")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -49,6 +50,7 @@ class RunSettings:
   sample_every: int
   keep_checkpoints: int
   steps_per_call: int
+  grad_accum: int
   mesh: dict
   data_source: str
   data_options: dict
@@ -152,7 +154,7 @@ def run_settings(config: dict) -> RunSettings:
     ValueError naming the offending field.
   """
   for field in ("num_steps", "batch_size", "checkpoint_every", "log_every", "sample_every",
-                "keep_checkpoints", "steps_per_call"):
+                "keep_checkpoints", "steps_per_call", "grad_accum"):
     value = config[field]
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ValueError(f"{field} must be a positive integer, got {value!r}")
@@ -169,7 +171,7 @@ def run_settings(config: dict) -> RunSettings:
       num_steps=config["num_steps"], batch_size=config["batch_size"], seed=int(config["seed"]),
       checkpoint_every=config["checkpoint_every"], log_every=config["log_every"],
       sample_every=config["sample_every"], keep_checkpoints=config["keep_checkpoints"],
-      steps_per_call=k, mesh=dict(config["mesh"]), data_source=data["source"],
+      steps_per_call=k, grad_accum=config["grad_accum"], mesh=dict(config["mesh"]), data_source=data["source"],
       data_options=dict(data["options"]), random_flip=bool(data["random_flip"]),
       sample_num=int(samples["num"]), sample_sampler=samples["sampler"],
       sample_nfe=int(samples["nfe"]), sample_guidance=float(samples["guidance"]))

@@ -114,7 +114,7 @@ def train(experiment: Experiment, source, workdir, mesh, *, show_progress: bool 
   """
   run = experiment.run
   workdir = pathlib.Path(workdir)
-  sharding.check_batch_size(mesh, run.batch_size)
+  sharding.check_batch_size(mesh, run.batch_size, run.grad_accum)
   optimizer = optim.make_optimizer(experiment.optimizer, run.num_steps)
   init = experiment.init_fn(optimizer)
   state_sharding = sharding.state_sharding(mesh, jax.eval_shape(init))
@@ -156,7 +156,7 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, optimizer, sta
       step.make_train_step(experiment.model, experiment.objective, optimizer,
                            optim.learning_rate_schedule(experiment.optimizer, run.num_steps),
                            experiment.ema_decays, ema_warmup=experiment.ema_warmup,
-                           conditional=experiment.conditional),
+                           conditional=experiment.conditional, grad_accum=run.grad_accum),
       state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh))
   picture = _picture_fn(experiment) if writes and run.sample_num else None
   writer = MetricWriter(workdir, start_step) if writes else None

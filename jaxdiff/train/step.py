@@ -69,11 +69,11 @@ class Objective:
       return parameterization.edm_preconditioned(network_fn, self.process)
     return network_fn
 
-  def loss(self, network_fn, x0, key, cond=None):
+  def loss(self, network_fn, x0, key, cond=None, noise=None):
     """Per-example loss [B] and metrics (`losses.diffusion_loss`)."""
     return losses.diffusion_loss(self.denoise_fn(network_fn), self.process, x0, key, cond,
                                  prediction=self.prediction, target=self.target,
-                                 weighting=self.weighting, reduce=self.reduce)
+                                 weighting=self.weighting, reduce=self.reduce, noise=noise)
 
 
 def network_fn(model, params, dropout_key=None):
@@ -89,7 +89,8 @@ def network_fn(model, params, dropout_key=None):
 
 
 def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, ema_decays, *,
-                    ema_warmup: bool = True, conditional: bool = False, scan: bool | None = None):
+                    ema_warmup: bool = True, conditional: bool = False, grad_accum: int = 1,
+                    scan: bool | None = None):
   """The pure train step over k stacked batches.
 
   Args:
@@ -100,8 +101,13 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
     ema_decays: the EMA decays kept in state.ema.
     ema_warmup: warm the decays up (`optim.ema_decay`).
     conditional: feed batch["label"] to the network as its class.
-    scan: run the k steps as a lax.scan (compiled once whatever k) rather than
-      unrolled; by default everywhere but on the CPU (see the module docstring).
+    grad_accum: split each batch into this many micro-batches and average their
+      gradients: the same update as the whole batch (t and eps are drawn for the
+      whole batch, then split) up to the order of the sums, except that dropout
+      draws its masks per micro-batch.
+    scan: run the k steps (and the micro-batches) as a lax.scan, compiled once
+      whatever k, rather than unrolled; by default everywhere but on the CPU (see
+      the module docstring).
 
   Returns:
     step(state, batches) -> (state, metrics): batches {"image": [k, B, ...],
@@ -109,16 +115,43 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
     (before clipping), learning_rate and ema_decay/<name> of each step.
   """
 
-  def loss_fn(params, batch, key):
-    key_loss, key_dropout = jax.random.split(key)
+  if scan is None:
+    scan = jax.default_backend() != "cpu"
+
+  def loss_fn(params, batch, noise, key_dropout):
     cond = batch["label"] if conditional else None
-    loss, _ = objective.loss(network_fn(model, params, key_dropout), batch["image"], key_loss,
-                             cond)
+    loss, _ = objective.loss(network_fn(model, params, key_dropout), batch["image"], None,
+                             cond, noise)
     return jnp.mean(loss)
+
+  def loss_and_grads(params, batch, key):
+    key_loss, key_dropout = jax.random.split(key)
+    noise = losses.training_noise(objective.process, batch["image"].shape, key_loss)
+    if grad_accum == 1:
+      return jax.value_and_grad(loss_fn)(params, batch, noise, key_dropout)
+    # Micro-batch i: rows i::grad_accum of the batch, so that each stays split over all
+    # devices like the batch (a contiguous block would sit on 1 / grad_accum of them).
+    micro = jax.tree.map(lambda a: jnp.swapaxes(
+        a.reshape(a.shape[0] // grad_accum, grad_accum, *a.shape[1:]), 0, 1), (batch, noise))
+
+    def add(total, inputs):
+      i, (micro_batch, micro_noise) = inputs
+      value = jax.value_and_grad(loss_fn)(params, micro_batch, micro_noise,
+                                          jax.random.fold_in(key_dropout, i))
+      return jax.tree.map(jnp.add, total, value), None
+
+    total = jax.tree.map(jnp.zeros_like, (jnp.float32(0), params))
+    inputs = (jnp.arange(grad_accum), micro)
+    if scan:
+      total, _ = jax.lax.scan(add, total, inputs)
+    else:
+      for i in range(grad_accum):
+        total, _ = add(total, jax.tree.map(lambda a, i=i: a[i], inputs))
+    return jax.tree.map(lambda a: a / grad_accum, total)
 
   def one_step(state: TrainState, batch):
     key = jax.random.fold_in(state.key, state.step)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, key)
+    loss, grads = loss_and_grads(state.params, batch, key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decays = {ema_name(d): optim.ema_decay(d, state.step, ema_warmup) for d in ema_decays}
@@ -129,9 +162,6 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
                **{f"ema_decay/{name}": decay for name, decay in decays.items()}}
     new_state = state.replace(step=state.step + 1, params=params, ema=ema, opt_state=opt_state)
     return new_state, metrics
-
-  if scan is None:
-    scan = jax.default_backend() != "cpu"
 
   def step(state: TrainState, batches):
     if scan:
