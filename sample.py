@@ -14,7 +14,8 @@ the one `jaxdiff.grids.default_for` picks for the process (printed). The
 samples go to a new folder (default <training workdir>/samples-<time>):
 samples.npz (samples in [-1, 1] and x_T, labels), samples.png (a grid of the
 first 100) and results.md / results.json (what ran, how long, and for data
-with an evaluation classifier, its quality figures). Sampling with another
+with an evaluation classifier, its quality figures). Each call's samples
+(--batch-size) are split over every device, with a progress bar over the calls. Sampling with another
 process than the one trained needs --process and warns.
 
 Without --checkpoint, the oracle job:
@@ -39,7 +40,7 @@ from absl import app, flags, logging
 
 from jaxdiff import (benchmark, cli, evaluation, grids, metrics, oracle, parameterization, plots,
                      samplers, schedules, sde, workdir)
-from jaxdiff.train import checkpoint, experiment, sampling
+from jaxdiff.train import checkpoint, experiment, sampling, sharding
 
 _CONFIG = cli.define_config("configs/base.py", "Sampling configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/sample-<time>, "
@@ -256,7 +257,8 @@ def sample_checkpoint():
   with workdir.claim(_WORKDIR.value, "samples", parent=train_dir) as out:
     start = time.perf_counter()
     x_0, nfe = sampling.sample_in_batches(built, plan, params, x_T, labels,
-                                          jax.random.PRNGKey(_SEED.value), _BATCH.value)
+                                          jax.random.PRNGKey(_SEED.value), _BATCH.value,
+                                          mesh=sharding.make_mesh({"data": -1}))
     seconds = time.perf_counter() - start
     np.savez(out / "samples.npz", samples=x_0, x_T=np.asarray(x_T),
              labels=np.asarray(labels) if labels is not None else np.zeros(0, np.int32))

@@ -9,14 +9,16 @@ default `grids.default_for` the process), from x_T ~ N(0, sigma(grid[0])^2).
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from jaxdiff import grids, guidance, models, samplers
-from jaxdiff.train import checkpoint, optim, state as train_state
+from jaxdiff.train import checkpoint, optim, sharding, state as train_state
 from jaxdiff.train.experiment import Experiment
 from jaxdiff.train.step import network_fn
 
@@ -109,9 +111,14 @@ def load_params(step_dir, experiment: Experiment, which: str = "ema"):
 
 
 def sample_in_batches(experiment: Experiment, sample_plan: SamplePlan, params, x_T, labels, key,
-                      batch_size: int, *, progress: bool = True):
+                      batch_size: int, *, mesh=None, progress: bool = True):
   """All of x_T [num, ...] sampled in calls of batch_size (one compilation; the last
   batch padded), chunk i with the sampler key fold_in(key, i).
+
+  With a mesh, each call's rows are split over its batch axes (batch_size rounded
+  up to a multiple of their devices) and the parameters replicated: the samples are
+  those of one device at the same batch_size, up to the order of float32 sums (a
+  stochastic sampler's noise depends on batch_size, not on the devices).
 
   Returns:
     (samples float32 numpy [num, ...], NFE per sample).
@@ -121,8 +128,17 @@ def sample_in_batches(experiment: Experiment, sample_plan: SamplePlan, params, x
   """
   num = x_T.shape[0]
   batch_size = min(batch_size, num)
+  shardings = {}
+  if mesh is not None:
+    devices = math.prod(mesh.shape[name] for name in sharding.BATCH_AXES)
+    batch_size = -(-batch_size // devices) * devices
+    rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
+    every = sharding.replicated(mesh)
+    shardings = {"in_shardings": (every, rows, every, None if labels is None else rows),
+                 "out_shardings": (rows, every)}
+    params = jax.device_put(params, every)
   sample = jax.jit(make_sample_fn(experiment, sample_plan),
-                   compiler_options=models.compiler_options())
+                   compiler_options=models.compiler_options(), **shardings)
   pad = -num % batch_size
   x_T = jnp.concatenate([x_T, jnp.zeros((pad, *x_T.shape[1:]), x_T.dtype)])
   if labels is not None:

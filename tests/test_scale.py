@@ -1,0 +1,141 @@
+"""Many devices: data parallelism, FSDP and gradient accumulation equal to one device;
+checkpoints moved between meshes; the compiled step's memory; bad meshes and batches.
+
+The 8-device runs happen in one subprocess (tests/multidevice_runs.py; JAX fixes
+its device count at start-up), shared by the tests below.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from conftest import ROOT
+from jaxdiff.train import sharding
+
+# Six AdamW steps at lr 1e-3 move a weight by up to 6e-3. Another device count or
+# micro-batching changes only the order of float32 sums (relative 1e-7 in the
+# gradients), which Adam's normalisation passes on as a relative change of its step;
+# measured: at most 3.5e-7 for 8 devices, 1.7e-6 for 4 micro-batches. 1e-5 is
+# 1/600 of the movement; a lost gradient all-reduce, a micro-batch weighted wrongly
+# or a shard read twice moves weights by a whole step (1e-3) and fails it.
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  out = tmp_path_factory.mktemp("multidevice")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  result = subprocess.run([sys.executable, str(ROOT / "tests" / "multidevice_runs.py"), str(out)],
+                          capture_output=True, text=True, env=env, timeout=1200)
+  assert result.returncode == 0, result.stderr[-4000:]
+  with np.load(out / "states.npz") as states, np.load(out / "restored.npz") as restored:
+    return (dict(states), dict(restored), json.loads((out / "report.json").read_text()))
+
+
+def run_state(store, name):
+  return {key.split("/", 1)[1]: value for key, value in store.items()
+          if key.startswith(name + "/")}
+
+
+def assert_states_close(a, b, atol):
+  assert a.keys() == b.keys() and a
+  for key in a:
+    if a[key].dtype.kind == "f":
+      np.testing.assert_allclose(a[key], b[key], rtol=0, atol=atol, err_msg=key)
+    else:  # The step, the PRNG key, Adam's count.
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def sharded_by_the_rule(state, fsdp):
+  return {key for key, value in state.items() if sharding.state_spec(value.shape, fsdp) != P()}
+
+
+@pytest.mark.parametrize("name", ["data8", "fsdp2x4", "fsdp1x8"])
+def test_eight_devices_train_what_one_device_trains(runs, name):
+  states, _, report = runs
+  one = run_state(states, "one")
+  assert_states_close(run_state(states, name), one, ATOL)
+  fsdp = {"data8": 1, "fsdp2x4": 4, "fsdp1x8": 8}[name]
+  assert report[f"{name}/sharded_leaves"] == len(sharded_by_the_rule(one, fsdp))
+  assert (fsdp == 1) == (report[f"{name}/sharded_leaves"] == 0)
+
+
+def test_four_micro_batches_train_what_the_whole_batch_trains(runs):
+  states, _, _ = runs
+  assert_states_close(run_state(states, "accum4_fsdp2x4"), run_state(states, "one_no_dropout"),
+                      ATOL)
+
+
+def test_a_run_saved_on_eight_devices_resumes_on_one(runs):
+  states, _, _ = runs
+  assert_states_close(run_state(states, "resumed_on_one"), run_state(states, "one"), ATOL)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_samples_spread_over_eight_devices_are_those_of_one(runs, sampler):
+  states, _, _ = runs
+  one, eight = states[f"samples_{sampler}/one"], states[f"samples_{sampler}/data8"]
+  assert one.shape == (20, 8, 8, 1)
+  # Four steps of a six-step-old network: large values, float32 rounding relative to them.
+  np.testing.assert_allclose(eight, one, rtol=0, atol=1e-6 * np.abs(one).max())
+
+
+@pytest.mark.parametrize("name", ["one", "fsdp4", "back"])
+def test_checkpoints_move_between_meshes_bitwise(runs, name):
+  states, restored, report = runs
+  assert_states_close(run_state(restored, name), run_state(states, "fsdp2x4"), atol=0)
+  if name != "back":
+    assert report[f"restored_{name}/devices"] == [{"one": 1, "fsdp4": 4}[name]]
+
+
+def test_the_compiled_step_holds_one_shard_of_the_state(runs):
+  states, _, report = runs
+  memory = report["memory"]
+  one = run_state(states, "one")
+  sharded = sharded_by_the_rule(one, 8)
+  state_bytes = sum(v.nbytes / 8 if k in sharded else v.nbytes for k, v in one.items())
+  # Float32 images; jit drops the labels, which an unconditional model does not read.
+  batch_bytes = 32 * 8 * 8 * 1 * 4 / 8
+  assert memory["state_bytes_per_device"] == state_bytes
+  # XLA's own count of the compiled step's inputs on one device.
+  assert memory["argument_bytes"] == state_bytes + batch_bytes
+  assert memory["state_bytes"] == sum(v.nbytes for v in one.values())
+
+
+def test_bad_meshes_and_batches_fail_with_the_numbers(runs):
+  errors = runs[2]["errors"]
+  assert "mesh {'data': 3} needs 3 devices, but 8 are present" in errors["mesh_3"]
+  assert "8 devices are not a multiple of 3" in errors["mesh_fsdp_3"]
+  assert ("batch_size 12 must be divisible by the 8 devices of the mesh's batch axes"
+          in errors["batch_12"])
+  assert "times grad_accum = 8" in errors["batch_32_accum_8"]
+
+
+@pytest.mark.parametrize("axes, message", [
+    ({"model": 2}, "unknown mesh axes ['model']"),
+    ({"data": -1, "fsdp": -1}, "only one mesh axis may be -1"),
+    ({"data": 0}, "mesh axis 'data' must be a positive integer or -1, got 0"),
+    ({"fsdp": 2.0}, "mesh axis 'fsdp' must be a positive integer or -1, got 2.0"),
+    ({"data": 2}, f"needs 2 devices, but {len(jax.devices())} are present"),
+])
+def test_bad_mesh_configs_are_refused(axes, message):
+  with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    sharding.make_mesh(axes)
+
+
+@pytest.mark.parametrize("shape, fsdp, spec", [
+    ((3, 3, 48, 96), 4, P(None, None, None, "fsdp")),  # The largest divisible dimension.
+    ((3, 3, 96, 30), 4, P(None, None, "fsdp", None)),
+    ((1152, 6912), 8, P(None, "fsdp")),
+    ((30000,), 7, P()),  # No dimension divisible.
+    ((64, 64), 8, P()),  # Under MIN_SHARDED_SIZE: replicated.
+    ((256, 256), 1, P()),  # No fsdp axis.
+])
+def test_fsdp_splits_the_largest_dimension_it_divides(shape, fsdp, spec):
+  assert sharding.state_spec(shape, fsdp) == spec
