@@ -5,6 +5,7 @@ pipeline and PyTorch (diffusers' UNet2DModel trained with the same recipe).
   python3 benchmarks/train_speed.py --model digits --repeats 10
   python3 benchmarks/train_speed.py --model cifar10 --repeats 3
   python3 benchmarks/train_speed.py --no-peer                # jaxdiff only
+  python3 benchmarks/train_speed.py --model digits --no-peer --mesh '{"data": 8}'
 
 Models (the recipe of configs/digits.py for both: L_simple on the cosine 1000-step
 DDPM, clip 1.0, AdamW at 1e-3 with its warm-up and cosine schedule, EMA 0.9999 with
@@ -27,6 +28,9 @@ round:
   full, pipeline (digits) the same step fed as train.py feeds it: data.make_iterator ->
                  np.stack -> sharding.global_batch -> step; the pipeline's host time
                  alone (no step) is printed beside the ratio;
+  full, mesh     (with --mesh) the full step on that mesh of simulated CPU devices (their
+                 count set before JAX starts), the others on one of them: on the same
+                 cores, the ratio is what sharding costs, not a speed-up;
   pytorch        (unless --no-peer; needs torch and diffusers) the same network as a
                  diffusers UNet2DModel (block types, groups, Ho et al.'s time embedding:
                  flip_sin_to_cos=False, freq_shift=1; parameter counts checked equal),
@@ -50,6 +54,8 @@ or --torch-threads 1 there; a note under the ratios says when PyTorch looks hit.
 """
 
 import argparse
+import json
+import math
 import os
 import pathlib
 import platform
@@ -57,9 +63,23 @@ import statistics
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import ml_collections
+
+def _mesh_flag():
+  """--mesh's JSON, read before JAX starts: its devices are simulated on the CPU."""
+  for i, arg in enumerate(sys.argv):
+    if arg.startswith("--mesh"):
+      return json.loads(arg.partition("=")[2] or sys.argv[i + 1])
+  return None
+
+
+MESH = _mesh_flag()
+if MESH is not None:
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                             f"device_count={math.prod(n for n in MESH.values() if n > 0)}")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np
 
 from jaxdiff import data, models
@@ -134,10 +154,10 @@ def build(name):
 
 
 def jaxdiff_calls(exp, source, local_batches):
-  """{"bare gradient", "full step"[, "full, pipeline"]: (fn, sync)}, built as
-  loop.train builds its step; prints the parameter count and the first calls' times."""
+  """{"bare gradient", "full step"[, "full, pipeline"][, "full, mesh"]: (fn, sync)}, built
+  as loop.train builds its step; prints the parameter count and the first calls' times."""
   run = exp.run
-  mesh = sharding.make_mesh(run.mesh)
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   sharding.check_batch_size(mesh, run.batch_size)
   # As loop.train: optimizer, schedule, initial state, the jitted step.
   optimizer = optim.make_optimizer(exp.optimizer, run.num_steps)
@@ -202,7 +222,36 @@ def jaxdiff_calls(exp, source, local_batches):
       return metrics
 
     calls["full, pipeline"] = (full_pipeline, jax.block_until_ready)
+  if MESH is not None:
+    calls["full, mesh"] = mesh_call(exp, optimizer, learning_rate_fn, local_batches)
   return calls, models.num_params(state.params)
+
+
+def mesh_call(exp, optimizer, learning_rate_fn, local_batches):
+  """(fn, sync) of the full step on --mesh's simulated devices, as loop.train builds it."""
+  mesh = sharding.make_mesh(MESH)
+  sharding.check_batch_size(mesh, exp.run.batch_size)
+  init = exp.init_fn(optimizer)
+  state_sharding = sharding.state_sharding(mesh, jax.eval_shape(init))
+  batch_sharding = sharding.batch_sharding(mesh)
+  holder = [jax.jit(init, out_shardings=state_sharding)()]
+  train_step = step.jit_train_step(
+      step.make_train_step(exp.model, exp.objective, optimizer, learning_rate_fn,
+                           exp.ema_decays, ema_warmup=exp.ema_warmup,
+                           conditional=exp.conditional),
+      state_sharding, batch_sharding, sharding.replicated(mesh))
+  fixed = sharding.global_batch(local_batches, batch_sharding)
+  start = time.perf_counter()
+  holder[0], _ = train_step(holder[0], fixed)
+  jax.block_until_ready(holder[0])
+  print(f"  full, mesh: the same step on mesh {dict(mesh.shape)} of {mesh.size} simulated CPU "
+        f"devices; first call {time.perf_counter() - start:.1f} s")
+
+  def call():
+    holder[0], metrics = train_step(holder[0], fixed)
+    return metrics
+
+  return call, jax.block_until_ready
 
 
 def pytorch_calls(exp, local_batches, diffusers_config, num_params, threads):
@@ -268,7 +317,7 @@ def pipeline_seconds(exp, source, steps=50):
   run = exp.run
   iterator = data.make_iterator(source, batch_size=run.batch_size, seed=run.seed + 2,
                                 random_flip=run.random_flip)
-  batch_sharding = sharding.batch_sharding(sharding.make_mesh(run.mesh))
+  batch_sharding = sharding.batch_sharding(sharding.make_mesh({"data": 1}, jax.devices()[:1]))
   times = []
   for _ in range(steps + 1):
     start = time.perf_counter()
@@ -280,10 +329,12 @@ def pipeline_seconds(exp, source, steps=50):
 
 
 def print_ratio(label, times, cpu, over, under, goal, met):
-  """One ratio line: times[over] / times[under] in wall time (the goal's) and CPU time."""
+  """One ratio line: times[over] / times[under] in wall time (the goal's) and CPU time;
+  goal None: no goal."""
   ratio = median_ratio(times[over], times[under])
-  print(f"    {label} = {ratio:.3f} ({median_ratio(cpu[over], cpu[under]):.3f} in CPU time) "
-        f"(goal {goal}: {'met' if met(ratio) else 'missed'})")
+  verdict = f" (goal {goal}: {'met' if met(ratio) else 'missed'})" if goal else ""
+  print(f"    {label} = {ratio:.3f} ({median_ratio(cpu[over], cpu[under]):.3f} in CPU time)"
+        f"{verdict}")
 
 
 def benchmark(name, args):
@@ -320,6 +371,9 @@ def benchmark(name, args):
     print(f"      the pipeline alone (iterator -> stack -> global_batch, no step): "
           f"{host * 1e3:.2f} ms per step, {host / statistics.median(times['full step']):.1%} "
           "of the full step")
+  if "full, mesh" in times:
+    print_ratio("mesh / one device, s/step", times, cpu, "full, mesh", "full step",
+                None, None)
   if "pytorch" in times:
     print_ratio("jaxdiff / PyTorch images/s", times, cpu, "pytorch", "full step", ">= 1",
                 lambda r: r >= 1)
@@ -341,6 +395,9 @@ def main():
                       help="steps per timed block (default: 10 for digits, 2 for cifar10)")
   parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
                       help="also time PyTorch (--no-peer: jaxdiff only)")
+  parser.add_argument("--mesh", type=json.loads, default=None,
+                      help='also time the full step on a mesh of simulated CPU devices, e.g. '
+                      '\'{"data": 8}\' or \'{"data": 2, "fsdp": 4}\'')
   parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                       help="PyTorch's intra-op threads (default: the number of CPUs)")
   args = parser.parse_args()
