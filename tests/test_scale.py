@@ -7,16 +7,20 @@ its device count at start-up), shared by the tests below.
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import ROOT
-from jaxdiff.train import sharding
+from conftest import ROOT, tiny_config
+from jaxdiff import data
+from jaxdiff.train import checkpoint, experiment, optim, sharding, step
 
 # Six AdamW steps at lr 1e-3 move a weight by up to 6e-3. Another device count or
 # micro-batching changes only the order of float32 sums (relative 1e-7 in the
@@ -139,3 +143,101 @@ def test_bad_mesh_configs_are_refused(axes, message):
 ])
 def test_fsdp_splits_the_largest_dimension_it_divides(shape, fsdp, spec):
   assert sharding.state_spec(shape, fsdp) == spec
+
+
+# --------------------------------------------------------------------------
+# Two processes (jax.distributed over localhost, 4 simulated devices each).
+# --------------------------------------------------------------------------
+
+TWO_PROCESS_RUN = ("--config.num_steps", "6", "--config.checkpoint_every", "3",
+                   "--config.log_every", "3", "--config.sample_every", "6",
+                   "--config.samples.num", "8")
+
+
+def start_two_processes(workdir, *config_flags, heartbeat=100):
+  """train.py on the tiny toy config in two processes; returns their Popen."""
+  with socket.socket() as s:  # A free port for the coordinator.
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_PLATFORMS": "cpu"}
+  return [subprocess.Popen(
+      [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "tests" / "tiny_config.py"),
+       "--workdir", str(workdir), "--coordinator", f"localhost:{port}", "--num-processes", "2",
+       "--process-id", str(i), "--heartbeat-timeout", str(heartbeat), *config_flags],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+
+
+def finish(processes, timeout=300):
+  return [(p.wait(timeout), *p.communicate()) for p in processes]
+
+
+def one_process_reference(num_steps=6):
+  """The toy run on this process's one device, fed each step the two processes' local
+  batches side by side (the global batch the two-process run assembles)."""
+  config = tiny_config(num_steps=num_steps)
+  source = data.make_source("toy", name="checkerboard", num_points=512)
+  built = experiment.Experiment.from_config(config, experiment.DataSpec.of(source))
+  optimizer = optim.make_optimizer(built.optimizer, num_steps)
+  train_step = jax.jit(step.make_train_step(
+      built.model, built.objective, optimizer,
+      optim.learning_rate_schedule(built.optimizer, num_steps), built.ema_decays))
+  iterators = [data.make_iterator(source, batch_size=32, seed=0, process_index=i,
+                                  process_count=2) for i in range(2)]
+  state = built.init_fn(optimizer)()
+  for _ in range(num_steps):
+    batch = jax.tree.map(lambda *b: np.concatenate(b), *[next(it) for it in iterators])
+    state, _ = train_step(state, jax.tree.map(lambda b: b[None], batch))
+  return built, jax.tree.map(np.asarray, state)
+
+
+def test_two_processes_train_what_one_process_trains(tmp_path):
+  results = finish(start_two_processes(tmp_path / "run", *TWO_PROCESS_RUN))
+  for i, (code, out, err) in enumerate(results):
+    assert code == 0, f"process {i}: {err[-3000:]}"
+  # Process 0 reports (gloo's connection lines aside).
+  assert "trained steps 0..6" in results[0][1] and "trained" not in results[1][1]
+  assert (tmp_path / "run" / "samples" / "step-6.png").is_file()
+  built, reference = one_process_reference()
+  abstract = jax.eval_shape(built.init_fn(optim.make_optimizer(built.optimizer, 6)))
+  trained = checkpoint.restore_state(checkpoint.find(tmp_path / "run"), abstract)
+  for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(reference)):
+    np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=ATOL)
+
+
+def test_a_lost_process_stops_the_other_and_both_resume(tmp_path):
+  workdir = tmp_path / "run"
+  flags = ("--config.num_steps", "400", "--config.checkpoint_every", "20",
+           "--config.log_every", "20", "--config.sample_every", "400", "--config.samples.num",
+           "0")
+  processes = start_two_processes(workdir, *flags, heartbeat=5)
+  deadline = time.time() + 240
+  while not (workdir / "checkpoints" / "20").is_dir():
+    assert time.time() < deadline and processes[0].poll() is None, finish(processes)
+    time.sleep(0.2)
+  processes[1].send_signal(signal.SIGKILL)
+  code, _, err = finish(processes[:1], timeout=120)[0]
+  assert code != 0, "process 0 went on without process 1"
+  assert "heartbeat" in err.lower() or "unavailable" in err.lower(), err[-3000:]
+  results = finish(start_two_processes(workdir, *flags))
+  for i, (code, out, err) in enumerate(results):
+    assert code == 0, f"process {i} after the restart: {err[-3000:]}"
+  start = int(results[0][1].split("trained steps ")[1].split("..")[0])
+  assert 20 <= start < 400 and "..400" in results[0][1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--num-processes", "2", "--process-id", "0"),
+     "cannot start the processes: coordinator_address should be defined"),
+    (("--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"),
+     "cannot start the processes: process_id and num_processes must be nonnegative, with "
+     "process_id < num_processes"),
+])
+def test_bad_process_flags_fail_before_anything_is_written(tmp_path, flags, message):
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "tests" / "tiny_config.py"),
+       "--workdir", str(tmp_path / "run"), *flags], cwd=ROOT, capture_output=True, text=True,
+      timeout=120)
+  assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+  assert not (tmp_path / "run").exists()

@@ -20,6 +20,7 @@ import time
 import warnings
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 STATE, DATA, RUN = "state", "data", "run"
@@ -113,6 +114,11 @@ def read_run(step_dir) -> dict:
 
 
 def restore_state(step_dir, abstract_state):
-  """The TrainState of one checkpoint folder, onto abstract_state's structure and shardings."""
+  """The TrainState of one checkpoint folder, onto abstract_state's structure and shardings;
+  leaves without a sharding go to this process's first device (whatever mesh saved them)."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract_state = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)
+                                     or device), abstract_state)
   with ocp.StandardCheckpointer() as checkpointer:
     return checkpointer.restore(pathlib.Path(step_dir).absolute() / STATE, abstract_state)

@@ -158,7 +158,8 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, optimizer, sta
                            experiment.ema_decays, ema_warmup=experiment.ema_warmup,
                            conditional=experiment.conditional, grad_accum=run.grad_accum),
       state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh))
-  picture = _picture_fn(experiment) if writes and run.sample_num else None
+  # Every process samples (the network is spread over all of them); process 0 saves.
+  picture = _picture_fn(experiment, mesh, save=writes) if run.sample_num else None
   writer = MetricWriter(workdir, start_step) if writes else None
   bar = tqdm(total=run.num_steps, initial=start_step, unit="step", dynamic_ncols=True,
              disable=not (writes and show_progress))
@@ -189,22 +190,28 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, optimizer, sta
                  str(checkpoints.directory / str(checkpoints.latest_step())), str(workdir))
 
 
-def _picture_fn(experiment: Experiment):
-  """(state, path) -> writes a picture of EMA samples (fixed x_T and labels)."""
+def _picture_fn(experiment: Experiment, mesh, save: bool):
+  """(state, path) -> samples the EMA (fixed x_T and labels); writes their picture if save."""
   run = experiment.run
   plan = sampling.plan(experiment, run.sample_sampler, run.sample_nfe,
                        guidance_scale=run.sample_guidance if experiment.conditional else 1.0)
   sample = jax.jit(sampling.make_sample_fn(experiment, plan),
+                   out_shardings=sharding.replicated(mesh),  # Whole in every process.
                    compiler_options=models.compiler_options())
   key_noise, key_sampler = jax.random.split(jax.random.fold_in(
       jax.random.PRNGKey(run.seed), 0x5A))  # Apart from the training keys.
-  x_T = sampling.prior_noise(experiment, plan, key_noise, run.sample_num)
+  # Host values, the same in every process, which jit places on the mesh itself.
+  x_T = np.asarray(sampling.prior_noise(experiment, plan, key_noise, run.sample_num))
+  key_sampler = np.asarray(key_sampler)
   labels = sampling.default_labels(experiment, run.sample_num)
+  labels = None if labels is None else np.asarray(labels)
   ema_name = train_state.ema_name(experiment.ema_decays[0])
 
   def picture(state, path):
-    path.parent.mkdir(exist_ok=True)
     x_0, _ = sample(state.ema[ema_name], x_T, key_sampler, labels)
+    if not save:
+      return
+    path.parent.mkdir(exist_ok=True)
     x_0 = np.asarray(jax.device_get(x_0))
     if experiment.data.eight_bit:
       plots.save_image_grid(x_0, path)
