@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from configs import cifar10_ddpm, cifar10_dit  # noqa: E402
 from jaxdiff import models  # noqa: E402
-from jaxdiff.train import experiment, optim, sharding, step  # noqa: E402
+from jaxdiff.train import experiment, loop, sharding  # noqa: E402
 
 GOAL_SLACK = 0.05
 
@@ -51,9 +51,8 @@ def measure(name, fsdp):
   config.mesh = {"data": 1, "fsdp": fsdp}
   built = experiment.Experiment.from_config(config, spec)
   mesh = sharding.make_mesh(built.run.mesh)
-  optimizer = optim.make_optimizer(built.optimizer, built.run.num_steps)
-  shapes = jax.eval_shape(built.init_fn(optimizer))
-  state_sharding = sharding.state_sharding(mesh, shapes)
+  init, state_sharding, train_step = loop.step_parts(built, mesh)
+  shapes = jax.eval_shape(init)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           shapes, state_sharding)
   batch_sharding = sharding.batch_sharding(mesh)
@@ -61,11 +60,6 @@ def measure(name, fsdp):
                                          sharding=batch_sharding),
            "label": jax.ShapeDtypeStruct((1, built.run.batch_size), np.int32,
                                          sharding=batch_sharding)}
-  train_step = step.jit_train_step(
-      step.make_train_step(built.model, built.objective, optimizer,
-                           optim.learning_rate_schedule(built.optimizer, built.run.num_steps),
-                           built.ema_decays, conditional=built.conditional),
-      state_sharding, batch_sharding, sharding.replicated(mesh))
   memory = train_step.lower(abstract, batch).compile().memory_analysis()
   total = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(shapes))
   per_device = sharding.bytes_per_device(shapes, state_sharding)

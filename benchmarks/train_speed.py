@@ -21,10 +21,9 @@ step, the median block, and each ratio as the median over rounds of its ratio wi
 round:
   bare gradient  jax.grad of the objective's mean loss, dropout on, jitted with the same
                  `models.compiler_options()`, on a fixed batch: the floor of any step;
-  full step      the step train.py runs (`jaxdiff.train.loop.train`'s calls:
-                 optim.make_optimizer, step.make_train_step, step.jit_train_step; clip,
-                 AdamW, EMA, metrics; the state donated and rebound every call) on the
-                 same fixed batch;
+  full step      the step train.py runs (`jaxdiff.train.loop.step_parts`: clip, AdamW,
+                 EMA, metrics; the state donated and rebound every call) on the same
+                 fixed batch;
   full, pipeline (digits) the same step fed as train.py feeds it: data.make_iterator ->
                  np.stack -> sharding.global_batch -> step; the pipeline's host time
                  alone (no step) is printed beside the ratio;
@@ -83,7 +82,7 @@ import ml_collections  # noqa: E402
 import numpy as np
 
 from jaxdiff import data, models
-from jaxdiff.train import experiment, optim, sharding, step
+from jaxdiff.train import experiment, loop, optim, sharding, step
 
 # configs/ and benchmarks/ are not installed with jaxdiff: import them from this checkout.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -159,18 +158,9 @@ def jaxdiff_calls(exp, source, local_batches):
   run = exp.run
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   sharding.check_batch_size(mesh, run.batch_size)
-  # As loop.train: optimizer, schedule, initial state, the jitted step.
-  optimizer = optim.make_optimizer(exp.optimizer, run.num_steps)
-  learning_rate_fn = optim.learning_rate_schedule(exp.optimizer, run.num_steps)
-  init = exp.init_fn(optimizer)
-  state_sharding = sharding.state_sharding(mesh, jax.eval_shape(init))
+  init, state_sharding, train_step = loop.step_parts(exp, mesh)  # As loop.train.
   batch_sharding = sharding.batch_sharding(mesh)
   state = jax.jit(init, out_shardings=state_sharding)()
-  train_step = step.jit_train_step(
-      step.make_train_step(exp.model, exp.objective, optimizer, learning_rate_fn,
-                           exp.ema_decays, ema_warmup=exp.ema_warmup,
-                           conditional=exp.conditional),
-      state_sharding, batch_sharding, sharding.replicated(mesh))
   fixed = sharding.global_batch(local_batches, batch_sharding)  # [k, B, ...]
 
   # The bare gradient: what make_train_step differentiates, on batch 0 of the same batches.
@@ -223,24 +213,17 @@ def jaxdiff_calls(exp, source, local_batches):
 
     calls["full, pipeline"] = (full_pipeline, jax.block_until_ready)
   if MESH is not None:
-    calls["full, mesh"] = mesh_call(exp, optimizer, learning_rate_fn, local_batches)
+    calls["full, mesh"] = mesh_call(exp, local_batches)
   return calls, models.num_params(state.params)
 
 
-def mesh_call(exp, optimizer, learning_rate_fn, local_batches):
+def mesh_call(exp, local_batches):
   """(fn, sync) of the full step on --mesh's simulated devices, as loop.train builds it."""
   mesh = sharding.make_mesh(MESH)
   sharding.check_batch_size(mesh, exp.run.batch_size)
-  init = exp.init_fn(optimizer)
-  state_sharding = sharding.state_sharding(mesh, jax.eval_shape(init))
-  batch_sharding = sharding.batch_sharding(mesh)
+  init, state_sharding, train_step = loop.step_parts(exp, mesh)
   holder = [jax.jit(init, out_shardings=state_sharding)()]
-  train_step = step.jit_train_step(
-      step.make_train_step(exp.model, exp.objective, optimizer, learning_rate_fn,
-                           exp.ema_decays, ema_warmup=exp.ema_warmup,
-                           conditional=exp.conditional),
-      state_sharding, batch_sharding, sharding.replicated(mesh))
-  fixed = sharding.global_batch(local_batches, batch_sharding)
+  fixed = sharding.global_batch(local_batches, sharding.batch_sharding(mesh))
   start = time.perf_counter()
   holder[0], _ = train_step(holder[0], fixed)
   jax.block_until_ready(holder[0])

@@ -27,7 +27,6 @@ import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -102,6 +101,26 @@ class _Progress:
       self.window_start, self.window_step = time.perf_counter(), end_step
 
 
+def step_parts(experiment: Experiment, mesh):
+  """What train() runs on a mesh: (init, state_sharding, train_step).
+
+  init() is the step-0 TrainState; state_sharding its shardings (`sharding.state_sharding`);
+  train_step(state, batches [k, B, ...]) -> (state, metrics) the step jitted over the mesh
+  with the state donated (`step.jit_train_step`).
+  """
+  run = experiment.run
+  optimizer = optim.make_optimizer(experiment.optimizer, run.num_steps)
+  init = experiment.init_fn(optimizer)
+  state_sharding = sharding.state_sharding(mesh, jax.eval_shape(init))
+  train_step = step.jit_train_step(
+      step.make_train_step(experiment.model, experiment.objective, optimizer,
+                           optim.learning_rate_schedule(experiment.optimizer, run.num_steps),
+                           experiment.ema_decays, ema_warmup=experiment.ema_warmup,
+                           conditional=experiment.conditional, grad_accum=run.grad_accum),
+      state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh))
+  return init, state_sharding, train_step
+
+
 def train(experiment: Experiment, source, workdir, mesh, *, show_progress: bool = True):
   """Trains to experiment.run.num_steps in `workdir` (claimed by the caller).
 
@@ -115,9 +134,7 @@ def train(experiment: Experiment, source, workdir, mesh, *, show_progress: bool 
   run = experiment.run
   workdir = pathlib.Path(workdir)
   sharding.check_batch_size(mesh, run.batch_size, run.grad_accum)
-  optimizer = optim.make_optimizer(experiment.optimizer, run.num_steps)
-  init = experiment.init_fn(optimizer)
-  state_sharding = sharding.state_sharding(mesh, jax.eval_shape(init))
+  init, state_sharding, train_step = step_parts(experiment, mesh)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           jax.eval_shape(init), state_sharding)
   iterator = data.make_iterator(source, batch_size=run.batch_size, seed=run.seed,
@@ -139,25 +156,18 @@ def train(experiment: Experiment, source, workdir, mesh, *, show_progress: bool 
     restored = checkpoint.restore_latest(workdir, checkpoints, abstract, iterator, check_run)
     state = (restored[0] if restored is not None
              else jax.jit(init, out_shardings=state_sharding)())
-    return _run(experiment, state, iterator, workdir, mesh, checkpoints, optimizer,
-                state_sharding, show_progress)
+    return _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step,
+                show_progress)
   finally:
     checkpoints.wait_until_finished()
     checkpoints.close()
 
 
-def _run(experiment, state, iterator, workdir, mesh, checkpoints, optimizer, state_sharding,
-         show_progress):
+def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, show_progress):
   """The loop itself, from the state's step to num_steps."""
   run = experiment.run
   writes = jax.process_index() == 0
   start_step = current = int(state.step)
-  train_step = step.jit_train_step(
-      step.make_train_step(experiment.model, experiment.objective, optimizer,
-                           optim.learning_rate_schedule(experiment.optimizer, run.num_steps),
-                           experiment.ema_decays, ema_warmup=experiment.ema_warmup,
-                           conditional=experiment.conditional, grad_accum=run.grad_accum),
-      state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh))
   # Every process samples (the network is spread over all of them); process 0 saves.
   picture = _picture_fn(experiment, mesh, save=writes) if run.sample_num else None
   writer = MetricWriter(workdir, start_step) if writes else None
