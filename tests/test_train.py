@@ -4,8 +4,8 @@ resumption (from a checkpoint, and after SIGKILLs at random moments), NaN
 stops, unreadable checkpoints, and clear errors for bad configs."""
 
 import json
+import math
 import os
-import pathlib
 import random
 import shutil
 import signal
@@ -405,8 +405,8 @@ def test_a_resumed_writer_replaces_the_rows_after_its_step(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
   from jaxdiff.train.writer import MetricWriter  # pylint: disable=import-outside-toplevel
   first = MetricWriter(tmp_path)
-  for step, loss in ((5, 1.0), (10, 0.5), (15, 0.25)):
-    first.write(step, {"loss": loss})
+  for n, loss in ((5, 1.0), (10, 0.5), (15, 0.25)):
+    first.write(n, {"loss": loss})
   first.close()
   with open(tmp_path / "metrics.jsonl", "a") as f:
     f.write('{"step": 20, "lo')  # Cut off by a kill.
@@ -455,3 +455,15 @@ def test_sample_py_samples_a_checkpoint_reproducibly(trained_toy, tmp_path):
     sampling.load_params(checkpoint.find(trained_toy), built, "ema:0.5")
   missing = run_sample("--checkpoint", str(tmp_path / "nothing-here"))
   assert missing.returncode != 0 and "no complete checkpoint in" in missing.stderr
+
+
+def test_bpd_py_scores_held_out_draws(trained_toy, tmp_path):
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "bpd.py"), "--checkpoint", str(trained_toy), "--num", "16",
+       "--workdir", str(tmp_path / "bpd")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  row = json.loads((tmp_path / "bpd" / "results.json").read_text())
+  assert (row["num"], row["num_dims"], row["divergence"]) == (16, 2, "exact")
+  assert row["held_out"] == "new draws (seed 1)"
+  # Points: bits per dimension without the 8-bit offset.
+  assert row["bits_per_dim"] == pytest.approx(-row["nats"] / (2 * math.log(2)), rel=1e-5)
