@@ -18,9 +18,13 @@ model FLOPs, rematerialisation excluded), MFU = FLOPs / step time / the device's
 peak (dense bfloat16, from --peak-tflops or the table below), and the peak
 memory in use on device 0 (where the backend reports it).
 
-Goal (the scale-out issue): MFU >= 35% in bfloat16 on an H100-class GPU. Not
-here: the comparison with diffusers' PyTorch U-Net on the same GPU
-(benchmarks/train_speed.py holds the CPU comparison).
+With torch and diffusers installed (unless --no-peer), the U-Net is also
+trained as diffusers' UNet2DModel with the same recipe (benchmarks/train_speed.py's
+PyTorch step, parameter counts checked equal) on the same device kind, eager,
+under bfloat16 autocast, and the ratio of images/s printed.
+
+Goals (the scale-out issue): MFU >= 35% in bfloat16 on an H100-class GPU; at
+least 1.3 times diffusers' images/s for the same U-Net.
 """
 
 import argparse
@@ -33,6 +37,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmarks import train_speed, unet_speed  # noqa: E402
 from configs import cifar10_ddpm, cifar10_dit  # noqa: E402
 from jaxdiff import models  # noqa: E402
 from jaxdiff.train import experiment, loop, sharding  # noqa: E402
@@ -42,6 +47,7 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4
                "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6": 918.0}
 MODELS = {"unet": 128, "dit": 256}  # Default batches.
 GOAL_MFU = 0.35
+GOAL_OVER_DIFFUSERS = 1.3
 
 
 def build(name, batch_size, dtype):
@@ -74,10 +80,9 @@ def measure(name, args):
   init, state_sharding, train_step = loop.step_parts(built, mesh)
   state = jax.jit(init, out_shardings=state_sharding)()
   rng = np.random.default_rng(0)
-  batch = sharding.global_batch(
-      {"image": rng.uniform(-1, 1, (1, batch_size, *spec.shape)).astype(np.float32),
-       "label": rng.integers(0, spec.num_classes, (1, batch_size)).astype(np.int32)},
-      sharding.batch_sharding(mesh))
+  local = {"image": rng.uniform(-1, 1, (1, batch_size, *spec.shape)).astype(np.float32),
+           "label": rng.integers(0, spec.num_classes, (1, batch_size)).astype(np.int32)}
+  batch = sharding.global_batch(local, sharding.batch_sharding(mesh))
 
   start = time.perf_counter()
   compiled = train_step.lower(state, batch).compile()
@@ -118,6 +123,39 @@ def measure(name, args):
   if "peak_bytes_in_use" in stats:
     print(f"  peak memory on device 0: {stats['peak_bytes_in_use'] / 2**30:.2f} GiB of "
           f"{stats.get('bytes_limit', 0) / 2**30:.1f} GiB")
+  if name == "unet" and args.peer:
+    diffusers_seconds = time_diffusers(built, local, models.num_params(state.params), args)
+    if diffusers_seconds:
+      ratio = diffusers_seconds / seconds
+      print(f"  jaxdiff / diffusers images/s = {ratio:.2f} (goal >= {GOAL_OVER_DIFFUSERS}: "
+            f"{'met' if ratio >= GOAL_OVER_DIFFUSERS else 'missed'})")
+
+
+def time_diffusers(built, local, num_params, args):
+  """Seconds per step of the same U-Net and recipe in diffusers (median of the same
+  blocks); None when torch or diffusers is missing."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    calls = train_speed.pytorch_calls(
+        built, local, unet_speed.DIFFUSERS_CONFIG, num_params, os.cpu_count(),
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        bfloat16=args.dtype == "bfloat16")
+  except ImportError as error:
+    print(f"  diffusers: skipped ({error})")
+    return None
+  step, sync = calls["pytorch"]
+  for _ in range(args.warmup):
+    sync(step())
+  blocks = []
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      out = step()
+    sync(out)
+    blocks.append((time.perf_counter() - start) / args.steps)
+  seconds = statistics.median(blocks)
+  print(f"  diffusers: {seconds:.4f} s/step, {built.run.batch_size / seconds:,.1f} images/s")
+  return seconds
 
 
 def main():
@@ -128,6 +166,8 @@ def main():
   parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
   parser.add_argument("--repeats", type=int, default=3, help="timed blocks; the median counts")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
+  parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
+                      help="also time diffusers' UNet2DModel (needs torch and diffusers)")
   parser.add_argument("--peak-tflops", type=float, default=None,
                       help="the device's dense bfloat16 peak, if not in the table")
   args = parser.parse_args()

@@ -237,14 +237,16 @@ def mesh_call(exp, local_batches):
   return call, jax.block_until_ready
 
 
-def pytorch_calls(exp, local_batches, diffusers_config, num_params, threads):
+def pytorch_calls(exp, local_batches, diffusers_config, num_params, threads, device="cpu",
+                  bfloat16=False):
   """{"pytorch": (fn, sync)}: diffusers' UNet2DModel trained with exp's recipe on batch 0,
-  with `threads` intra-op threads."""
+  with `threads` intra-op threads, on a torch device ("cpu", "cuda"), under bfloat16
+  autocast if asked (float32 master weights, as jaxdiff's model.dtype)."""
   import diffusers  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  model = diffusers.UNet2DModel(**diffusers_config)
+  model = diffusers.UNet2DModel(**diffusers_config).to(device)
   count = sum(p.numel() for p in model.parameters())
   if count != num_params:
     raise ValueError(f"diffusers' UNet2DModel has {count:,} parameters, jaxdiff's {num_params:,}:"
@@ -263,22 +265,25 @@ def pytorch_calls(exp, local_batches, diffusers_config, num_params, threads):
   num_train = process.num_steps
   # alpha_bar_i at t_i = i / T, i = 1..T: diffusers' step n = i - 1.
   alpha_bar = np.square(np.asarray(process.alpha(jnp.arange(1, num_train + 1) / num_train)))
-  sqrt_ab = torch.from_numpy(np.sqrt(alpha_bar).astype(np.float32))
-  sqrt_1mab = torch.from_numpy(np.sqrt(1 - alpha_bar).astype(np.float32))
-  x0 = torch.from_numpy(np.asarray(local_batches["image"][0]).transpose(0, 3, 1, 2).copy())
+  sqrt_ab = torch.from_numpy(np.sqrt(alpha_bar).astype(np.float32)).to(device)
+  sqrt_1mab = torch.from_numpy(np.sqrt(1 - alpha_bar).astype(np.float32)).to(device)
+  x0 = torch.from_numpy(np.asarray(local_batches["image"][0]).transpose(0, 3, 1, 2).copy()
+                        ).to(device)
   decay, warmup = exp.ema_decays[0], exp.ema_warmup
   updates = [0]
   print(f"  pytorch: diffusers {diffusers.__version__} UNet2DModel, {num_params:,} "
         f"parameters (equal), torch {torch.__version__}, {torch.get_num_threads()} threads "
-        f"(OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}), eager float32")
+        f"(OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}), eager "
+        f"{'bfloat16 autocast' if bfloat16 else 'float32'} on {device}")
 
   def train_step():
     # L_simple: n uniform over 0 .. T - 1, x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps.
     model.train()
-    n = torch.randint(0, num_train, (x0.shape[0],))
+    n = torch.randint(0, num_train, (x0.shape[0],), device=device)
     eps = torch.randn_like(x0)
     x_t = sqrt_ab[n].view(-1, 1, 1, 1) * x0 + sqrt_1mab[n].view(-1, 1, 1, 1) * eps
-    loss = torch.nn.functional.mse_loss(model(x_t, n).sample, eps)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bfloat16):
+      loss = torch.nn.functional.mse_loss(model(x_t, n).sample.float(), eps)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -291,7 +296,8 @@ def pytorch_calls(exp, local_batches, diffusers_config, num_params, threads):
     updates[0] += 1
     return loss.detach(), grad_norm
 
-  return {"pytorch": (train_step, lambda _: None)}
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  return {"pytorch": (train_step, lambda _: sync())}
 
 
 def pipeline_seconds(exp, source, steps=50):
