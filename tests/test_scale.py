@@ -221,7 +221,10 @@ def test_a_lost_process_stops_the_other_and_both_resume(tmp_path):
   processes[1].send_signal(signal.SIGKILL)
   code, _, err = finish(processes[:1], timeout=120)[0]
   assert code != 0, "process 0 went on without process 1"
-  assert "heartbeat" in err.lower() or "unavailable" in err.lower(), err[-3000:]
+  # Which of JAX's errors ends it depends on where the step was: the coordination
+  # service's missed heartbeats, or a gloo collective whose peer closed (an abort).
+  assert any(word in err.lower() for word in ("heartbeat", "unavailable", "connection",
+                                              "peer", "fatal python error")), err[:3000]
   results = finish(start_two_processes(workdir, *flags))
   for i, (code, out, err) in enumerate(results):
     assert code == 0, f"process {i} after the restart: {err[-3000:]}"
