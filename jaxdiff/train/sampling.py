@@ -9,7 +9,6 @@ default `grids.default_for` the process), from x_T ~ N(0, sigma(grid[0])^2).
 """
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -130,7 +129,7 @@ def sample_in_batches(experiment: Experiment, sample_plan: SamplePlan, params, x
   batch_size = min(batch_size, num)
   shardings = {}
   if mesh is not None:
-    devices = math.prod(mesh.shape[name] for name in sharding.BATCH_AXES)
+    devices = sharding.batch_devices(mesh)
     batch_size = -(-batch_size // devices) * devices
     rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
     every = sharding.replicated(mesh)

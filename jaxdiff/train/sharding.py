@@ -102,9 +102,14 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(None, BATCH_AXES))
 
 
+def batch_devices(mesh: Mesh) -> int:
+  """How many ways the batch is split: the devices along the batch axes."""
+  return math.prod(mesh.shape[name] for name in BATCH_AXES)
+
+
 def check_batch_size(mesh: Mesh, batch_size: int, grad_accum: int = 1):
   """Raises ValueError unless every micro-batch splits evenly over the batch axes."""
-  devices = math.prod(mesh.shape[name] for name in BATCH_AXES)
+  devices = batch_devices(mesh)
   if batch_size % (devices * grad_accum):
     micro = f" times grad_accum = {grad_accum}" if grad_accum > 1 else ""
     raise ValueError(f"batch_size {batch_size} must be divisible by the {devices} devices of "
