@@ -307,10 +307,14 @@ def quality_table(quality):
   rows = [{"images": name, "N": q["num_samples"], "confidence": q["confidence"],
            "classes": q["classes_present"], "class entropy": q["class_entropy"],
            "Frechet distance": q["frechet_distance"],
+           "KID": f"{q['kid']:.4f} +- {q['kid_error']:.4f}",
+           "Inception Score": q["inception_score"], "precision": q["precision"],
+           "recall": q["recall"],
            "nearest-train distance": q["nearest_train_mean"]} for name, q in quality.items()]
   first = next(iter(quality.values()))
   return (f"Judged by a classifier trained on {first['num_reference']} {first['reference']} "
-          "images (jaxdiff.evaluation): Frechet distance of its features to theirs, mean "
+          "images (jaxdiff.evaluation): Frechet distance and KID (+- its standard error) of "
+          "its features to theirs, its Inception Score, precision and recall (k = 3), mean "
           "distance of each image to its nearest training image (held-out real images: "
           f"{first['heldout_nearest_train_mean']:.3g}).\n\n" + markdown_table(rows))
 

@@ -21,6 +21,14 @@ images [N, H, W, C] in [-1, 1] with it:
                    much closer to the training set than held-out real images
                    are copies (cf. Carlini et al. 2023, who count a sample
                    as extracted when it is this close to a training image).
+  KID              the kernel distance of the features to the reference
+                   split's, with its standard error (Binkowski et al. 2018):
+                   unbiased, so comparable across N.
+  Inception Score  of the classifier's probabilities (Salimans et al. 2016),
+                   mean and standard deviation over 10 parts.
+  precision, recall  of the features against the reference split's
+                   (Kynkaenniemi et al. 2019, k = 3): the fraction of images
+                   that look real, and of real images the set covers.
 
 `reference_rows` scores the held-out real images and Gaussian noise, the two
 ends of the scale. `reference` trains the classifier and computes the
@@ -30,7 +38,7 @@ argument, else $JAXDIFF_CACHE, else ~/.cache/jaxdiff, and <key> a hash of
 VERSION, the dataset's kind, splits and contents (SHA-256 of its images and
 labels), the classifier's configuration and its training options. The file (no
 pickle) holds the key in full, the classifier's parameters, the reference
-features' mean and covariance, the held-out accuracy and the held-out images'
+features with their mean and covariance, the held-out accuracy and the held-out images'
 nearest-training distances; it is written to a temporary file and renamed, so
 it is complete or absent.
 
@@ -66,12 +74,13 @@ from jaxdiff.models.classifier import Classifier
 from jaxdiff.models.compiler import compiler_options
 
 # Bump when a change makes earlier cache files wrong (training, features, statistics).
-VERSION = 1
+VERSION = 2
 CACHE_ENV = "JAXDIFF_CACHE"
 DEFAULT_CACHE = "~/.cache/jaxdiff"
 # Images per forward pass when classifying, and per block of the nearest-neighbour search.
 EVAL_BATCH = 500
 NEAREST_BLOCK = 512
+MIN_IMAGES = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +111,8 @@ class Reference:
   Attributes:
     name: the dataset and split, e.g. "digits train".
     model, params: the classifier.
-    mu, sigma: mean [F] and covariance [F, F] of the classifier's features of train_images.
+    features: [M, F] the classifier's features of train_images.
+    mu, sigma: their mean [F] and covariance [F, F].
     train_images: the reference split, float32 [M, H, W, C] in [-1, 1]; the classifier was
       trained on it and the memorisation guard measures distances to it.
     heldout_images: the held-out split, float32 [N, H, W, C] in [-1, 1].
@@ -112,6 +122,7 @@ class Reference:
   name: str
   model: Classifier
   params: dict
+  features: np.ndarray
   mu: np.ndarray
   sigma: np.ndarray
   train_images: np.ndarray
@@ -136,7 +147,7 @@ def source_arrays(source):
 
 
 def check_images(images, shape: tuple[int, ...]) -> np.ndarray:
-  """images as float32 [N, *shape], N >= 2, after checking them; raises ValueError saying what
+  """images as float32 [N, *shape], N >= MIN_IMAGES, after checking them; raises ValueError saying what
   is wrong otherwise."""
   images = np.asarray(images)
   if images.dtype == np.uint8:
@@ -147,8 +158,9 @@ def check_images(images, shape: tuple[int, ...]) -> np.ndarray:
     hint = "; add the channel axis with x[..., None]" if missing_channel else ""
     raise ValueError(f"images must be [N, {', '.join(map(str, shape))}] like the reference "
                      f"images, got shape {images.shape}{hint}")
-  if images.shape[0] < 2:
-    raise ValueError(f"a covariance of features needs at least 2 images, got {images.shape[0]}")
+  if images.shape[0] < MIN_IMAGES:
+    raise ValueError(f"the metrics need at least {MIN_IMAGES} images (KID: 10 blocks of 2), got "
+                     f"{images.shape[0]}")
   if not np.all(np.isfinite(images)):
     raise ValueError(f"images must be finite, got {np.sum(~np.isfinite(images))} NaN or inf "
                      f"values in {np.sum(~np.all(np.isfinite(images), axis=(1, 2, 3)))} images")
@@ -329,26 +341,28 @@ def reference(kind: str = "digits", *, split: str = "train", heldout_split: str 
     params = flax.traverse_util.unflatten_dict(
         {k.removeprefix("params/"): v for k, v in arrays.items() if k.startswith("params/")},
         sep="/")
-    return Reference(name, model, params, arrays["mu"], arrays["sigma"], train_images,
+    return Reference(name, model, params, arrays["features"], arrays["mu"], arrays["sigma"],
+                     train_images,
                      heldout_images, float(arrays["heldout_accuracy"]),
                      arrays["heldout_nearest"])
 
   log(f"evaluation: {path}: {reason}; computing the {name} classifier and statistics")
   params = train_classifier(model, sources[split], training, log=log)
-  mu, sigma = metrics.feature_statistics(classify(model, params, train_images)[1])
+  features = classify(model, params, train_images)[1]
+  mu, sigma = metrics.feature_statistics(features)
   probabilities, _ = classify(model, params, heldout_images)
   accuracy = float(np.mean(np.argmax(probabilities, axis=1) == heldout_labels))
   heldout_nearest = nearest_distances(heldout_images, train_images)
-  _save(path, key, params, mu=mu, sigma=sigma, heldout_accuracy=accuracy,
+  _save(path, key, params, features=features, mu=mu, sigma=sigma, heldout_accuracy=accuracy,
         heldout_nearest=heldout_nearest)
   log(f"evaluation: held-out accuracy {accuracy:.4f} on {len(heldout_labels)} {kind} "
       f"{heldout_split} images; wrote {path}")
-  return Reference(name, model, params, mu, sigma, train_images, heldout_images, accuracy,
-                   heldout_nearest)
+  return Reference(name, model, params, features, mu, sigma, train_images, heldout_images,
+                   accuracy, heldout_nearest)
 
 
 def quality(images, ref: Reference) -> dict:
-  """Scores images [N, H, W, C] in [-1, 1] (N >= 2) against the reference.
+  """Scores images [N, H, W, C] in [-1, 1] (N >= MIN_IMAGES) against the reference.
 
   Returns:
     A JSON-serializable dict: num_samples N; confidence, the mean top-class probability;
@@ -358,7 +372,8 @@ def quality(images, ref: Reference) -> dict:
     relative error of its matrix square roots), reference (its name) and num_reference (its
     number of images); nearest_train_mean and nearest_train_median, the pixel-space distance
     to the nearest training image, next to heldout_nearest_train_mean and
-    heldout_nearest_train_median, the same for the held-out split.
+    heldout_nearest_train_median, the same for the held-out split; kid, kid_error and
+    kid_blocks; inception_score and inception_score_std; precision and recall.
   """
   images = check_images(images, ref.train_images.shape[1:])
   probabilities, features = classify(ref.model, ref.params, images)
@@ -367,6 +382,9 @@ def quality(images, ref: Reference) -> dict:
   distance, sqrt_error = metrics.frechet_distance(*metrics.feature_statistics(features), ref.mu,
                                                   ref.sigma)
   nearest = nearest_distances(images, ref.train_images)  # [N]
+  kid, kid_error, kid_blocks = metrics.kernel_distance(features, ref.features)
+  inception_score, inception_score_std = metrics.inception_score(probabilities)
+  precision, recall = metrics.precision_recall(ref.features, features)
   return {
       "num_samples": images.shape[0],
       "confidence": float(np.mean(np.max(probabilities, axis=1))),
@@ -381,6 +399,9 @@ def quality(images, ref: Reference) -> dict:
       "nearest_train_median": float(np.median(nearest)),
       "heldout_nearest_train_mean": float(np.mean(ref.heldout_nearest)),
       "heldout_nearest_train_median": float(np.median(ref.heldout_nearest)),
+      "kid": kid, "kid_error": kid_error, "kid_blocks": kid_blocks,
+      "inception_score": inception_score, "inception_score_std": inception_score_std,
+      "precision": precision, "recall": recall,
   }
 
 
@@ -401,4 +422,7 @@ def format_quality(row: dict) -> str:
           f"{row['frechet_sqrt_error']:.0e}), nearest-training distance mean "
           f"{row['nearest_train_mean']:.2f} / median {row['nearest_train_median']:.2f} "
           f"(held-out {row['heldout_nearest_train_mean']:.2f} / "
-          f"{row['heldout_nearest_train_median']:.2f})")
+          f"{row['heldout_nearest_train_median']:.2f}), KID {row['kid']:.4f} +- "
+          f"{row['kid_error']:.4f}, Inception Score {row['inception_score']:.2f} +- "
+          f"{row['inception_score_std']:.2f}, precision {row['precision']:.3f}, recall "
+          f"{row['recall']:.3f}")

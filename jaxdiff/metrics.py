@@ -1,4 +1,5 @@
-"""Distribution-level sample metrics: sliced Wasserstein, Frechet distance, oracle metrics.
+"""Distribution-level sample metrics: sliced Wasserstein, Frechet distance, KID, Inception
+Score, precision and recall, oracle metrics.
 
 Sliced Wasserstein-2 (Rabin et al. 2011; Bonneel et al. 2015): the mean over
 random unit directions theta of W2^2 between the 1-D projections <theta, x>,
@@ -27,11 +28,39 @@ their accuracy. The error reported with the distance is the worse relative
 residual ||A A - S1||_F / ||S1||_F of the two square roots: rounding at 1e-15
 for valid covariances, large when a covariance is not symmetric or has clearly
 negative eigenvalues (which the square roots clip to zero).
+
+Kernel distance (KID; Binkowski et al. 2018, sec. 4 and app. D): the squared
+maximum mean discrepancy between the feature distributions with the cubic
+polynomial kernel k(x, y) = (<x, y> / F + 1)^3, estimated without bias by the
+U-statistic of two sets of m features each,
+
+  MMD^2_u = 1/(m(m-1)) sum_{i != j} [k(x_i, x_j) + k(y_i, y_j)] - 2/m^2 sum_{i, j} k(x_i, y_j).
+
+It has no bias at small N (unlike the Frechet distance), so it can be
+negative. The sets are cut into disjoint blocks of m; the mean of the blocks'
+estimates is the KID and their standard deviation over sqrt(blocks) its
+standard error (the blocks are independent; the paper's 100 overlapping
+subsets of 1000 estimate the same mean but not its error). Blocks of at most
+1000, at least 10 of them.
+
+Inception Score (Salimans et al. 2016, sec. 4): exp E_x KL(p(y|x) || p(y)),
+p(y) the mean of the class probabilities over the set, on each of `splits`
+disjoint parts, mean and standard deviation over the parts (as the paper's
+code does with 10). 1 for one class always predicted or for uninformative
+predictions, K for confident predictions spread evenly over K classes.
+
+Improved precision and recall (Kynkaenniemi et al. 2019, eqs. 1-2): the
+manifold of a set is the union of balls around each of its features, with
+the radius the distance to its k-th nearest neighbour in the set (k = 3);
+precision is the fraction of generated features inside the real manifold
+(quality), recall the fraction of real features inside the generated one
+(coverage).
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.spatial
 
 from jaxdiff.oracle import GaussianMixture
 
@@ -63,14 +92,20 @@ def oracle_metrics(key, mixture: GaussianMixture, x):
   }
 
 
-def feature_statistics(features):
-  """The mean mu [F] and covariance sigma [F, F] (divided by N - 1) of features [N, F], float64."""
+def _check_features(name, features) -> np.ndarray:
+  """features [N, F] as float64, after checking them."""
   features = np.asarray(features, np.float64)
   if features.ndim != 2 or features.shape[0] < 2:
-    raise ValueError(f"features must be [N, F] with N >= 2 rows, got shape {features.shape}")
+    raise ValueError(f"{name} must be [N, F] with N >= 2 rows, got shape {features.shape}")
   if not np.all(np.isfinite(features)):
-    raise ValueError(f"features must be finite, got {np.sum(~np.isfinite(features))} non-finite "
+    raise ValueError(f"{name} must be finite, got {np.sum(~np.isfinite(features))} non-finite "
                      "values")
+  return features
+
+
+def feature_statistics(features):
+  """The mean mu [F] and covariance sigma [F, F] (divided by N - 1) of features [N, F], float64."""
+  features = _check_features("features", features)
   return features.mean(axis=0), np.cov(features, rowvar=False).reshape(features.shape[1], -1)
 
 
@@ -108,3 +143,86 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
   trace_sqrt = np.sum(np.linalg.svd(root1 @ root2, compute_uv=False))  # Tr (S1 S2)^{1/2}
   distance = np.sum((mu1 - mu2)**2) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt
   return float(distance), float(max(error1, error2))
+
+
+def polynomial_mmd2(x, y) -> float:
+  """The unbiased MMD^2 U-statistic of x [m, F] and y [m, F] with the cubic polynomial kernel."""
+  dim = x.shape[1]
+  k_xx, k_yy, k_xy = ((a @ b.T / dim + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))  # [m, m]
+  m = x.shape[0]
+  within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+  return float(within - 2 * k_xy.mean())
+
+
+def kernel_distance(features1, features2, max_block: int = 1000,
+                    min_blocks: int = 10) -> tuple[float, float, int]:
+  """KID between two sets of features [N1, F] and [N2, F], with its standard error.
+
+  Both sets are cut into B = max(min_blocks, ceil(N / max_block)) blocks of m = N // B
+  features, N the smaller set's size (rows beyond B m unused).
+
+  Returns:
+    (KID, its standard error, B).
+  """
+  x = _check_features("features1", features1)
+  y = _check_features("features2", features2)
+  if x.shape[1] != y.shape[1]:
+    raise ValueError(f"the two sets must have features of one size, got {x.shape[1]} and "
+                     f"{y.shape[1]}")
+  smaller = min(x.shape[0], y.shape[0])
+  blocks = max(min_blocks, -(-smaller // max_block))
+  m = smaller // blocks
+  if m < 2 or min_blocks < 2:
+    raise ValueError(f"KID needs at least {2 * max(min_blocks, 2)} features per set "
+                     f"({max(min_blocks, 2)} blocks of 2), got {x.shape[0]} and {y.shape[0]}")
+  estimates = np.array([polynomial_mmd2(x[i * m:(i + 1) * m], y[i * m:(i + 1) * m])
+                        for i in range(blocks)])
+  return float(estimates.mean()), float(np.std(estimates, ddof=1) / np.sqrt(blocks)), blocks
+
+
+def inception_score(probabilities, splits: int = 10) -> tuple[float, float]:
+  """The Inception Score of class probabilities [N, K] (rows summing to 1).
+
+  Returns:
+    (mean, standard deviation) over `splits` disjoint parts (fewer when N < splits).
+  """
+  p = np.asarray(probabilities, np.float64)
+  if p.ndim != 2 or not np.all(np.isfinite(p)) or np.any(p < 0) or not np.allclose(
+      p.sum(axis=1), 1, atol=1e-4):
+    raise ValueError("inception_score takes class probabilities [N, K]: finite, non-negative, "
+                     f"rows summing to 1 (softmax of logits); got shape {p.shape}")
+  scores = []
+  for part in np.array_split(p, min(splits, p.shape[0])):
+    marginal = part.mean(axis=0)  # p(y) [K]
+    kl = np.sum(part * (np.log(np.maximum(part, 1e-30)) - np.log(np.maximum(marginal, 1e-30))),
+                axis=1)  # [n]: 0 log 0 = 0
+    scores.append(np.exp(kl.mean()))
+  return float(np.mean(scores)), float(np.std(scores))
+
+
+def _radii(features, k: int) -> np.ndarray:
+  """[N] distance from each feature to its k-th nearest other feature of the set."""
+  distances = scipy.spatial.distance.cdist(features, features)  # [N, N]
+  return np.partition(distances, k, axis=1)[:, k]  # Column 0 of the sorted row: itself.
+
+
+def _inside(points, centres, radii) -> np.ndarray:
+  """[P] whether each point lies in a ball of the manifold (centres [C, F], radii [C])."""
+  return np.any(scipy.spatial.distance.cdist(points, centres) <= radii, axis=1)
+
+
+def precision_recall(real_features, generated_features, k: int = 3) -> tuple[float, float]:
+  """Improved precision and recall of generated features [N, F] against real ones [M, F].
+
+  Returns:
+    (precision: the fraction of generated features on the real manifold, recall: the
+    fraction of real features on the generated manifold).
+  """
+  real = _check_features("real_features", real_features)
+  fake = _check_features("generated_features", generated_features)
+  if real.shape[1] != fake.shape[1] or min(real.shape[0], fake.shape[0]) <= k:
+    raise ValueError(f"precision_recall needs sets of one feature size and more than k = {k} "
+                     f"rows each, got {real.shape} and {fake.shape}")
+  precision = _inside(fake, real, _radii(real, k)).mean()
+  recall = _inside(real, fake, _radii(fake, k)).mean()
+  return float(precision), float(recall)

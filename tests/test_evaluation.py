@@ -91,6 +91,15 @@ def test_held_out_digits_score_well_and_noise_badly(ref):
   assert sum(real["class_histogram"]) == 297
   assert real["confidence"] > 0.8
   assert noise["frechet_distance"] > 10 * real["frechet_distance"]
+  # KID: unbiased, so held-out real digits sit within their standard error of 0 (the
+  # classifier's unnormalized features make it noisy at N = 297), noise several errors
+  # above it. Real digits look real and cover the training digits; noise covers little.
+  assert real["kid_blocks"] == noise["kid_blocks"] == 10
+  assert abs(real["kid"]) < 3 * real["kid_error"] and noise["kid"] > 3 * noise["kid_error"]
+  assert min(real["precision"], real["recall"]) > 0.85
+  assert noise["precision"] < 0.8 and noise["recall"] < 0.3
+  # Inception Score: confident predictions spread over the classes; noise's far lower.
+  assert real["inception_score"] > 2 * noise["inception_score"]
   assert max(real["frechet_sqrt_error"], noise["frechet_sqrt_error"]) < 1e-10
   # The held-out row's nearest-training distances are the cached ones, noise is much farther.
   assert real["nearest_train_mean"] == pytest.approx(real["heldout_nearest_train_mean"])
@@ -107,6 +116,9 @@ def test_one_class_shows_as_collapsed(ref):
   held_out = evaluation.quality(ref.heldout_images[:100], ref)
   assert row["classes_present"] <= 2 and row["class_entropy"] < 0.1
   assert row["frechet_distance"] > 5 * held_out["frechet_distance"]
+  # Precision stays high (they are real digits), recall and the Inception Score collapse.
+  assert row["precision"] > 0.9 and row["recall"] < 0.5 * held_out["recall"]
+  assert row["inception_score"] < 1.5
 
 
 def test_memorisation_guard_finds_training_images(ref):
@@ -132,8 +144,8 @@ def test_wrong_inputs_raise_clear_errors(ref, tmp_path):
     evaluation.quality(1.5 * x, ref)
   with pytest.raises(ValueError, match="NaN or inf values in 1 images"):
     evaluation.quality(np.where(np.arange(297)[:, None, None, None] == 5, np.nan, x), ref)
-  with pytest.raises(ValueError, match="at least 2 images"):
-    evaluation.quality(x[:1], ref)
+  with pytest.raises(ValueError, match="at least 20 images"):
+    evaluation.quality(x[:19], ref)
   with pytest.raises(ValueError, match="num_classes=5.*10 classes"):
     evaluation.reference("digits", model=Classifier(num_classes=5), cache_dir=tmp_path, log=quiet)
   with pytest.raises(ValueError, match="labelled 8-bit images"):

@@ -133,3 +133,72 @@ def test_feature_statistics_estimate_the_gaussian_and_its_distance():
   assert metrics.frechet_distance(*stats1, *stats2)[0] == pytest.approx(3.0, abs=0.1)
   with pytest.raises(ValueError, match=r"\[N, F\] with N >= 2"):
     metrics.feature_statistics(np.zeros((1, 3)))
+
+
+def test_kernel_distance_is_the_polynomial_mmd_of_two_gaussians():
+  # In one dimension k(x, y) = (x y + 1)^3 = 1 + 3 xy + 3 x^2 y^2 + x^3 y^3, so
+  # MMD^2 = 3 (m1 - n1)^2 + 3 (m2 - n2)^2 + (m3 - n3)^2 with m_i, n_i the moments E x^i:
+  # for N(a, 1) m1 = a, m2 = a^2 + 1, m3 = a^3 + 3a.
+  a = 0.5
+  expected = 3 * a**2 + 3 * (a**2)**2 + (a**3 + 3 * a)**2
+  rng = np.random.default_rng(0)
+  x, y = rng.standard_normal((20000, 1)) + a, rng.standard_normal((20000, 1))
+  kid, error, blocks = metrics.kernel_distance(x, y)
+  assert blocks == 20 and 0 < error < 0.1 * expected
+  assert abs(kid - expected) < 4 * error
+  # Two sets of one distribution: unbiased, so within its error of 0 (and it may be negative).
+  kid, error, blocks = metrics.kernel_distance(rng.standard_normal((300, 8)),
+                                               rng.standard_normal((500, 8)))
+  assert blocks == 10 and abs(kid) < 4 * error
+
+
+def test_kernel_distance_blocks_are_the_u_statistic():
+  # Each block's estimate is the paper's U-statistic, written here term by term.
+  rng = np.random.default_rng(1)
+  x, y = rng.standard_normal((20, 3)), rng.standard_normal((30, 3)) + 0.3
+  k = lambda u, v: (np.dot(u, v) / 3 + 1) ** 3
+  estimates = []
+  for b in range(10):
+    xs, ys = x[2 * b:2 * b + 2], y[2 * b:2 * b + 2]
+    within = k(xs[0], xs[1]) + k(xs[1], xs[0]) + k(ys[0], ys[1]) + k(ys[1], ys[0])
+    cross = sum(k(u, v) for u in xs for v in ys)
+    estimates.append(within / 2 - 2 * cross / 4)
+  kid, error, blocks = metrics.kernel_distance(x, y)
+  assert blocks == 10
+  np.testing.assert_allclose(kid, np.mean(estimates), rtol=1e-12)
+  np.testing.assert_allclose(error, np.std(estimates, ddof=1) / np.sqrt(10), rtol=1e-12)
+  with pytest.raises(ValueError, match="at least 20 features per set"):
+    metrics.kernel_distance(x[:19], y)
+  with pytest.raises(ValueError, match="features of one size"):
+    metrics.kernel_distance(x, y[:, :2])
+
+
+def test_inception_score_of_known_predictions():
+  # Confident predictions spread evenly over K classes: exp(log K) = K in every part.
+  one_hot = np.eye(4)[np.arange(40) % 4]
+  assert metrics.inception_score(one_hot) == pytest.approx((4.0, 0.0), abs=1e-12)
+  # Uninformative predictions, or one class always: 1.
+  assert metrics.inception_score(np.full((40, 4), 0.25)) == pytest.approx((1.0, 0.0))
+  assert metrics.inception_score(np.eye(4)[np.zeros(40, int)]) == pytest.approx((1.0, 0.0))
+  # p(y|x) = (1 - e) one-hot + e / K with uniform classes: KL = sum_y p log(K p) per image.
+  e, K = 0.3, 4
+  p = (1 - e) * one_hot + e / K
+  row = p[0]
+  assert metrics.inception_score(p)[0] == pytest.approx(np.exp(np.sum(row * np.log(K * row))))
+  with pytest.raises(ValueError, match="rows summing to 1"):
+    metrics.inception_score(np.ones((10, 4)))
+
+
+def test_precision_and_recall_of_a_dropped_mode():
+  # Real: clusters A (30 points) and B (10 points, far away); generated: exactly A's points.
+  # Every generated point is a real one (precision 1); the real A points are generated ones,
+  # B lies outside every generated ball: recall 30 / 40.
+  rng = np.random.default_rng(2)
+  cluster_a, cluster_b = rng.standard_normal((30, 5)), rng.standard_normal((10, 5)) + 100
+  real = np.concatenate([cluster_a, cluster_b])
+  assert metrics.precision_recall(real, cluster_a) == (1.0, 0.75)
+  assert metrics.precision_recall(real, real) == (1.0, 1.0)
+  # Generated points far from the real ones: neither on the other's manifold.
+  assert metrics.precision_recall(cluster_a, cluster_a + 100) == (0.0, 0.0)
+  with pytest.raises(ValueError, match="more than k = 3 rows"):
+    metrics.precision_recall(real, cluster_a[:3])
