@@ -12,7 +12,12 @@ dequantized, their log-likelihood computed through the probability-flow ODE
 dimensions or fewer, else the Hutchinson estimate with --num-probes Rademacher
 probes) and reported as bits per dimension with the +7 of [-1, 1] data
 (`likelihood.bits_per_dim`); points (2-D toys) in nats and bits per dimension
-without it. A class-conditional model is evaluated on the null class: its
+without it. Beside it, for a discrete-time DDPM on 8-bit images, the
+variational bound of its T steps on the same (not dequantized) images
+(`losses.vlb_terms`, Ho et al. 2020 eq. 5 with the discretized decoder; the
+reverse variance from --vlb-variance), in bits per dimension with its prior,
+diffusion and decoder terms: an upper bound on the discrete model's
+negative log-likelihood, T network calls per image. A class-conditional model is evaluated on the null class: its
 unconditional density. Results (mean, standard error, N, NFE) go to a new
 folder, by default <training workdir>/bpd-<time>: results.json and results.md.
 """
@@ -28,7 +33,7 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from jaxdiff import cli, data, likelihood, workdir
+from jaxdiff import cli, data, likelihood, losses, schedules, workdir
 from jaxdiff.train import checkpoint, experiment, sampling
 from jaxdiff.train.step import network_fn
 
@@ -42,6 +47,9 @@ _DATA_OPTIONS = flags.DEFINE_string("data-options", None, "JSON over the trainin
                                     "options; default the test split, or new draws.")
 _PROBES = flags.DEFINE_integer("num-probes", 1, "Hutchinson probes averaged per record.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the dequantization and the probes.")
+_VLB_VARIANCE = flags.DEFINE_enum("vlb-variance", "beta_tilde", list(losses.VARIANCES),
+                                  "The reverse variance of the discrete VLB (DDPM models): "
+                                  "the posterior's (beta_tilde) or the transition's (beta).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (new); default "
                                "<training workdir>/bpd-<time>.")
 EXACT_MAX_DIMS = 16
@@ -93,20 +101,35 @@ def main(argv):
         denoise, built.process, x, key, prediction=built.objective.prediction, cond=labels,
         divergence=divergence, num_probes=_PROBES.value)
 
+  discrete = isinstance(built.process, schedules.DiscreteDDPM) and built.data.eight_bit
+
+  @jax.jit
+  def vlb(params, x0, key):
+    denoise = built.objective.denoise_fn(network_fn(built.model, params))
+    labels = None if cond is None else jnp.full((x0.shape[0],), cond, jnp.int32)
+    steps = built.process.num_steps
+    times = jnp.arange(1, steps + 1) / steps
+    out = losses.vlb_terms(denoise, built.process, x0, key, times, cond=labels,
+                           prediction=built.objective.prediction, variance=_VLB_VARIANCE.value)
+    return {name: out[name] for name in ("prior", "diffusion", "decoder", "total", "nfe")}
+
   print(f"scoring {step_dir} on {num} records of {config['data']['source']} ({held_out}): "
         f"{divergence} divergence{'' if divergence == 'exact' else f', {_PROBES.value} probe(s)'}",
         flush=True)
   with workdir.claim(_WORKDIR.value, "bpd", parent=step_dir.parent.parent) as out:
     start = time.perf_counter()
-    values, nfes = [], []
+    values, nfes, bounds = [], [], []
     key = jax.random.PRNGKey(_SEED.value)
     for i in tqdm(range(0, num, _BATCH.value), desc="log-likelihood", unit="batch"):
       rows = range(i, min(i + _BATCH.value, num))
-      key_data, key_probes = jax.random.split(jax.random.fold_in(key, i))
+      key_data, key_probes, key_vlb = jax.random.split(jax.random.fold_in(key, i), 3)
+      records = np.stack([source[j]["image"] for j in rows])
       if built.data.eight_bit:
-        x = likelihood.dequantize(np.stack([source[j]["image"] for j in rows]), key_data)
+        x = likelihood.dequantize(records, key_data)
       else:
-        x = jnp.asarray(np.stack([source[j]["image"] for j in rows]), jnp.float32)
+        x = jnp.asarray(records, jnp.float32)
+      if discrete:
+        bounds.append(jax.device_get(vlb(params, records / 127.5 - 1, key_vlb)))
       result = log_likelihood(params, x, key_probes)
       if not bool(jnp.all(result["ok"])):
         raise SystemExit(f"the ODE solve failed or turned non-finite in records {rows.start}.."
@@ -123,12 +146,26 @@ def main(argv):
            "bits_per_dim_se": float(bpd.std(ddof=1) / math.sqrt(num)) if num > 1 else None,
            "nats": float(nats.mean()), "nfe_mean": float(np.mean(nfes)),
            "seconds": round(seconds, 2)}
+    if discrete:  # The bound's terms in bits per dimension, [num] each.
+      vlb_bpd = {name: np.concatenate([b[name] for b in bounds]) / (num_dims * math.log(2))
+                 for name in ("prior", "diffusion", "decoder", "total")}
+      row["vlb"] = {"variance": _VLB_VARIANCE.value, "nfe": int(bounds[0]["nfe"]),
+                    **{f"{name}_bits_per_dim": float(v.mean()) for name, v in vlb_bpd.items()},
+                    "bits_per_dim_se": (float(vlb_bpd["total"].std(ddof=1) / math.sqrt(num))
+                                        if num > 1 else None)}
     (out / "results.json").write_text(json.dumps(row, indent=1))
     se = "" if row["bits_per_dim_se"] is None else f" +- {row['bits_per_dim_se']:.3f}"
-    table = ("| data | N | bits/dim | log-likelihood (nats) | NFE | divergence |\n"
-             "|---|---|---|---|---|---|\n"
-             f"| {held_out} | {num} | {row['bits_per_dim']:.3f}{se} | {row['nats']:.2f} | "
-             f"{row['nfe_mean']:.0f} | {divergence} |\n")
+    table = ("| data | N | bound | bits/dim | log-likelihood (nats) | NFE | divergence |\n"
+             "|---|---|---|---|---|---|---|\n"
+             f"| {held_out} | {num} | PF-ODE | {row['bits_per_dim']:.3f}{se} | "
+             f"{row['nats']:.2f} | {row['nfe_mean']:.0f} | {divergence} |\n")
+    if discrete:
+      v = row["vlb"]
+      se = "" if v["bits_per_dim_se"] is None else f" +- {v['bits_per_dim_se']:.3f}"
+      table += (f"| {held_out} | {num} | discrete VLB ({v['variance']}) | "
+                f"{v['total_bits_per_dim']:.3f}{se} | | {v['nfe']} | |\n"
+                f"\nVLB terms in bits/dim: prior {v['prior_bits_per_dim']:.2e}, diffusion "
+                f"{v['diffusion_bits_per_dim']:.3f}, decoder {v['decoder_bits_per_dim']:.3f}.\n")
     (out / "results.md").write_text(f"# {step_dir}\n\n{table}")
   print(f"{table}\nwritten to {out}")
 

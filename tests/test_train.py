@@ -3,6 +3,7 @@
 resumption (from a checkpoint, and after SIGKILLs at random moments), NaN
 stops, unreadable checkpoints, and clear errors for bad configs."""
 
+import dataclasses
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +22,7 @@ import optax
 import pytest
 
 from conftest import ROOT, tiny_config
-from jaxdiff import data, losses, oracle, parameterization, schedules
+from jaxdiff import data, diagnostics, losses, oracle, parameterization, schedules
 from jaxdiff.train import checkpoint, experiment, loop, optim, sampling, sharding, step
 from jaxdiff.train.writer import read_metrics
 
@@ -55,6 +57,16 @@ def trained_toy(tmp_path_factory, toy_source):
   """A toy run of 20 steps with checkpoints at 10 and 20 (shared, read only)."""
   workdir = tmp_path_factory.mktemp("toy")
   train(tiny_config(), toy_source, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def trained_digits(tmp_path_factory, digits_train):
+  """The tiny U-Net after 100 steps on digits (shared, read only)."""
+  workdir = tmp_path_factory.mktemp("digits")
+  config = tiny_config("digits", num_steps=100, log_every=20, checkpoint_every=100,
+                       sample_every=100, batch_size=64, samples__num=0)
+  train(config, digits_train, workdir)
   return workdir
 
 
@@ -167,7 +179,7 @@ def test_the_workdir_holds_metrics_pictures_and_events(trained_toy):
   assert record["config"]["model"]["options"] == {"features": 32, "num_blocks": 2}
 
 
-def test_loss_falls_towards_the_oracle_minimum_and_on_digits(tmp_path, digits_train):
+def test_loss_falls_towards_the_oracle_minimum_and_on_digits(tmp_path, trained_digits):
   """On the ring oracle, L_simple's minimum is the exact denoiser's loss (Monte Carlo); a
   zero network scores 1 (E ||eps||^2 / D). 300 steps close 80% of that gap (measured 93%).
   On digits, 100 steps of the tiny U-Net explain half the noise (measured 0.35)."""
@@ -185,10 +197,27 @@ def test_loss_falls_towards_the_oracle_minimum_and_on_digits(tmp_path, digits_tr
   final = read_metrics(tmp_path / "oracle")[-1]["loss"]
   assert final - minimum < 0.2 * (1.0 - minimum), (final, minimum)
 
-  config = tiny_config("digits", num_steps=100, log_every=20, checkpoint_every=100,
-                       sample_every=100, batch_size=64, samples__num=0)
-  train(config, digits_train, tmp_path / "digits")
-  assert read_metrics(tmp_path / "digits")[-1]["loss"] < 0.5
+  assert read_metrics(trained_digits)[-1]["loss"] < 0.5
+
+
+class TimeBlind(flax.linen.Module):
+  """A network with a dead time embedding: told t = 0.5 whatever t is."""
+  inner: flax.linen.Module
+
+  def __call__(self, x, t, cond=None, *, deterministic: bool):
+    return self.inner(x, jnp.full_like(t, 0.5), cond, deterministic=deterministic)
+
+
+def test_training_measures_the_dependence_on_t_and_warns_when_there_is_none(
+    trained_toy, toy_source, tmp_path, capsys):
+  healthy = read_metrics(trained_toy)[-1]
+  assert healthy["time_sensitivity"] > 10 * diagnostics.DEAD  # Measured 0.015 at step 20.
+  assert healthy["class_sensitivity"] == 0  # Unconditional.
+  built = build(tiny_config(num_steps=10, samples__num=0, sample_every=10), toy_source)
+  blind = dataclasses.replace(built, model=TimeBlind(built.model))
+  loop.train(blind, toy_source, tmp_path, sharding.make_mesh({"data": -1}), show_progress=False)
+  assert read_metrics(tmp_path)[-1]["time_sensitivity"] == 0
+  assert "step 10: the EMA network's output barely depends on t" in capsys.readouterr().out
 
 
 def test_resumed_run_is_bitwise_equal_to_the_uninterrupted_one(trained_toy, toy_source,
@@ -467,3 +496,24 @@ def test_bpd_py_scores_held_out_draws(trained_toy, tmp_path):
   assert row["held_out"] == "new draws (seed 1)"
   # Points: bits per dimension without the 8-bit offset.
   assert row["bits_per_dim"] == pytest.approx(-row["nats"] / (2 * math.log(2)), rel=1e-5)
+  assert "vlb" not in row  # The discrete bound is for 8-bit images.
+
+
+def test_bpd_py_reports_the_discrete_bound_of_a_ddpm_beside_the_ode(trained_digits, tmp_path):
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "bpd.py"), "--checkpoint", str(trained_digits), "--num", "8",
+       "--batch-size", "8", "--workdir", str(tmp_path / "bpd")], cwd=ROOT, capture_output=True,
+      text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  row = json.loads((tmp_path / "bpd" / "results.json").read_text())
+  assert (row["num"], row["num_dims"], row["divergence"], row["held_out"]) == (
+      8, 64, "hutchinson", "the test split")
+  vlb = row["vlb"]
+  assert (vlb["variance"], vlb["nfe"]) == ("beta_tilde", 1000)  # One call per step of T.
+  assert vlb["total_bits_per_dim"] == pytest.approx(
+      vlb["prior_bits_per_dim"] + vlb["diffusion_bits_per_dim"] + vlb["decoder_bits_per_dim"])
+  # The cosine schedule ends at alpha_T^2 ~ 1e-9: its prior term is nearly 0. (This model of
+  # 100 steps is far from its bound's minimum: above 8 bits/dim, uniform noise's.)
+  assert 0 < vlb["prior_bits_per_dim"] < 1e-6 and vlb["diffusion_bits_per_dim"] > 0
+  table = (tmp_path / "bpd" / "results.md").read_text()
+  assert "| PF-ODE |" in table and "| discrete VLB (beta_tilde) |" in table

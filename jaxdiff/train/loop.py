@@ -13,7 +13,10 @@ from step 0) to run.num_steps:
     TensorBoard (`writer`); a tqdm bar shows loss, steps/s and the ETA;
   * every sample_every steps: a picture of samples.num samples from the first
     EMA with a fixed x_T and fixed labels (samples/step-<n>.png), so progress
-    is visible (samples.num = 0: none);
+    is visible (samples.num = 0: none), and how much the first EMA's output
+    depends on t and on the class (`diagnostics.sensitivity` on that step's
+    batch; time_sensitivity and class_sensitivity in the next metrics row), with
+    a warning when it ignores t (a dead time embedding);
   * every checkpoint_every steps and at the end: a checkpoint (Orbax, async)
     of the state, the data iterator's position and the run record (the
     config and the data's spec, also written as train_config.json).
@@ -30,7 +33,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxdiff import data, models, plots
+from jaxdiff import data, diagnostics, models, plots
 from jaxdiff.train import checkpoint, optim, sampling, sharding, state as train_state, step
 from jaxdiff.train.experiment import Experiment
 from jaxdiff.train.writer import MetricWriter
@@ -70,6 +73,7 @@ class _Progress:
   def __init__(self, run, start_step: int, writer, bar, checkpoints):
     self.run, self.writer, self.bar, self.checkpoints = run, writer, bar, checkpoints
     self.window, self.final_loss = [], float("nan")
+    self.extra = {}  # Scalars measured between rows, written with the next one.
     self.window_step, self.window_start = start_step, None  # Timed from the first call on.
 
   def settle(self, end_step: int, metrics):
@@ -94,7 +98,9 @@ class _Progress:
       scalars = {"loss": np.mean(self.window), "grad_norm": metrics["grad_norm"][-1],
                  "learning_rate": metrics["learning_rate"][-1], "steps_per_s": steps_per_s,
                  "images_per_s": steps_per_s * self.run.batch_size,
-                 **{k: v[-1] for k, v in metrics.items() if k.startswith("ema_decay/")}}
+                 **{k: v[-1] for k, v in metrics.items() if k.startswith("ema_decay/")},
+                 **self.extra}
+      self.extra = {}
       if self.writer is not None:
         self.writer.write(end_step, scalars)
       self.window.clear()
@@ -170,6 +176,7 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, sh
   start_step = current = int(state.step)
   # Every process samples (the network is spread over all of them); process 0 saves.
   picture = _picture_fn(experiment, mesh, save=writes) if run.sample_num else None
+  sensitivity = _sensitivity_fn(experiment, mesh)
   writer = MetricWriter(workdir, start_step) if writes else None
   bar = tqdm(total=run.num_steps, initial=start_step, unit="step", dynamic_ncols=True,
              disable=not (writes and show_progress))
@@ -186,18 +193,48 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, sh
         progress.settle(*pending)
       pending = (current, metrics)
       done = current == run.num_steps
+      if current % run.sample_every == 0 or done:
+        if picture is not None:
+          picture(state, workdir / "samples" / f"step-{current}.png")
+        progress.extra = sensitivity(state, batches)
+        if writes and progress.extra["time_sensitivity"] < diagnostics.DEAD:
+          tqdm.write(f"warning: step {current}: the EMA network's output barely depends on t "
+                     f"(time sensitivity {progress.extra['time_sensitivity']:.1e} < "
+                     f"{diagnostics.DEAD}; jaxdiff.diagnostics): is its time embedding "
+                     "connected?")
       if current % run.checkpoint_every == 0 or done:
         progress.settle(*pending)  # Nothing non-finite goes into a checkpoint.
         pending = None
         checkpoint.save(checkpoints, current, state, iterator, run_record(experiment))
-      if picture is not None and (current % run.sample_every == 0 or done):
-        picture(state, workdir / "samples" / f"step-{current}.png")
   finally:
     bar.close()
     if writer is not None:
       writer.close()
   return Summary(start_step, current, time.perf_counter() - started, progress.final_loss,
                  str(checkpoints.directory / str(checkpoints.latest_step())), str(workdir))
+
+
+def _sensitivity_fn(experiment: Experiment, mesh):
+  """(state, batches [k, B, ...]) -> {"time_sensitivity", "class_sensitivity"} of the first
+  EMA on the first batch (floats, the same in every process)."""
+  ema_name = train_state.ema_name(experiment.ema_decays[0])
+  key = jax.random.fold_in(jax.random.PRNGKey(experiment.run.seed), 0xD1)  # Its own key.
+
+  def measure(params, x0, labels):
+    denoise = experiment.objective.denoise_fn(step.network_fn(experiment.model, params))
+    out = diagnostics.sensitivity(denoise, experiment.process, x0, key, labels,
+                                  experiment.data.num_classes)
+    return {"time_sensitivity": out["time"], "class_sensitivity": out["class"]}
+
+  measure = jax.jit(measure, out_shardings=sharding.replicated(mesh),
+                    compiler_options=models.compiler_options())
+
+  def sensitivity(state, batches):
+    labels = batches["label"][0] if experiment.conditional else None
+    return {name: float(value) for name, value in
+            measure(state.ema[ema_name], batches["image"][0], labels).items()}
+
+  return sensitivity
 
 
 def _picture_fn(experiment: Experiment, mesh, save: bool):

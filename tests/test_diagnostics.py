@@ -1,0 +1,73 @@
+"""The conditioning diagnostic: 0 for a network blind to t (or to the class), of order 1 for
+the exact denoiser and for a network whose embeddings work."""
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxdiff import diagnostics, oracle, schedules
+from jaxdiff.models import UNet
+
+PROCESS = schedules.make_process("ddpm", schedule="cosine")
+
+
+def test_the_exact_denoiser_depends_on_t_and_a_blind_one_does_not():
+  mixture = oracle.ring()
+  x0 = mixture.sample(jax.random.PRNGKey(0), 4096)
+  exact = mixture.denoise_fn(PROCESS, "eps")
+  sensitivity = jax.jit(diagnostics.sensitivity, static_argnums=(0, 1))
+  out = sensitivity(exact, PROCESS, x0, jax.random.PRNGKey(1))
+  assert float(out["time"]) > 0.1 and float(out["class"]) == 0.0
+  # The exact denoiser of one fixed noise level, whatever t it is told: blind to t.
+  blind = lambda x, t, cond: exact(x, jnp.full_like(t, 0.5), cond)
+  assert float(sensitivity(blind, PROCESS, x0, jax.random.PRNGKey(1))["time"]) == 0
+
+
+@pytest.fixture(scope="module")
+def conditional_unet():
+  """A tiny class-conditional U-Net with every parameter drawn at random (its zero-initialised
+  output layer would make every output 0)."""
+  model = UNet(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_groups=4,
+               dropout=0.0, channels=1, num_classes=10)
+  x = jnp.zeros((2, 8, 8, 1))
+  params = jax.jit(lambda key: model.init(key, x, jnp.zeros(2), jnp.zeros(2, jnp.int32),
+                                          deterministic=True))(jax.random.PRNGKey(0))["params"]
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  params = jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, p.shape)
+                                     for k, p in zip(keys, leaves)])
+  return model, params
+
+
+def _sensitivity(model, params):
+  x0 = jax.random.uniform(jax.random.PRNGKey(2), (64, 8, 8, 1), minval=-1, maxval=1)
+  return _jitted_sensitivity(model)(params, x0)
+
+
+@functools.cache  # One compilation for the three parameter sets.
+def _jitted_sensitivity(model):
+  def run(params, x0):
+    fn = lambda x, t, cond: model.apply({"params": params}, x, t, cond, deterministic=True)
+    return diagnostics.sensitivity(fn, PROCESS, x0, jax.random.PRNGKey(3), jnp.arange(64) % 10,
+                                   num_classes=10)
+  jitted = jax.jit(run)
+  return lambda params, x0: (float(jitted(params, x0)["time"]), float(jitted(params, x0)["class"]))
+
+
+def _zeroed(params, module):
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict(
+      {k: jnp.zeros_like(v) if module in k else v for k, v in flat.items()})
+
+
+def test_a_zeroed_time_or_class_embedding_is_found(conditional_unet):
+  model, params = conditional_unet
+  time, cls = _sensitivity(model, params)
+  assert time > 10 * diagnostics.DEAD and cls > 10 * diagnostics.DEAD
+  time, cls_kept = _sensitivity(model, _zeroed(params, "time_embed"))
+  assert time == 0.0 and cls_kept == pytest.approx(cls, rel=0.5)
+  time_kept, cls = _sensitivity(model, _zeroed(params, "class_embed"))
+  assert cls == 0.0 and time_kept > 10 * diagnostics.DEAD
