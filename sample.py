@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from jaxdiff import (benchmark, cli, evaluation, grids, metrics, oracle, parameterization, plots,
-                     samplers, schedules, sde, workdir)
+from jaxdiff import (benchmark, cli, evaluation, fid, grids, metrics, oracle, parameterization,
+                     plots, samplers, schedules, sde, workdir)
 from jaxdiff.train import checkpoint, experiment, sampling, sharding
 
 _CONFIG = cli.define_config("configs/base.py", "Sampling configuration.")
@@ -73,6 +73,12 @@ _EVALUATE = flags.DEFINE_enum("evaluate", "auto", ["auto", "yes", "no"], "With -
                               "judge the samples with a classifier trained on the real data "
                               "(jaxdiff.evaluation); auto: for the digits, where it trains in "
                               "seconds.")
+_INCEPTION = flags.DEFINE_string("inception-weights", None, "With --checkpoint (8-bit images): "
+                                 "also FID, KID, Inception Score and precision/recall in "
+                                 "Inception-v3's features against the training data "
+                                 "(jaxdiff.fid; its statistics cached), with this weights "
+                                 "file: pt_inception-2015-12-05-6726825d.pth or its .npz "
+                                 "(python3 -m jaxdiff.inception convert).")
 EVALUATED_SOURCES = ("digits", "idx")  # Labelled 8-bit image sources jaxdiff.evaluation knows.
 
 
@@ -249,6 +255,9 @@ def sample_checkpoint():
                          guidance_scale=_GUIDANCE.value, options=json.loads(_OPTIONS.value))
     x_T, labels = checkpoint_inputs(built, plan)
     params = sampling.load_params(step_dir, built, _PARAMS.value)
+    # The data's Inception statistics first: a bad weights file fails before sampling.
+    inception_ref = (fid.reference(built.run.data_source, _INCEPTION.value,
+                                   **built.run.data_options) if _INCEPTION.value else None)
   except (ValueError, FileNotFoundError) as error:
     raise SystemExit(f"cannot sample: {error} (nothing was written)") from None
   print(f"sampling {step_dir}: {plan.describe()}, {_NUM.value} samples, params {_PARAMS.value}",
@@ -275,7 +284,12 @@ def sample_checkpoint():
     quality = evaluate(built, x_0)
     if quality:
       table += "\n\n" + quality_table(quality)
-    (out / "results.json").write_text(json.dumps({"rows": [row], "quality": quality}, indent=1))
+    inception_quality = (fid.quality(np.clip(x_0, -1.0, 1.0), inception_ref)
+                         if inception_ref is not None else None)
+    if inception_quality:
+      table += "\n\nInception-v3 (jaxdiff.fid): " + fid.format_quality(inception_quality)
+    (out / "results.json").write_text(json.dumps(
+        {"rows": [row], "quality": quality, "inception": inception_quality}, indent=1))
     (out / "results.md").write_text(table + "\n")
     print(table)
     print(f"\nwrote samples.npz, samples.png and results.md to {out}")

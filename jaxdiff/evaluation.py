@@ -273,7 +273,7 @@ def cache_path(cache_dir, kind: str, split: str, key: dict) -> pathlib.Path:
   return root / "evaluation" / f"{kind}-{split}-{digest}.npz"
 
 
-def _load(path: pathlib.Path, key: dict):
+def load_cached(path: pathlib.Path, key: dict):
   """The cached arrays of `key` at path, or None (with the reason) if absent or not the key's."""
   if not path.is_file():
     return None, "none cached"
@@ -288,7 +288,7 @@ def _load(path: pathlib.Path, key: dict):
   return arrays, None
 
 
-def _save(path: pathlib.Path, key: dict, params, **arrays):
+def save_cached(path: pathlib.Path, key: dict, params, **arrays):
   """Writes the key, the parameters (as params/<module>/<name>) and arrays to path atomically."""
   path.parent.mkdir(parents=True, exist_ok=True)
   flat = {f"params/{name}": np.asarray(value)
@@ -335,7 +335,7 @@ def reference(kind: str = "digits", *, split: str = "train", heldout_split: str 
   key = json.loads(json.dumps(key))  # Tuples as lists, as they read back.
   path = cache_path(cache_dir, kind, split, key)
   name = f"{kind} {split}"
-  arrays, reason = _load(path, key)
+  arrays, reason = load_cached(path, key)
   if arrays is not None:
     log(f"evaluation: loaded the {name} classifier and statistics from {path}")
     params = flax.traverse_util.unflatten_dict(
@@ -353,8 +353,8 @@ def reference(kind: str = "digits", *, split: str = "train", heldout_split: str 
   probabilities, _ = classify(model, params, heldout_images)
   accuracy = float(np.mean(np.argmax(probabilities, axis=1) == heldout_labels))
   heldout_nearest = nearest_distances(heldout_images, train_images)
-  _save(path, key, params, features=features, mu=mu, sigma=sigma, heldout_accuracy=accuracy,
-        heldout_nearest=heldout_nearest)
+  save_cached(path, key, params, features=features, mu=mu, sigma=sigma,
+              heldout_accuracy=accuracy, heldout_nearest=heldout_nearest)
   log(f"evaluation: held-out accuracy {accuracy:.4f} on {len(heldout_labels)} {kind} "
       f"{heldout_split} images; wrote {path}")
   return Reference(name, model, params, features, mu, sigma, train_images, heldout_images,
