@@ -517,3 +517,22 @@ def test_bpd_py_reports_the_discrete_bound_of_a_ddpm_beside_the_ode(trained_digi
   assert 0 < vlb["prior_bits_per_dim"] < 1e-6 and vlb["diffusion_bits_per_dim"] > 0
   table = (tmp_path / "bpd" / "results.md").read_text()
   assert "| PF-ODE |" in table and "| discrete VLB (beta_tilde) |" in table
+
+
+def test_study_py_samplers_runs_every_row_on_one_model(trained_digits, tmp_path):
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "study.py"), "samplers", "--checkpoint", str(trained_digits),
+       "--num", "20", "--nfes", "2,4", "--samplers", "ddim,unipc", "--reference-nfe", "8",
+       "--evaluate", "no", "--workdir", str(tmp_path / "study")], cwd=ROOT, capture_output=True,
+      text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads((tmp_path / "study" / "results.json").read_text())["rows"]
+  assert [(r["sampler"], r["nfe"], r["num"]) for r in rows] == [
+      ("ddim", 2, 20), ("ddim", 4, 20), ("unipc", 2, 20), ("unipc", 4, 20), ("ddpm", 8, 20)]
+  assert (tmp_path / "study" / "samples.png").is_file()
+  assert "| ddpm | 8 |" in (tmp_path / "study" / "results.md").read_text()
+  bad = subprocess.run([sys.executable, str(ROOT / "study.py"), "samplers", "--checkpoint",
+                        str(trained_digits), "--nfes", "ten", "--workdir", str(tmp_path / "bad")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "--nfes must be integers" in bad.stderr
+  assert not (tmp_path / "bad").exists()
