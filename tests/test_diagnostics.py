@@ -1,5 +1,5 @@
-"""The conditioning diagnostic: 0 for a network blind to t (or to the class), of order 1 for
-the exact denoiser and for a network whose embeddings work."""
+"""The conditioning diagnostic: 0 for a network blind to t (or to the class), of order 0.1-1
+for the exact denoiser and for a network whose embeddings work."""
 
 import functools
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxdiff import diagnostics, oracle, schedules
-from jaxdiff.models import UNet
+from jaxdiff.models.mlp import MLP
 
 PROCESS = schedules.make_process("ddpm", schedule="cosine")
 
@@ -27,23 +27,26 @@ def test_the_exact_denoiser_depends_on_t_and_a_blind_one_does_not():
 
 
 @pytest.fixture(scope="module")
-def conditional_unet():
-  """A tiny class-conditional U-Net with every parameter drawn at random (its zero-initialised
-  output layer would make every output 0)."""
-  model = UNet(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_groups=4,
-               dropout=0.0, channels=1, num_classes=10)
-  x = jnp.zeros((2, 8, 8, 1))
-  params = jax.jit(lambda key: model.init(key, x, jnp.zeros(2), jnp.zeros(2, jnp.int32),
-                                          deterministic=True))(jax.random.PRNGKey(0))["params"]
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  params = jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, p.shape)
+def conditional_mlp():
+  """The toy sets' class-conditional MLP (the U-Net's embeddings, by the same modules) with
+  every parameter drawn at random (its zero-initialised output layer would make every output
+  0)."""
+  model = MLP(dim=2, features=32, num_blocks=2, num_classes=10)
+
+  def init(key):
+    key_init, key_draw = jax.random.split(key)
+    params = model.init(key_init, jnp.zeros((2, 2)), jnp.zeros(2), jnp.zeros(2, jnp.int32),
+                        deterministic=True)["params"]
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key_draw, len(leaves))
+    return jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, p.shape)
                                      for k, p in zip(keys, leaves)])
-  return model, params
+
+  return model, jax.jit(init)(jax.random.PRNGKey(0))
 
 
 def _sensitivity(model, params):
-  x0 = jax.random.uniform(jax.random.PRNGKey(2), (64, 8, 8, 1), minval=-1, maxval=1)
+  x0 = jax.random.uniform(jax.random.PRNGKey(2), (64, 2), minval=-1, maxval=1)
   return _jitted_sensitivity(model)(params, x0)
 
 
@@ -63,11 +66,11 @@ def _zeroed(params, module):
       {k: jnp.zeros_like(v) if module in k else v for k, v in flat.items()})
 
 
-def test_a_zeroed_time_or_class_embedding_is_found(conditional_unet):
-  model, params = conditional_unet
+def test_a_zeroed_time_or_class_embedding_is_found(conditional_mlp):
+  model, params = conditional_mlp
   time, cls = _sensitivity(model, params)
   assert time > 10 * diagnostics.DEAD and cls > 10 * diagnostics.DEAD
   time, cls_kept = _sensitivity(model, _zeroed(params, "time_embed"))
-  assert time == 0.0 and cls_kept == pytest.approx(cls, rel=0.5)
+  assert time == 0.0 and cls_kept > 10 * diagnostics.DEAD  # The class still acts.
   time_kept, cls = _sensitivity(model, _zeroed(params, "class_embed"))
   assert cls == 0.0 and time_kept > 10 * diagnostics.DEAD

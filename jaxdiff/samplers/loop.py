@@ -16,7 +16,7 @@ from jaxdiff import parameterization
 from jaxdiff.schedules import Process
 
 
-def _concrete(value):
+def concrete(value):
   """value as a NumPy array, or None when it is traced (inside jit) and cannot be read."""
   try:
     return np.asarray(value)
@@ -42,7 +42,7 @@ def check_grid(grid, process: Process, num_steps=None):
   if num_steps is not None and grid.shape[0] != num_steps + 1:
     raise ValueError(f"grid must hold N + 1 = {num_steps + 1} times for N = {num_steps} steps, "
                      f"got {grid.shape[0]}")
-  times = _concrete(grid)
+  times = concrete(grid)
   if times is None:
     return grid
   if not np.all(np.isfinite(times)):
@@ -62,7 +62,7 @@ def check_x_T(x_T):
   A single non-finite row would otherwise give NaN rows in the samples (and, in
   an adaptive solver, steer the step size of the whole batch).
   """
-  values = _concrete(x_T)
+  values = concrete(x_T)
   if values is not None and not np.all(np.isfinite(values)):
     rows = np.flatnonzero(~np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1))
     raise ValueError(f"x_T holds NaN or inf in {rows.size} of its {values.shape[0]} rows "
