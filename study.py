@@ -2,6 +2,7 @@
 
   python3 study.py samplers --checkpoint runs/digits            # DDIM vs DDPM (and UniPC)
   python3 study.py samplers --checkpoint runs/digits --num 297 --nfes 10,20,50
+  python3 study.py edit --checkpoint runs/digits                # inpainting and SDEdit
 
 samplers: Song et al. 2021 ("DDIM", table 1): the deterministic DDIM sampler
   at 20-50 steps comes close to ancestral DDPM at 1000, where DDPM at few
@@ -14,16 +15,30 @@ samplers: Song et al. 2021 ("DDIM", table 1): the deterministic DDIM sampler
   KID, confidence and class coverage at N = --num, next to the held-out real
   images at their own N.
 
+edit: controllable generation with the unconditional model
+  (`jaxdiff.conditional`) on --num held-out images (the source's test split):
+  inpainting of the lower half by replacement alone and with RePaint's
+  resampling (--resample), and SDEdit from a degraded guide (2x2 blocks
+  averaged, then Gaussian noise of std 0.3) at three starting times. Scored
+  where there is an evaluation classifier: how often the edited image is
+  classified as the original's label (inpainting should restore the digit),
+  the classifier's confidence (does it look like a digit?), and the mean
+  distances to the original and to the guide (SDEdit trades the second for
+  realism as t0 grows).
+
 Writes a new folder (default <training workdir>/study-<name>-<time>):
-results.md / results.json (one row per sampler and NFE), quality.png (the
-Frechet distance against NFE, DDPM-1000 and held-out real as lines) and
-samples.png (the first 10 samples of every row, one row each, same x_T).
+results.md / results.json, and for samplers: quality.png (the Frechet
+distance against NFE, DDPM-1000 and held-out real as lines) and samples.png
+(the first 10 samples of every row, one row each, same x_T); for edit:
+edits.png (10 columns; rows: original, masked input, inpainted, inpainted with
+resampling, guide, SDEdit at each start time).
 """
 
 import json
 import time
 
 import jax
+import jax.numpy as jnp
 import matplotlib
 import numpy as np
 from absl import app, flags, logging
@@ -31,10 +46,11 @@ from absl import app, flags, logging
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from jaxdiff import cli, evaluation, plots, workdir  # noqa: E402
+from jaxdiff import cli, conditional, data, evaluation, grids, plots, workdir  # noqa: E402
 from jaxdiff.train import checkpoint, experiment, sampling, sharding  # noqa: E402
+from jaxdiff.train.step import network_fn  # noqa: E402
 
-STUDIES = ("samplers",)
+STUDIES = ("samplers", "edit")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir, its checkpoints/ "
                                   "folder or one <step>/ folder.", required=True)
 _NUM = flags.DEFINE_integer("num", 500, "Samples per row.")
@@ -45,6 +61,8 @@ _BATCH = flags.DEFINE_integer("batch-size", 500, "Samples per compiled call.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of x_T and the samplers' noise.")
 _EVALUATE = flags.DEFINE_enum("evaluate", "auto", ["auto", "yes", "no"], "Score the rows with "
                               "jaxdiff.evaluation's classifier; auto: for the digits.")
+_RESAMPLE = flags.DEFINE_integer("resample", 10, "edit: RePaint's repeats of each step.")
+_STEPS = flags.DEFINE_integer("steps", 100, "edit: ancestral steps of inpainting and SDEdit.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (new); default "
                                "<training workdir>/study-<name>-<time>.")
 SHOWN = 10  # Samples per row of samples.png.
@@ -110,6 +128,65 @@ def samplers_study(step_dir, built, plans, out):
   return rows, held_out
 
 
+SDEDIT_STARTS = (0.1, 0.25, 0.5)  # Fractions of the process's time domain.
+
+
+def edit_study(step_dir, built, out):
+  """Inpainting (with and without resampling) and SDEdit on held-out images; returns the rows."""
+  source = built.run.data_source
+  options = {k: v for k, v in built.run.data_options.items() if k != "split"}
+  held_out = data.make_source(source, split="test", **options)
+  num = min(_NUM.value, len(held_out))
+  y = jnp.asarray(np.stack([held_out[i]["image"] for i in range(num)]) / 127.5 - 1, jnp.float32)
+  labels = np.array([held_out[i]["label"] for i in range(num)])
+  params = sampling.load_params(step_dir, built, "ema")
+  denoise = built.objective.denoise_fn(network_fn(built.model, params))
+  prediction = built.objective.prediction
+  process = built.process
+  height = built.data.shape[0]
+  mask = jnp.zeros(built.data.shape).at[:height // 2].set(1.0)  # The upper half is known.
+  grid = grids.make_grid(process, "uniform", _STEPS.value)
+  key = jax.random.PRNGKey(_SEED.value)
+
+  results = {}
+  for resample in (1, _RESAMPLE.value):
+    run = jax.jit(lambda key: conditional.inpaint(denoise, process, y, mask, key, grid,
+                                                  prediction=prediction, resample=resample)[0])
+    results[f"inpaint, resample {resample}"] = np.asarray(run(key))
+  # The guide: 2x2 blocks averaged, then noise; what SDEdit is for (a rough sketch of an image).
+  blocks = y.reshape(num, height // 2, 2, -1, 2, y.shape[-1]).mean(axis=(2, 4))
+  guide = jnp.repeat(jnp.repeat(blocks, 2, axis=1), 2, axis=2)
+  guide = jnp.clip(guide + 0.3 * jax.random.normal(jax.random.fold_in(key, 1), y.shape), -1, 1)
+  t_max = float(grid[0])  # The uniform grid starts at the end of the time domain.
+  for fraction in SDEDIT_STARTS:
+    sdedit_grid = grids.make_grid(process, "uniform", _STEPS.value, t_max=fraction * t_max)
+    run = jax.jit(lambda key: conditional.sdedit(denoise, process, guide, key, sdedit_grid,
+                                                 prediction=prediction)[0])
+    results[f"SDEdit from t0 = {fraction:g} t_max"] = np.asarray(run(key))
+
+  judged = _EVALUATE.value == "yes" or (_EVALUATE.value == "auto" and source == "digits")
+  reference = evaluation.reference(source, **options) if judged else None
+  rows = []
+  for name, x in [("guide (input of SDEdit)", np.asarray(guide)), *results.items()]:
+    x = np.clip(x, -1, 1)
+    distance = lambda a: float(np.mean(np.linalg.norm((x - np.asarray(a)).reshape(num, -1),
+                                                      axis=1)))
+    row = {"images": name, "num": num, "distance_to_original": distance(y),
+           "distance_to_guide": distance(guide)}
+    if reference is not None:
+      probabilities, _ = evaluation.classify(reference.model, reference.params, x)
+      row["original_class_kept"] = float(np.mean(np.argmax(probabilities, axis=1) == labels))
+      row["confidence"] = float(np.mean(np.max(probabilities, axis=1)))
+    rows.append(row)
+  masked = np.where(np.asarray(mask) == 1, np.asarray(y), 0.0)  # Unknown pixels shown gray.
+  pictures = [np.asarray(y), masked, *list(results.values())[:2], np.asarray(guide),
+              *list(results.values())[2:]]
+  plots.save_image_grid(np.concatenate([np.clip(p[:SHOWN], -1, 1) for p in pictures]),
+                        out / "edits.png", cols=SHOWN)
+  (out / "results.json").write_text(json.dumps({"rows": rows}, indent=1))
+  return rows
+
+
 def plot_quality(rows, held_out, path):
   """Frechet distance against NFE per sampler; DDPM at the reference NFE and held-out real
   images as horizontal lines."""
@@ -131,8 +208,9 @@ def plot_quality(rows, held_out, path):
 
 
 def markdown(rows, held_out):
-  columns = [c for c in ("sampler", "nfe", "grid", "num", "frechet_distance", "kid",
-                         "confidence", "classes", "class_entropy", "seconds") if c in rows[0]]
+  columns = [c for c in ("images", "sampler", "nfe", "grid", "num", "frechet_distance", "kid",
+                         "confidence", "classes", "class_entropy", "distance_to_original",
+                         "distance_to_guide", "original_class_kept", "seconds") if c in rows[0]]
   cell = lambda row, c: (f"{row[c]:.4f} +- {row['kid_error']:.4f}" if c == "kid"
                          else f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]))
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -153,12 +231,18 @@ def main(argv):
     step_dir, built = load(_CHECKPOINT.value)
     if _NUM.value < evaluation.MIN_IMAGES:
       raise ValueError(f"--num must be at least {evaluation.MIN_IMAGES}, got {_NUM.value}")
-    plans = sampler_plans(built)
+    if argv[1] == "samplers":
+      plans = sampler_plans(built)
+    elif not built.data.eight_bit or built.conditional:
+      raise ValueError("the edit study takes an unconditional model of 8-bit images")
   except (ValueError, FileNotFoundError) as error:
     raise SystemExit(f"cannot run the study: {error} (nothing was written)") from None
   with workdir.claim(_WORKDIR.value, f"study-{argv[1]}", parent=step_dir.parent.parent) as out:
-    rows, held_out = samplers_study(step_dir, built, plans, out)
-    table = f"# {argv[1]}: {step_dir}\n\n" + markdown(rows, held_out)
+    if argv[1] == "samplers":
+      rows, held_out = samplers_study(step_dir, built, plans, out)
+      table = f"# {argv[1]}: {step_dir}\n\n" + markdown(rows, held_out)
+    else:
+      table = f"# {argv[1]}: {step_dir}\n\n" + markdown(edit_study(step_dir, built, out), None)
     (out / "results.md").write_text(table)
   print(f"{table}\nwritten to {out}")
 
