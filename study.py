@@ -19,7 +19,9 @@ edit: controllable generation with the unconditional model
   (`jaxdiff.conditional`) on --num held-out images (the source's test split):
   inpainting of the lower half by replacement alone and with RePaint's
   resampling (--resample), and SDEdit from a degraded guide (2x2 blocks
-  averaged, then Gaussian noise of std 0.3) at three starting times. Scored
+  averaged, then Gaussian noise of std 0.3) from three noise levels sigma /
+  alpha = 0.25, 0.5, 1, each on the process's default grid (`grids.default_for`)
+  with --steps steps. Scored
   where there is an evaluation classifier: how often the edited image is
   classified as the original's label (inpainting should restore the digit),
   the classifier's confidence (does it look like a digit?), and the mean
@@ -128,7 +130,7 @@ def samplers_study(step_dir, built, plans, out):
   return rows, held_out
 
 
-SDEDIT_STARTS = (0.1, 0.25, 0.5)  # Fractions of the process's time domain.
+SDEDIT_NOISE = (0.25, 0.5, 1.0)  # SDEdit's starting noise levels sigma / alpha (data in [-1, 1]).
 
 
 def edit_study(step_dir, built, out):
@@ -145,7 +147,9 @@ def edit_study(step_dir, built, out):
   process = built.process
   height = built.data.shape[0]
   mask = jnp.zeros(built.data.shape).at[:height // 2].set(1.0)  # The upper half is known.
-  grid = grids.make_grid(process, "uniform", _STEPS.value)
+  # The process's default grid (Karras for EDM, log-SNR for DDPM), from its start to 0.
+  grid_name, grid_options = grids.default_for(process)
+  grid = grids.make_grid(process, grid_name, _STEPS.value, **grid_options)
   key = jax.random.PRNGKey(_SEED.value)
 
   results = {}
@@ -157,12 +161,13 @@ def edit_study(step_dir, built, out):
   blocks = y.reshape(num, height // 2, 2, -1, 2, y.shape[-1]).mean(axis=(2, 4))
   guide = jnp.repeat(jnp.repeat(blocks, 2, axis=1), 2, axis=2)
   guide = jnp.clip(guide + 0.3 * jax.random.normal(jax.random.fold_in(key, 1), y.shape), -1, 1)
-  t_max = float(grid[0])  # The uniform grid starts at the end of the time domain.
-  for fraction in SDEDIT_STARTS:
-    sdedit_grid = grids.make_grid(process, "uniform", _STEPS.value, t_max=fraction * t_max)
+  for noise in SDEDIT_NOISE:  # t0 where sigma / alpha = noise: log-SNR -2 ln(noise).
+    t0 = float(process.t_from_log_snr(-2 * np.log(noise)))
+    sdedit_grid = grids.make_grid(process, grid_name, _STEPS.value,
+                                  **{**grid_options, "t_max": t0})
     run = jax.jit(lambda key: conditional.sdedit(denoise, process, guide, key, sdedit_grid,
                                                  prediction=prediction)[0])
-    results[f"SDEdit from t0 = {fraction:g} t_max"] = np.asarray(run(key))
+    results[f"SDEdit from sigma/alpha = {noise:g}"] = np.asarray(run(key))
 
   judged = _EVALUATE.value == "yes" or (_EVALUATE.value == "auto" and source == "digits")
   reference = evaluation.reference(source, **options) if judged else None

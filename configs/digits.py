@@ -1,9 +1,26 @@
-"""The default: a 1M-parameter U-Net on scikit-learn's 8x8 digits, cosine schedule,
-L_simple, 1500 steps at batch 128 (minutes on a 2-core CPU). Every field is
-configs/train_base.py's."""
+"""The default: a 1M-parameter U-Net on scikit-learn's 8x8 digits, trained as EDM (Karras
+et al. 2022): ln sigma ~ N(-1.2, 1.2^2), the preconditioning and loss weight of their
+table 1, the network seeing c_noise = ln(sigma) / 4 (time_scale 1); no dropout, AdamW at
+2e-3, 1500 steps at batch 128 (minutes on a 2-core CPU). Everything else is
+configs/train_base.py's.
+
+Why EDM and not the base's cosine DDPM with L_simple: on the same network, steps and seed,
+UniPC at 20 NFE reaches a Frechet distance of 2.38 (classifier features, N = 1000) against
+5.51 for the base recipe, 4.14 without dropout, 3.78 with v-prediction too, 3.00 as EDM at
+lr 1e-3 (README, "The digits default, measured")."""
 
 from configs import train_base
 
 
 def get_config():
-  return train_base.get_config()
+  config = train_base.get_config()
+  config.process = "edm"
+  config.process_options = {}
+  config.loss.prediction = "x0"
+  config.loss.target = "x0"
+  config.loss.weighting = "edm"
+  config.loss.preconditioning = "edm"
+  config.model.options.dropout = 0.0
+  config.model.options.time_scale = 1.0
+  config.optim.learning_rate = 2e-3
+  return config

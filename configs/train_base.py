@@ -1,7 +1,7 @@
-"""Every default of training (train.py), in one ConfigDict: the digits default.
+"""Every default of training (train.py), in one ConfigDict: a cosine DDPM with L_simple.
 
-Experiments beside this file override only what they change (digits.py is this
-config itself). Fields:
+Experiments beside this file override only what they change (digits.py, the
+default of train.py, trains the same network as EDM). Fields:
   num_steps, batch_size (global), seed, checkpoint_every, log_every,
   sample_every, keep_checkpoints, steps_per_call (k optimizer steps per
   jitted call, a lax.scan; the cadences must be multiples of k), grad_accum

@@ -78,6 +78,7 @@ def test_study_py_edit_inpaints_and_keeps_the_known_half(trained_digits, tmp_pat
   rows = json.loads((tmp_path / "edit" / "results.json").read_text())["rows"]
   assert [r["images"] for r in rows] == [
       "guide (input of SDEdit)", "inpaint, resample 1", "inpaint, resample 2",
-      "SDEdit from t0 = 0.1 t_max", "SDEdit from t0 = 0.25 t_max", "SDEdit from t0 = 0.5 t_max"]
+      "SDEdit from sigma/alpha = 0.25", "SDEdit from sigma/alpha = 0.5",
+      "SDEdit from sigma/alpha = 1"]
   assert rows[0]["distance_to_guide"] == 0
   assert (tmp_path / "edit" / "edits.png").is_file()
