@@ -5,19 +5,14 @@ loss weight of Table 1 (sigma_data 0.5), DDPM++ U-Net, dropout 0.13, Adam at
 0.5^(512 / 500k) per step), 200 Mimg (390k steps). Their non-leaky augmentation
 is left out. The network sees c_noise = ln(sigma) / 4 itself (time_scale 1)."""
 
-from configs import cifar10_ddpm
+from configs import cifar10_ddpm, train_base
 
 
 def get_config():
   config = cifar10_ddpm.get_config()
   config.num_steps = 390_000
   config.batch_size = 512
-  config.process = "edm"
-  config.process_options = {}
-  config.loss.prediction = "x0"
-  config.loss.target = "x0"
-  config.loss.weighting = "edm"
-  config.loss.preconditioning = "edm"
+  train_base.use_edm(config)
   config.model.options = {"num_res_blocks": 4, "resblock_updown": True, "skip_rescale": True,
                           "dropout": 0.13, "time_scale": 1.0}
   config.optim.learning_rate = 1e-3

@@ -13,13 +13,7 @@ from configs import train_base
 
 
 def get_config():
-  config = train_base.get_config()
-  config.process = "edm"
-  config.process_options = {}
-  config.loss.prediction = "x0"
-  config.loss.target = "x0"
-  config.loss.weighting = "edm"
-  config.loss.preconditioning = "edm"
+  config = train_base.use_edm(train_base.get_config())
   config.model.options.dropout = 0.0
   config.model.options.time_scale = 1.0
   config.optim.learning_rate = 2e-3

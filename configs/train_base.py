@@ -67,3 +67,15 @@ def get_config():
   config.samples = ml_collections.ConfigDict({
       "num": 64, "sampler": "unipc", "nfe": 20, "guidance": 1.0})
   return config
+
+
+def use_edm(config):
+  """Karras et al. 2022 (EDM) on any config: its process (ln sigma ~ N(-1.2, 1.2^2)), the
+  network preconditioned to an x0 prediction (their table 1) and its loss weight."""
+  config.process = "edm"
+  config.process_options = {}
+  config.loss.prediction = "x0"
+  config.loss.target = "x0"
+  config.loss.weighting = "edm"
+  config.loss.preconditioning = "edm"
+  return config
