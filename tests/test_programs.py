@@ -19,14 +19,14 @@ def trained_digits(tmp_path_factory, digits_train):
   """The tiny U-Net after 100 steps on digits (shared, read only)."""
   workdir = tmp_path_factory.mktemp("digits")
   config = tiny_config("digits", num_steps=100, log_every=20, checkpoint_every=100,
-                       sample_every=100, batch_size=64, samples__num=0)
+                       sample_every=100, batch_size=32, samples__num=0)
   loop.train(experiment.Experiment.from_config(config, experiment.DataSpec.of(digits_train)),
              digits_train, workdir, sharding.make_mesh({"data": -1}), show_progress=False)
   return workdir
 
 
 def test_loss_falls_on_digits(trained_digits):
-  """100 steps of the tiny U-Net explain half the noise (measured 0.35)."""
+  """100 steps of the tiny U-Net at batch 32 explain half the noise (measured 0.44)."""
   assert read_metrics(trained_digits)[-1]["loss"] < 0.5
 
 
@@ -53,13 +53,13 @@ def test_bpd_py_reports_the_discrete_bound_of_a_ddpm_beside_the_ode(trained_digi
 def test_study_py_samplers_runs_every_row_on_one_model(trained_digits, tmp_path):
   result = subprocess.run(
       [sys.executable, str(ROOT / "study.py"), "samplers", "--checkpoint", str(trained_digits),
-       "--num", "20", "--nfes", "2,4", "--samplers", "ddim", "--reference-nfe", "8",
+       "--num", "20", "--nfes", "2", "--samplers", "ddim", "--reference-nfe", "8",
        "--evaluate", "no", "--workdir", str(tmp_path / "study")], cwd=ROOT, capture_output=True,
       text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = json.loads((tmp_path / "study" / "results.json").read_text())["rows"]
   assert [(r["sampler"], r["nfe"], r["num"]) for r in rows] == [
-      ("ddim", 2, 20), ("ddim", 4, 20), ("ddpm", 8, 20)]
+      ("ddim", 2, 20), ("ddpm", 8, 20)]
   assert (tmp_path / "study" / "samples.png").is_file()
   assert "| ddpm | 8 |" in (tmp_path / "study" / "results.md").read_text()
   bad = subprocess.run([sys.executable, str(ROOT / "study.py"), "samplers", "--checkpoint",
