@@ -123,18 +123,22 @@ def main(argv):
     for i in tqdm(range(0, num, _BATCH.value), desc="log-likelihood", unit="batch"):
       rows = range(i, min(i + _BATCH.value, num))
       key_data, key_probes, key_vlb = jax.random.split(jax.random.fold_in(key, i), 3)
-      records = np.stack([source[j]["image"] for j in rows])
+      # The last batch padded by repeating its last record: one compilation per shape.
+      records = np.stack([source[j]["image"] for j in rows]
+                         + [source[rows[-1]]["image"]] * (_BATCH.value - len(rows)))
       if built.data.eight_bit:
         x = likelihood.dequantize(records, key_data)
       else:
         x = jnp.asarray(records, jnp.float32)
       if discrete:
-        bounds.append(jax.device_get(vlb(params, records / 127.5 - 1, key_vlb)))
+        bound = jax.device_get(vlb(params, data.to_model_space(records), key_vlb))
+        bounds.append({name: value[:len(rows)] if np.ndim(value) else value
+                       for name, value in bound.items()})
       result = log_likelihood(params, x, key_probes)
-      if not bool(jnp.all(result["ok"])):
+      if not bool(jnp.all(result["ok"][:len(rows)])):
         raise SystemExit(f"the ODE solve failed or turned non-finite in records {rows.start}.."
                          f"{rows.stop - 1}")
-      values.append(np.asarray(result["log_likelihood"]))
+      values.append(np.asarray(result["log_likelihood"])[:len(rows)])
       nfes.append(int(result["nfe"]))
     seconds = time.perf_counter() - start
     nats = np.concatenate(values)

@@ -90,16 +90,21 @@ def sampler_plans(built):
   return [sampling.plan(built, name, nfe) for name, nfe in runs + [("ddpm", _REFERENCE_NFE.value)]]
 
 
+def judge(built):
+  """The evaluation classifier of the model's data (without its split option), or None where
+  --evaluate says not to judge."""
+  source = built.run.data_source
+  if not (_EVALUATE.value == "yes" or (_EVALUATE.value == "auto" and source == "digits")):
+    return None
+  options = {k: v for k, v in built.run.data_options.items() if k != "split"}
+  return evaluation.reference(source, **options)
+
+
 def samplers_study(step_dir, built, plans, out):
   """The plans on one x_T, each row scored where there is a classifier; returns the rows and
   the held-out row."""
   params = sampling.load_params(step_dir, built, "ema")
-  source = built.run.data_source
-  judged = _EVALUATE.value == "yes" or (_EVALUATE.value == "auto" and source == "digits")
-  reference = None
-  if judged:
-    options = {k: v for k, v in built.run.data_options.items() if k != "split"}
-    reference = evaluation.reference(source, **options)
+  reference = judge(built)
   key_noise, key_sampler = jax.random.split(jax.random.PRNGKey(_SEED.value))
   x_T = sampling.prior_noise(built, plans[0], key_noise, _NUM.value)
   labels = sampling.default_labels(built, _NUM.value)
@@ -139,7 +144,7 @@ def edit_study(step_dir, built, out):
   options = {k: v for k, v in built.run.data_options.items() if k != "split"}
   held_out = data.make_source(source, split="test", **options)
   num = min(_NUM.value, len(held_out))
-  y = jnp.asarray(np.stack([held_out[i]["image"] for i in range(num)]) / 127.5 - 1, jnp.float32)
+  y = jnp.asarray(data.to_model_space(np.stack([held_out[i]["image"] for i in range(num)])))
   labels = np.array([held_out[i]["label"] for i in range(num)])
   params = sampling.load_params(step_dir, built, "ema")
   denoise = built.objective.denoise_fn(network_fn(built.model, params))
@@ -169,8 +174,7 @@ def edit_study(step_dir, built, out):
                                                  prediction=prediction)[0])
     results[f"SDEdit from sigma/alpha = {noise:g}"] = np.asarray(run(key))
 
-  judged = _EVALUATE.value == "yes" or (_EVALUATE.value == "auto" and source == "digits")
-  reference = evaluation.reference(source, **options) if judged else None
+  reference = judge(built)
   rows = []
   for name, x in [("guide (input of SDEdit)", np.asarray(guide)), *results.items()]:
     x = np.clip(x, -1, 1)

@@ -449,8 +449,8 @@ def _flip(batch, rng):
 
 
 def _to_model_space(batch):
-  """uint8 images to float32 x / 127.5 - 1 in [-1, 1]."""
-  return {"image": batch["image"].astype(np.float32) / 127.5 - 1, "label": batch["label"]}
+  """A batch's uint8 images in model space, its labels kept."""
+  return {"image": to_model_space(batch["image"]), "label": batch["label"]}
 
 
 def make_iterator(source, *, batch_size: int, seed: int, process_index: int = 0,
@@ -501,6 +501,11 @@ def make_iterator(source, *, batch_size: int, seed: int, process_index: int = 0,
   if worker_count:
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return iter(batches)
+
+
+def to_model_space(images) -> np.ndarray:
+  """uint8 images -> float32 x / 127.5 - 1 in [-1, 1] (the inverse of to_uint8)."""
+  return np.asarray(images).astype(np.float32) / 127.5 - 1
 
 
 def to_uint8(x) -> np.ndarray:

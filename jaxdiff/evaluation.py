@@ -142,7 +142,7 @@ def source_arrays(source):
                      f"{'images' if source.eight_bit else 'points'} with "
                      f"{source.num_classes} classes")
   records = [source[i] for i in range(len(source))]
-  images = np.stack([r["image"] for r in records]).astype(np.float32) / 127.5 - 1
+  images = data.to_model_space(np.stack([r["image"] for r in records]))
   return images, np.array([r["label"] for r in records], np.int32)
 
 
