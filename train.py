@@ -8,7 +8,8 @@ built and checked before the workdir is claimed; a mistake exits with a
 one-line error and nothing written. The workdir (default runs/train-<time>)
 then receives train_config.json (the config and the data's shape), the
 checkpoints (checkpoints/<step>/), metrics.jsonl and TensorBoard events
-(tensorboard/), and pictures of EMA samples (samples/step-<n>.png). Running
+(tensorboard/; with --config.bpd.every N also held-out bits/dim), and pictures
+of EMA samples (samples/step-<n>.png). Running
 the same command again in the same workdir resumes from the latest complete
 checkpoint, exactly; a config that differs in more than num_steps and the
 cadences is refused, naming the differences. While it runs, the workdir holds
@@ -34,8 +35,8 @@ import numpy as np
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
-from jaxdiff import cli, data, workdir
-from jaxdiff.train import experiment, loop, sharding
+from jaxdiff import cli, workdir
+from jaxdiff.train import loop
 
 _CONFIG = cli.define_config("configs/digits.py", "Training configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training folder; default runs/train-<time>. "
@@ -92,16 +93,12 @@ def claimed_workdir(path, resume):
 
 
 def build(config):
-  """(Experiment, data source, mesh), or SystemExit naming what is wrong."""
+  """loop.prepare's (Experiment, data source, held-out source or None, mesh), or SystemExit
+  naming what is wrong."""
   try:
-    settings = experiment.run_settings(config.to_dict())
-    source = data.make_source(settings.data_source, **settings.data_options)
-    built = experiment.Experiment.from_config(config, experiment.DataSpec.of(source))
-    mesh = sharding.make_mesh(built.run.mesh)
-    sharding.check_batch_size(mesh, built.run.batch_size, built.run.grad_accum)
+    return loop.prepare(config)
   except (ValueError, FileNotFoundError, KeyError) as error:
     raise SystemExit(f"invalid training configuration: {error} (nothing was written)") from None
-  return built, source, mesh
 
 
 def earlier_run(path, built):
@@ -123,11 +120,11 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   start_processes()
-  built, source, mesh = build(_CONFIG.value)
+  built, source, held_out, mesh = build(_CONFIG.value)
   resume = earlier_run(_WORKDIR.value, built)
   with claimed_workdir(_WORKDIR.value, resume) as out:
     try:
-      summary = loop.train(built, source, out, mesh)
+      summary = loop.train(built, source, out, mesh, held_out=held_out)
     except (loop.ConfigMismatch, FloatingPointError) as error:
       raise SystemExit(str(error)) from None
   if jax.process_index() != 0:

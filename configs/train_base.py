@@ -19,9 +19,10 @@ default of train.py, trains the same network as EDM). Fields:
     probability, for classifier-free guidance), dtype (compute; params stay
     float32);
   optim: jaxdiff.train.optim.OptimizerConfig; ema: decays and their warm-up;
-  samples: the picture of EMA samples written every sample_every steps.
-A restarted run may change num_steps, the cadences, the mesh and grad_accum,
-nothing else.
+  samples: the picture of EMA samples written every sample_every steps;
+  bpd: held-out bits/dim every bpd.every steps (0: never).
+A restarted run may change num_steps, the cadences, the mesh, grad_accum and
+bpd, nothing else.
 """
 
 import ml_collections
@@ -66,6 +67,10 @@ def get_config():
   # for none.
   config.samples = ml_collections.ConfigDict({
       "num": 64, "sampler": "unipc", "nfe": 20, "guidance": 1.0})
+  # Held-out bits/dim of the first EMA every bpd.every steps (0: never), on the first bpd.num
+  # records of the data's test split (or new draws): jaxdiff.train.bits_per_dim.
+  config.bpd = ml_collections.ConfigDict({"every": 0, "num": 128, "batch_size": 64,
+                                          "num_probes": 1})
   return config
 
 

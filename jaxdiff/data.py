@@ -404,6 +404,19 @@ def make_source(kind: str, /, **options):
   return SOURCES[kind](**options)
 
 
+def held_out_options(kind: str, options: dict) -> tuple[dict, str]:
+  """The options of `kind` that give records held out from those of `options`, and a phrase
+  saying how: its "test" split where it has splits, else new draws (seed + 1), else (no
+  split, no seed) the same records."""
+  parameters = inspect.signature(SOURCES[kind]).parameters
+  if "split" in parameters:
+    return {**options, "split": "test"}, "the test split"
+  if "seed" in parameters:
+    seed = options.get("seed", parameters["seed"].default)
+    return {**options, "seed": seed + 1}, f"new draws (seed {seed + 1})"
+  return dict(options), "the training data itself (the source has no split or seed)"
+
+
 # Batches.
 
 
@@ -503,9 +516,11 @@ def make_iterator(source, *, batch_size: int, seed: int, process_index: int = 0,
   return iter(batches)
 
 
-def to_model_space(images) -> np.ndarray:
-  """uint8 images -> float32 x / 127.5 - 1 in [-1, 1] (the inverse of to_uint8)."""
-  return np.asarray(images).astype(np.float32) / 127.5 - 1
+def to_model_space(images):
+  """uint8 images -> float32 x / 127.5 - 1 in [-1, 1] (the inverse of to_uint8); a jax
+  array (also a traced one) stays one, anything else becomes numpy."""
+  images = images if isinstance(images, jax.Array) else np.asarray(images)
+  return images.astype(np.float32) / 127.5 - 1
 
 
 def to_uint8(x) -> np.ndarray:

@@ -34,7 +34,6 @@ import math
 import diffrax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxdiff import parameterization, sde
 from jaxdiff.schedules import Process
@@ -97,12 +96,15 @@ def ode_log_likelihood(denoise_fn, process: Process, x, key=None, *, prediction:
     probes, num_probes: the Hutchinson probes' law and how many are averaged.
     t_min, t_max: the interval; by default the process's.
     prior_log_prob: x(T) [B, ...] -> log p_T [B]; by default N(0, sigma(T)^2 I).
-    rtol, atol: the step-size controller's tolerances on (x, delta log p).
+    rtol, atol: the step-size controller's tolerances on (x, delta log p), each record
+      solved with its own step sizes (vmapped): its log-likelihood does not depend on the
+      rest of the batch, nor on how the batch is spread over devices.
     max_steps: the most steps (accepted and rejected) before giving up.
 
   Returns:
     {"log_likelihood": [B], "prior": log p_T(x(T)) [B], "delta": the divergence
-    integral [B], "x_T": x(T) [B, ...], "nfe": network evaluations (int32), "ok":
+    integral [B], "x_T": x(T) [B, ...], "nfe": each record's network evaluations [B]
+    (int32), "ok":
     True where the solver succeeded and the result is finite [B]}.
   """
   if divergence not in DIVERGENCES:
@@ -117,51 +119,55 @@ def ode_log_likelihood(denoise_fn, process: Process, x, key=None, *, prediction:
   if not 0 <= t_min < t_max:
     raise ValueError(f"need 0 <= t_min < t_max, got t_min={t_min}, t_max={t_max}")
   x0_eps = parameterization.x0_eps_fn(denoise_fn, process, prediction)
+  probes_per_row = (None if divergence == "exact"
+                    else jnp.swapaxes(draw_probes(key, x.shape, num_probes, probes), 0, 1))
 
-  def velocity(t):
-    def fn(x_t):
-      x0, eps = x0_eps(x_t, t, cond)
-      return parameterization.from_x0_eps(process, "velocity", x0, eps, t)
-    return fn
+  def solve(x_row, probes_row, cond_row):
+    """One record's ODE, as a batch of one: its own step sizes, whatever the batch holds."""
 
-  if divergence == "exact":
-    div = lambda fn, x_t: exact_divergence(fn, x_t)
-  else:
-    eps = draw_probes(key, x.shape, num_probes, probes)
-    div = lambda fn, x_t: hutchinson_divergence(fn, x_t, eps)
+    def vector_field(t, state, args):
+      del args
+      x_t, _ = state  # [1, ...]
+      t_batch = jnp.full((1,), t)
 
-  def vector_field(t, state, args):
-    del args
-    x_t, _ = state
-    t_batch = jnp.full((x_t.shape[0],), t)
-    fn = velocity(t_batch)
-    return fn(x_t), div(fn, x_t)
+      def velocity(x_t):
+        x0, eps = x0_eps(x_t, t_batch, cond_row)
+        return parameterization.from_x0_eps(process, "velocity", x0, eps, t_batch)
 
-  solver = diffrax.Tsit5()
-  solution = diffrax.diffeqsolve(
-      diffrax.ODETerm(vector_field), solver, t0=t_min, t1=t_max, dt0=0.01 * (t_max - t_min),
-      y0=(x, jnp.zeros(x.shape[0], jnp.float32)),
-      stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps,
-      throw=False)
-  x_T, delta = (y[-1] for y in solution.ys)
+      if divergence == "exact":
+        return velocity(x_t), exact_divergence(velocity, x_t)
+      return velocity(x_t), hutchinson_divergence(velocity, x_t, probes_row[:, None])
+
+    solution = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field), diffrax.Tsit5(), t0=t_min, t1=t_max,
+        dt0=0.01 * (t_max - t_min), y0=(x_row[None], jnp.zeros(1, jnp.float32)),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps,
+        throw=False)
+    x_T, delta = (y[-1, 0] for y in solution.ys)
+    # Tsit5 evaluates 6 new stages per step (first-same-as-last), plus the first.
+    nfe = 1 + 6 * solution.stats["num_steps"]
+    return x_T, delta, nfe, solution.result == diffrax.RESULTS.successful
+
+  cond_rows = None if cond is None else jnp.asarray(cond)[:, None]  # [B, 1, ...]
+  x_T, delta, nfe, solved = jax.vmap(solve, in_axes=(0, None if probes_per_row is None else 0,
+                                                     None if cond is None else 0))(
+      x, probes_per_row, cond_rows)
   prior = (sde.prior_log_prob(process, x_T) if prior_log_prob is None
            else prior_log_prob(x_T))
   log_likelihood = prior + delta
-  # Tsit5 evaluates 6 new stages per step (first-same-as-last), plus the first.
-  nfe = 1 + 6 * solution.stats["num_steps"]
-  ok = (solution.result == diffrax.RESULTS.successful) & jnp.isfinite(log_likelihood)
+  ok = solved & jnp.isfinite(log_likelihood)
   return {"log_likelihood": log_likelihood, "prior": prior, "delta": delta, "x_T": x_T,
-          "nfe": jnp.int32(nfe), "ok": ok}
+          "nfe": nfe.astype(jnp.int32), "ok": ok}
 
 
 def dequantize(images_uint8, key):
   """Uniformly dequantized model-space points y = (x + u) / 128 - 1, u ~ U[0, 1)^D."""
-  images = np.asarray(images_uint8)
-  if images.dtype != np.uint8:
+  images = jnp.asarray(images_uint8)  # Also inside jit.
+  if images.dtype != jnp.uint8:
     raise ValueError(f"dequantize takes uint8 images (0..255), got dtype {images.dtype}; "
                      "map model-space images back with jaxdiff.data.to_uint8")
   u = jax.random.uniform(key, images.shape)
-  return (jnp.asarray(images, jnp.float32) + u) / 128.0 - 1.0
+  return (images.astype(jnp.float32) + u) / 128.0 - 1.0
 
 
 def bits_per_dim(log_likelihood, num_dims: int, eight_bit: bool = True):

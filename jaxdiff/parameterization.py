@@ -134,10 +134,15 @@ def edm_preconditioned(network_fn, process: Process, sigma_data: float = EDM_SIG
     s_x = per_example(s, x)
     x_tilde = x / alpha
     norm = jnp.sqrt(s_x**2 + sigma_data**2)
-    out = network_fn(x_tilde / norm, jnp.log(s) / 4.0, cond)
+    out = network_fn(x_tilde / norm, edm_c_noise(process, t), cond)
     return sigma_data**2 / norm**2 * x_tilde + s_x * sigma_data / norm * out
 
   return fn
+
+
+def edm_c_noise(process: Process, t):
+  """The time the preconditioned network is told: c_noise = ln(sigma / alpha) / 4 [B]."""
+  return jnp.log(process.noise_to_signal(t)) / 4.0
 
 
 def edm_loss_weight(process: Process, t, sigma_data: float = EDM_SIGMA_DATA):

@@ -6,6 +6,8 @@ The device count is fixed when JAX starts, so these runs live in their own
 process; test_scale.py starts it once and compares what it writes to OUT:
   states.npz     the final train state of each run, leaf by leaf ("run/leaf");
   restored.npz   a checkpoint of the 2 x 4 run restored onto other meshes;
+                 (states.npz also holds samples and held-out log-likelihoods on 8
+                 devices and on 1);
   report.json    the shardings seen, the compiled step's argument bytes and the
                  error messages of bad meshes and batches.
 Every run trains the same residual MLP (its 128 x 128 kernels and up are sharded
@@ -28,7 +30,8 @@ import numpy as np  # noqa: E402
 sys.path[:0] = [str(pathlib.Path(__file__).resolve().parents[1]),
                 str(pathlib.Path(__file__).resolve().parent)]
 from jaxdiff import data  # noqa: E402
-from jaxdiff.train import checkpoint, experiment, loop, optim, sampling, sharding  # noqa: E402
+from jaxdiff.train import (bits_per_dim, checkpoint, experiment, loop, optim,  # noqa: E402
+                           sampling, sharding)
 from tiny_config import tiny_config  # noqa: E402
 
 NUM_STEPS = 6
@@ -125,6 +128,19 @@ def main(out):
       x_0, _ = sampling.sample_in_batches(built, plan, params, x_T, None, jax.random.PRNGKey(2),
                                           16, mesh=mesh, progress=False)
       states[f"samples_{sampler}/{name}"] = x_0
+
+  # Held-out log-likelihoods of the same EMA, 16 points spread over 8 devices and on 1,
+  # under the continuous VP process (the discrete DDPM's interpolated alpha-bar has a kink
+  # at each of its 1000 steps, where an adaptive solver's accuracy depends on where its
+  # steps fall).
+  continuous = build(config(process="vp", process_options={}), source)
+  held_out = loop.held_out_source(continuous)
+  points = np.stack([held_out[i]["image"] for i in range(16)])
+  for name, mesh in (("one", sharding.make_mesh({"data": 1}, devices[:1])),
+                     ("data8", sharding.make_mesh({"data": 8}))):
+    score = bits_per_dim.make_batch_fn(continuous, mesh)
+    states[f"log_likelihood/{name}"] = np.asarray(score(params, points,
+                                                        jax.random.PRNGKey(3))["log_likelihood"])
 
   # Resumed on another mesh: the 2 x 4 run's step-3 checkpoint continued on 1 device.
   shutil.rmtree(step_dir)

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, TEST_XLA_FLAGS, tiny_config
 from jaxdiff import data
 from jaxdiff.train import checkpoint, experiment, optim, sharding, step
+from jaxdiff.train.writer import read_metrics
 
 # Six AdamW steps at lr 1e-3 move a weight by up to 6e-3. Another device count or
 # micro-batching changes only the order of float32 sums (relative 1e-7 in the
@@ -35,7 +36,7 @@ ATOL = 1e-5
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   out = tmp_path_factory.mktemp("multidevice")
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # The script adds its 8 devices.
   result = subprocess.run([sys.executable, str(ROOT / "tests" / "multidevice_runs.py"), str(out)],
                           capture_output=True, text=True, env=env, timeout=1200)
   assert result.returncode == 0, result.stderr[-4000:]
@@ -89,6 +90,16 @@ def test_samples_spread_over_eight_devices_are_those_of_one(runs, sampler):
   assert one.shape == (20, 2)
   # Four steps of a six-step-old network: large values, float32 rounding relative to them.
   np.testing.assert_allclose(eight, one, rtol=0, atol=1e-6 * np.abs(one).max())
+
+
+def test_log_likelihoods_spread_over_eight_devices_are_those_of_one(runs):
+  states, _, _ = runs
+  one, eight = states["log_likelihood/one"], states["log_likelihood/data8"]
+  assert one.shape == (16,) and np.all(np.isfinite(one))
+  # Each record's adaptive solve takes its own steps; the devices' programs differ in float
+  # rounding, which moves those steps: equal within the solver's accuracy (rtol 1e-5 per
+  # step; measured 3e-4 apart at most on a rough random network).
+  np.testing.assert_allclose(eight, one, rtol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["one", "fsdp4", "back"])
@@ -153,7 +164,8 @@ def test_fsdp_splits_the_largest_dimension_it_divides(shape, fsdp, spec):
 
 TWO_PROCESS_RUN = ("--config.num_steps", "6", "--config.checkpoint_every", "3",
                    "--config.log_every", "3", "--config.sample_every", "6",
-                   "--config.samples.num", "8")
+                   "--config.samples.num", "8", "--config.bpd.every", "6", "--config.bpd.num",
+                   "8", "--config.bpd.batch_size", "8")
 
 
 def start_two_processes(workdir, *config_flags, heartbeat=100):
@@ -161,7 +173,7 @@ def start_two_processes(workdir, *config_flags, heartbeat=100):
   with socket.socket() as s:  # A free port for the coordinator.
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+  env = {**os.environ, "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=4",
          "JAX_PLATFORMS": "cpu"}
   return [subprocess.Popen(
       [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "tests" / "tiny_config.py"),
@@ -201,6 +213,9 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
   # Process 0 reports (gloo's connection lines aside).
   assert "trained steps 0..6" in results[0][1] and "trained" not in results[1][1]
   assert (tmp_path / "run" / "samples" / "step-6.png").is_file()
+  # Held-out bits/dim over both processes' devices, one record each.
+  last = read_metrics(tmp_path / "run")[-1]
+  assert last["step"] == 6 and np.isfinite(last["bits_per_dim"])
   built, reference = one_process_reference()
   abstract = jax.eval_shape(built.init_fn(optim.make_optimizer(built.optimizer, 6)))
   trained = checkpoint.restore_state(checkpoint.find(tmp_path / "run"), abstract)

@@ -20,7 +20,9 @@ from jaxdiff.train.step import Objective
 # Fields a restarted run may change: how long, how often and on what devices, not what is
 # trained (a mesh or a gradient accumulation changes only the order of the sums).
 RUN_FIELDS = ("num_steps", "checkpoint_every", "log_every", "sample_every", "keep_checkpoints",
-              "samples", "mesh", "grad_accum")
+              "samples", "mesh", "grad_accum", "bpd")
+# What configs written before a field existed meant by its absence.
+ABSENT = {"grad_accum": 1, "bpd": {"every": 0, "num": 128, "batch_size": 64, "num_probes": 1}}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -59,6 +61,10 @@ class RunSettings:
   sample_sampler: str
   sample_nfe: int
   sample_guidance: float
+  bpd_every: int  # 0: never.
+  bpd_num: int
+  bpd_batch_size: int
+  bpd_num_probes: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,16 +159,24 @@ def run_settings(config: dict) -> RunSettings:
   Raises:
     ValueError naming the offending field.
   """
-  for field in ("num_steps", "batch_size", "checkpoint_every", "log_every", "sample_every",
-                "keep_checkpoints", "steps_per_call", "grad_accum"):
-    value = config[field]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+  config = {**ABSENT, **config}
+  bpd = config["bpd"]
+  fields = {**{field: config[field] for field in (
+      "num_steps", "batch_size", "checkpoint_every", "log_every", "sample_every",
+      "keep_checkpoints", "steps_per_call", "grad_accum")},
+            **{f"bpd.{field}": bpd[field] for field in ("num", "batch_size", "num_probes")}}
+  for field, value in fields.items():
+    if not _count(value) or value < 1:
       raise ValueError(f"{field} must be a positive integer, got {value!r}")
+  if not _count(bpd["every"]) or bpd["every"] < 0:
+    raise ValueError(f"bpd.every must be an integer >= 0 (0: never), got {bpd['every']!r}")
   k = config["steps_per_call"]
-  for field in ("checkpoint_every", "log_every", "sample_every", "num_steps"):
-    if config[field] % k:
-      raise ValueError(f"{field} ({config[field]}) must be a multiple of steps_per_call ({k}): "
-                       "the state exists only between calls")
+  for field, value in (*((f, config[f]) for f in ("checkpoint_every", "log_every",
+                                                   "sample_every", "num_steps")),
+                       ("bpd.every", bpd["every"])):
+    if value % k:
+      raise ValueError(f"{field} ({value}) must be a multiple of steps_per_call ({k}): the "
+                       "state exists only between calls")
   data, samples = config["data"], config["samples"]
   if not isinstance(samples["num"], int) or samples["num"] < 0:
     raise ValueError(f"samples.num must be an integer >= 0 (0: no pictures), got "
@@ -174,7 +188,14 @@ def run_settings(config: dict) -> RunSettings:
       steps_per_call=k, grad_accum=config["grad_accum"], mesh=dict(config["mesh"]), data_source=data["source"],
       data_options=dict(data["options"]), random_flip=bool(data["random_flip"]),
       sample_num=int(samples["num"]), sample_sampler=samples["sampler"],
-      sample_nfe=int(samples["nfe"]), sample_guidance=float(samples["guidance"]))
+      sample_nfe=int(samples["nfe"]), sample_guidance=float(samples["guidance"]),
+      bpd_every=bpd["every"], bpd_num=bpd["num"], bpd_batch_size=bpd["batch_size"],
+      bpd_num_probes=bpd["num_probes"])
+
+
+def _count(value) -> bool:
+  """Whether value is an integer (not a bool)."""
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _differences(new, old, prefix="") -> list[str]:

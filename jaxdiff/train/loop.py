@@ -17,6 +17,10 @@ from step 0) to run.num_steps:
     depends on t and on the class (`diagnostics.sensitivity` on that step's
     batch; time_sensitivity and class_sensitivity in the next metrics row), with
     a warning when it ignores t (a dead time embedding);
+  * every bpd.every steps and at the end (where bpd.every > 0): the first EMA's
+    bits/dim on held-out records (`bits_per_dim`: the data's test split or new
+    draws, spread over the mesh), bits_per_dim (and vlb_bits_per_dim for a
+    discrete DDPM on images) in the next metrics row;
   * every checkpoint_every steps and at the end: a checkpoint (Orbax, async)
     of the state, the data iterator's position and the run record (the
     config and the data's spec, also written as train_config.json).
@@ -30,12 +34,14 @@ import pathlib
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 from jaxdiff import data, diagnostics, models, plots
-from jaxdiff.train import checkpoint, optim, sampling, sharding, state as train_state, step
-from jaxdiff.train.experiment import Experiment
+from jaxdiff.train import (bits_per_dim, checkpoint, optim, sampling, sharding,
+                           state as train_state, step)
+from jaxdiff.train.experiment import DataSpec, Experiment, run_settings
 from jaxdiff.train.writer import MetricWriter
 
 
@@ -107,6 +113,22 @@ class _Progress:
       self.window_start, self.window_step = time.perf_counter(), end_step
 
 
+def prepare(config):
+  """(Experiment, data source, held-out source or None, mesh) of a training config: everything
+  it names built and checked, the held-out source where run.bpd_every > 0.
+
+  Raises:
+    ValueError, FileNotFoundError or KeyError naming what is wrong.
+  """
+  settings = run_settings(ml_collections.ConfigDict(config).to_dict())
+  source = data.make_source(settings.data_source, **settings.data_options)
+  built = Experiment.from_config(config, DataSpec.of(source))
+  held_out = held_out_source(built) if settings.bpd_every else None
+  mesh = sharding.make_mesh(built.run.mesh)
+  sharding.check_batch_size(mesh, built.run.batch_size, built.run.grad_accum)
+  return built, source, held_out, mesh
+
+
 def step_parts(experiment: Experiment, mesh):
   """What train() runs on a mesh: (init, state_sharding, train_step).
 
@@ -127,8 +149,12 @@ def step_parts(experiment: Experiment, mesh):
   return init, state_sharding, train_step
 
 
-def train(experiment: Experiment, source, workdir, mesh, *, show_progress: bool = True):
+def train(experiment: Experiment, source, workdir, mesh, *, held_out=None,
+          show_progress: bool = True):
   """Trains to experiment.run.num_steps in `workdir` (claimed by the caller).
+
+  held_out is the source of the periodic bits/dim (run.bpd_every > 0); by default
+  `data.held_out_options` of the training source.
 
   Returns:
     a Summary.
@@ -162,14 +188,15 @@ def train(experiment: Experiment, source, workdir, mesh, *, show_progress: bool 
     restored = checkpoint.restore_latest(workdir, checkpoints, abstract, iterator, check_run)
     state = (restored[0] if restored is not None
              else jax.jit(init, out_shardings=state_sharding)())
-    return _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step,
+    return _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, held_out,
                 show_progress)
   finally:
     checkpoints.wait_until_finished()
     checkpoints.close()
 
 
-def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, show_progress):
+def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, held_out,
+         show_progress):
   """The loop itself, from the state's step to num_steps."""
   run = experiment.run
   writes = jax.process_index() == 0
@@ -177,6 +204,7 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, sh
   # Every process samples (the network is spread over all of them); process 0 saves.
   picture = _picture_fn(experiment, mesh, save=writes) if run.sample_num else None
   sensitivity = _sensitivity_fn(experiment, mesh)
+  held_out_bpd = _bpd_fn(experiment, mesh, held_out, show_progress=writes and show_progress)
   writer = MetricWriter(workdir, start_step) if writes else None
   bar = tqdm(total=run.num_steps, initial=start_step, unit="step", dynamic_ncols=True,
              disable=not (writes and show_progress))
@@ -202,6 +230,8 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, sh
                      f"(time sensitivity {progress.extra['time_sensitivity']:.1e} < "
                      f"{diagnostics.DEAD}; jaxdiff.diagnostics): is its time embedding "
                      "connected?")
+      if held_out_bpd is not None and (current % run.bpd_every == 0 or done):
+        progress.extra.update(held_out_bpd(state))
       if current % run.checkpoint_every == 0 or done:
         progress.settle(*pending)  # Nothing non-finite goes into a checkpoint.
         pending = None
@@ -221,8 +251,8 @@ def _sensitivity_fn(experiment: Experiment, mesh):
   key = jax.random.fold_in(jax.random.PRNGKey(experiment.run.seed), 0xD1)  # Its own key.
 
   def measure(params, x0, labels):
-    denoise = experiment.objective.denoise_fn(step.network_fn(experiment.model, params))
-    out = diagnostics.sensitivity(denoise, experiment.process, x0, key, labels,
+    told_fn = experiment.objective.told_fn(step.network_fn(experiment.model, params))
+    out = diagnostics.sensitivity(told_fn, experiment.process, x0, key, labels,
                                   experiment.data.num_classes)
     return {"time_sensitivity": out["time"], "class_sensitivity": out["class"]}
 
@@ -235,6 +265,37 @@ def _sensitivity_fn(experiment: Experiment, mesh):
             measure(state.ema[ema_name], batches["image"][0], labels).items()}
 
   return sensitivity
+
+
+def held_out_source(experiment: Experiment):
+  """The source of the periodic bits/dim: `data.held_out_options` of the training data."""
+  run = experiment.run
+  options, _ = data.held_out_options(run.data_source, run.data_options)
+  return data.make_source(run.data_source, **options)
+
+
+def _bpd_fn(experiment: Experiment, mesh, source, show_progress: bool):
+  """state -> {"bits_per_dim", and "vlb_bits_per_dim" where there is a discrete bound} of the
+  first EMA on held-out records; None where run.bpd_every is 0."""
+  run = experiment.run
+  if not run.bpd_every:
+    return None
+  source = held_out_source(experiment) if source is None else source
+  num = min(run.bpd_num, len(source))
+  batch_fn = bits_per_dim.make_batch_fn(experiment, mesh, num_probes=run.bpd_num_probes)
+  key = jax.random.fold_in(jax.random.PRNGKey(run.seed), 0xB9D)  # The same records and noise.
+  ema_name = train_state.ema_name(experiment.ema_decays[0])
+
+  def evaluate(state):
+    row = bits_per_dim.evaluate(experiment, state.ema[ema_name], source, num, key, mesh,
+                                batch_size=run.bpd_batch_size, num_probes=run.bpd_num_probes,
+                                batch_fn=batch_fn, progress=show_progress)
+    out = {"bits_per_dim": row["bits_per_dim"]}
+    if "vlb" in row:
+      out["vlb_bits_per_dim"] = row["vlb"]["total_bits_per_dim"]
+    return out
+
+  return evaluate
 
 
 def _picture_fn(experiment: Experiment, mesh, save: bool):

@@ -69,6 +69,17 @@ class Objective:
       return parameterization.edm_preconditioned(network_fn, self.process)
     return network_fn
 
+  def told_fn(self, network_fn):
+    """(x_t, t, t_told, cond) -> the prediction at (x_t, t) with the network's time input
+    taken at t_told; the preconditioning around it keeps t (`jaxdiff.diagnostics`)."""
+
+    def fn(x, t, t_told, cond=None):
+      told = (parameterization.edm_c_noise(self.process, t_told)
+              if self.preconditioning == "edm" else t_told)
+      return self.denoise_fn(lambda x_in, _, c: network_fn(x_in, told, c))(x, t, cond)
+
+    return fn
+
   def loss(self, network_fn, x0, key, cond=None, noise=None):
     """Per-example loss [B] and metrics (`losses.diffusion_loss`)."""
     return losses.diffusion_loss(self.denoise_fn(network_fn), self.process, x0, key, cond,
