@@ -401,7 +401,8 @@ def test_compiler_options_change_kernels_not_results():
   # loss and gradient compiled with compiler_options() against XLA's defaults.
   if not compiler._cpu_accepts(tuple(compiler.CPU_OPTIONS.items())):
     pytest.skip(f"jax {jax.__version__}'s CPU compiler has no {compiler.YNN_FUSION_TYPE}")
-  assert compiler_options() == compiler.CPU_OPTIONS  # Tests run on CPU without XLA_FLAGS.
+  # Tests run on CPU, their XLA_FLAGS (conftest.TEST_XLA_FLAGS) without the option.
+  assert compiler_options() == compiler.CPU_OPTIONS
   block = ResBlock(32, dropout=0.0, num_groups=8, norm_eps=1e-6, dtype=jnp.float32)
   x = jax.random.normal(jax.random.PRNGKey(0), (B, 8, 8, 16))
   temb = jax.random.normal(jax.random.PRNGKey(1), (B, 64))
