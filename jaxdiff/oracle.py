@@ -9,7 +9,9 @@ so its score, and by Tweedie's formula the ideal denoiser, are exact:
   E[eps | x_t]  = -sigma score(x),
 with responsibilities r_k(x) = softmax_k(log w_k + log N(x; alpha mu_k, v_k I)).
 Samplers run with this denoiser follow the true reverse process, so their
-errors are the discretization errors alone.
+errors are the discretization errors alone. Taking the components as classes,
+r_k(x) = p(k | x_t) is the exact noisy classifier (`class_log_prob`) of
+classifier guidance (`jaxdiff.classifier_guidance`).
 """
 
 import dataclasses
@@ -92,6 +94,14 @@ class GaussianMixture:
     """log p_t(x) [B]; the data density when no process is given."""
     log_joint = self._data_log_joint(x) if process is None else self._components(process, x, t)[-1]
     return jax.nn.logsumexp(log_joint, axis=-1)
+
+  def class_log_prob(self, process: Process, x, t):
+    """log p(k | x_t): [B, K], the exact noisy classifier whose classes are the components.
+
+    It is log r_k(x), the log of the responsibilities, so that grad_x of it is the
+    score of component k minus the score of the mixture (classifier guidance).
+    """
+    return jax.nn.log_softmax(self._components(process, x, t)[-1], axis=-1)
 
   def assign(self, x):
     """Index [B] of the component most likely to have produced each data point."""
