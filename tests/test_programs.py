@@ -1,7 +1,7 @@
 """The programs on a trained digits model: the loss after training, bpd.py's discrete bound
-beside the ODE figure, and study.py's samplers and edit studies. One tiny U-Net trained once
-(100 steps) serves them all; the file runs on its own pytest-xdist worker, beside
-test_train.py."""
+beside the ODE figure, and study.py's studies. One tiny U-Net trained once (100 steps) serves
+them all, a conditional one (10 steps) the guidance sweep; the studies that train their own
+models train tiny ones; the file runs on its own pytest-xdist worker, beside test_train.py."""
 
 import json
 import subprocess
@@ -10,8 +10,10 @@ import sys
 import pytest
 
 from conftest import ROOT, tiny_config
+from configs import train_base
 from jaxdiff.train import experiment, loop, sharding
 from jaxdiff.train.writer import read_metrics
+from studies import classifier, common, embedding, guidance, schedules, training
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +84,89 @@ def test_study_py_edit_inpaints_and_keeps_the_known_half(trained_digits, tmp_pat
       "SDEdit from sigma/alpha = 1"]
   assert rows[0]["distance_to_guide"] == 0
   assert (tmp_path / "edit" / "edits.png").is_file()
+
+
+def study_options(**overrides) -> common.Options:
+  """study.py's options for tiny runs: 20 samples, DDIM at 2 NFE, nothing judged."""
+  return common.Options(**{
+      "checkpoint": None, "num": 20, "batch_size": 500, "seed": 0, "evaluate": "no",
+      "nfes": (2,), "samplers": ("ddim",), "reference_nfe": 8, "resample": 2, "steps": 4,
+      "scales": (0.0, 4.0), "inception_weights": None, "sampler": "ddim", "nfe": 2,
+      "train_steps": None, **overrides})
+
+
+def run_in_process(study, options, out, *config):
+  """What study.py does, in this process (its compiled functions shared with the others)."""
+  prepared = study.prepare(options, *config)
+  out.mkdir()
+  return study.run(prepared, options, out)
+
+
+def test_study_embedding_finds_the_zeroed_time_embedding(trained_digits, tmp_path):
+  run_in_process(embedding, study_options(checkpoint=str(trained_digits)), tmp_path / "study")
+  rows = json.loads((tmp_path / "study" / "results.json").read_text())["rows"]
+  assert [r["images"] for r in rows] == ["trained", "time embedding zeroed"]
+  # Weak after 100 steps of the tiny model (measured 1.3e-3), but not 0.
+  assert rows[0]["time_sensitivity"] > 1e-4
+  assert rows[1]["time_sensitivity"] == 0  # The output no longer depends on t at all.
+  assert (tmp_path / "study" / "samples.png").is_file()
+
+
+def test_study_classifier_trains_a_noisy_classifier_and_guides(trained_digits, tmp_path):
+  options = study_options(checkpoint=str(trained_digits), train_steps=50)
+  run_in_process(classifier, options, tmp_path / "study")
+  out = json.loads((tmp_path / "study" / "results.json").read_text())
+  assert [(r["w"], r["num"], r["nfe"]) for r in out["rows"]] == [(0, 20, 2), (4, 20, 2)]
+  accuracy = out["classifier"]["accuracy"]
+  # 50 steps already beat chance (0.1) on held-out digits at little noise; less with more.
+  assert accuracy["sigma/alpha = 0.1"] > 0.3
+  assert accuracy["sigma/alpha = 0.1"] >= accuracy["sigma/alpha = 1"]
+  assert (tmp_path / "study" / "sweep.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def trained_conditional_digits(tmp_path_factory, digits_train):
+  """The tiny U-Net, class-conditional with label dropout, after 10 steps (read only)."""
+  workdir = tmp_path_factory.mktemp("digits-conditional")
+  config = tiny_config("digits", num_steps=10, log_every=10, checkpoint_every=10,
+                       sample_every=10, batch_size=32, samples__num=0, model__conditional=True)
+  loop.train(experiment.Experiment.from_config(config, experiment.DataSpec.of(digits_train)),
+             digits_train, workdir, sharding.make_mesh({"data": -1}), show_progress=False)
+  return workdir
+
+
+def test_study_guidance_sweeps_the_scales(trained_conditional_digits, trained_digits, tmp_path):
+  options = study_options(checkpoint=str(trained_conditional_digits), scales=(0.0, 1.0, 3.0))
+  run_in_process(guidance, options, tmp_path / "study")
+  rows = json.loads((tmp_path / "study" / "results.json").read_text())["rows"]
+  assert [(r["w"], r["num"]) for r in rows] == [(0, 20), (1, 20), (3, 20)]
+  assert (tmp_path / "study" / "sweep.png").is_file()
+  with pytest.raises(ValueError, match="takes a class-conditional model"):
+    guidance.prepare(study_options(checkpoint=str(trained_digits)))
+  with pytest.raises(ValueError, match="guides an unconditional model of labelled data; this "
+                                       "one is conditional"):
+    classifier.prepare(study_options(checkpoint=str(trained_conditional_digits)))
+
+
+def test_study_schedules_trains_both_schedules(tmp_path):
+  config = tiny_config("digits", samples__num=0)
+  run_in_process(schedules, study_options(train_steps=3), tmp_path / "study", config)
+  rows = json.loads((tmp_path / "study" / "results.json").read_text())["rows"]
+  assert [(r["schedule"], r["sampler"], r["nfe"]) for r in rows] == [
+      ("linear", "ddim", 2), ("cosine", "ddim", 2)]
+  for schedule in ("linear", "cosine"):
+    record = json.loads((tmp_path / "study" / schedule / "train_config.json").read_text())
+    assert record["config"]["process_options"]["schedule"] == schedule
+    assert record["config"]["num_steps"] == 3
+  with pytest.raises(ValueError, match="compares DDPM schedules; --config trains 'edm'"):
+    schedules.prepare(study_options(), train_base.use_edm(config))
+
+
+def test_study_training_shows_loss_and_samples_over_training(tmp_path):
+  run_in_process(training, study_options(train_steps=5), tmp_path / "study",
+                 tiny_config("digits"))
+  rows = json.loads((tmp_path / "study" / "results.json").read_text())["rows"]
+  assert [(r["images"], r["steps"]) for r in rows] == [("toy", 5), ("digits", 5)]
+  for row in rows:  # A picture at each of the five steps.
+    assert [p.split("/")[-1] for p in row["pictures"]] == [f"step-{n}.png" for n in range(1, 6)]
+  assert (tmp_path / "study" / "training.png").is_file()

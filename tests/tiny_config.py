@@ -1,7 +1,8 @@
 """Tiny training configs for the tests: configs/train_base.py shrunk to seconds.
 
 `python3 train.py --config tests/tiny_config.py` trains the toy one (what
-tiny_config() returns); the tests build variants with tiny_config(kind, **overrides).
+tiny_config() returns), `--config tests/tiny_config.py:digits` the digits one; the
+tests build variants with tiny_config(kind, **overrides).
 """
 
 import ml_collections
@@ -41,5 +42,5 @@ def tiny_config(kind: str = "toy", **overrides) -> ml_collections.ConfigDict:
   return config
 
 
-def get_config():
-  return tiny_config()
+def get_config(kind: str = "toy"):
+  return tiny_config(kind)

@@ -65,8 +65,13 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
   return SamplePlan(sampler, nfe, grid, grid_options, times, float(guidance_scale), options)
 
 
-def make_sample_fn(experiment: Experiment, sample_plan: SamplePlan):
-  """(params, x_T [B, ...], key, labels [B] or None) -> (x_0 [B, ...], info)."""
+def make_sample_fn(experiment: Experiment, sample_plan: SamplePlan, guide=None):
+  """(params, x_T [B, ...], key, labels [B] or None) -> (x_0 [B, ...], info).
+
+  guide: (denoise_fn) -> a denoise_fn that takes the labels as its cond, wrapped around the
+    model last (classifier guidance of an unconditional model,
+    `classifier_guidance.classifier_guided_denoise_fn`); None: none.
+  """
   sampler = samplers.get_sampler(sample_plan.sampler).fn
   null_class = experiment.data.num_classes
 
@@ -74,9 +79,12 @@ def make_sample_fn(experiment: Experiment, sample_plan: SamplePlan):
     denoise = experiment.objective.denoise_fn(network_fn(experiment.model, params))
     if experiment.conditional and sample_plan.guidance_scale != 1.0:
       denoise = guidance.guided_denoise_fn(denoise, sample_plan.guidance_scale, null_class)
+    if guide is not None:
+      denoise = guide(denoise)
     return sampler(denoise, experiment.process, x_T, key, sample_plan.grid,
                    prediction=experiment.objective.prediction,
-                   cond=labels if experiment.conditional else None, **sample_plan.options)
+                   cond=labels if experiment.conditional or guide is not None else None,
+                   **sample_plan.options)
 
   return sample
 
@@ -110,9 +118,9 @@ def load_params(step_dir, experiment: Experiment, which: str = "ema"):
 
 
 def sample_in_batches(experiment: Experiment, sample_plan: SamplePlan, params, x_T, labels, key,
-                      batch_size: int, *, mesh=None, progress: bool = True):
+                      batch_size: int, *, mesh=None, guide=None, progress: bool = True):
   """All of x_T [num, ...] sampled in calls of batch_size (one compilation; the last
-  batch padded), chunk i with the sampler key fold_in(key, i).
+  batch padded), chunk i with the sampler key fold_in(key, i); guide as for make_sample_fn.
 
   With a mesh, each call's rows are split over its batch axes (batch_size rounded
   up to a multiple of their devices) and the parameters replicated: the samples are
@@ -136,7 +144,7 @@ def sample_in_batches(experiment: Experiment, sample_plan: SamplePlan, params, x
     shardings = {"in_shardings": (every, rows, every, None if labels is None else rows),
                  "out_shardings": (rows, every)}
     params = jax.device_put(params, every)
-  sample = jax.jit(make_sample_fn(experiment, sample_plan),
+  sample = jax.jit(make_sample_fn(experiment, sample_plan, guide),
                    compiler_options=models.compiler_options(), **shardings)
   pad = -num % batch_size
   x_T = jnp.concatenate([x_T, jnp.zeros((pad, *x_T.shape[1:]), x_T.dtype)])
