@@ -202,3 +202,36 @@ def test_precision_and_recall_of_a_dropped_mode():
   assert metrics.precision_recall(cluster_a, cluster_a + 100) == (0.0, 0.0)
   with pytest.raises(ValueError, match="more than k = 3 rows"):
     metrics.precision_recall(real, cluster_a[:3])
+
+
+def test_frechet_distance_agrees_with_pytorch_fid():
+  """pytorch-fid's calculate_frechet_distance (the test extra "fid-reference"), in float64."""
+  fid_score = pytest.importorskip("pytorch_fid.fid_score")
+  rng = np.random.default_rng(5)
+  x, y = rng.standard_normal((2, 1000, 32))
+  y = 0.8 * y + 0.3
+  mu1, sigma1 = x.mean(axis=0), np.cov(x, rowvar=False)
+  mu2, sigma2 = y.mean(axis=0), np.cov(y, rowvar=False)
+  d, _ = metrics.frechet_distance(mu1, sigma1, mu2, sigma2)
+  assert d == pytest.approx(fid_score.calculate_frechet_distance(mu1, sigma1, mu2, sigma2),
+                            rel=1e-8)
+
+
+def test_kid_agrees_with_scikit_learns_polynomial_kernel():
+  """KID's blocks against the unbiased MMD^2 of scikit-learn's kernel (Binkowski et al.
+  2018: (x.y / F + 1)^3), computed here from its definition."""
+  from sklearn.metrics.pairwise import polynomial_kernel
+  rng = np.random.default_rng(6)
+  x, y = rng.standard_normal((2, 400, 16))
+  y = y + 0.2
+  kid, _, blocks = metrics.kernel_distance(x, y)
+  m = 400 // blocks
+  estimates = []
+  for i in range(blocks):
+    a, b = x[i * m:(i + 1) * m], y[i * m:(i + 1) * m]
+    kernel = lambda p, q: polynomial_kernel(p, q, degree=3, gamma=1 / 16, coef0=1)
+    k_aa, k_bb, k_ab = kernel(a, a), kernel(b, b), kernel(a, b)
+    estimates.append((k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
+                     + (k_bb.sum() - np.trace(k_bb)) / (m * (m - 1)) - 2 * k_ab.mean())
+  assert blocks == 10 and kid == pytest.approx(np.mean(estimates), rel=1e-10)
+  assert kid > 0  # A shift of 0.2 per feature is seen.
