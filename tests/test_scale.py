@@ -97,9 +97,10 @@ def test_log_likelihoods_spread_over_eight_devices_are_those_of_one(runs):
   one, eight = states["log_likelihood/one"], states["log_likelihood/data8"]
   assert one.shape == (16,) and np.all(np.isfinite(one))
   # Each record's adaptive solve takes its own steps; the devices' programs differ in float
-  # rounding, which moves those steps: equal within the solver's accuracy (rtol 1e-5 per
-  # step; measured 3e-4 apart at most on a rough random network).
-  np.testing.assert_allclose(eight, one, rtol=1e-3)
+  # rounding, which moves those steps: equal within the solver's accuracy on this rough
+  # six-step network (rtol 1e-5 per step; measured 1.7e-3 apart at most). Rows computed on
+  # the wrong device or mixed up would differ by the rows' spread (std 0.4 nats of 10).
+  np.testing.assert_allclose(eight, one, rtol=5e-3)
 
 
 @pytest.mark.parametrize("name", ["one", "fsdp4", "back"])
@@ -225,11 +226,11 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
 
 def test_a_lost_process_stops_the_other_and_both_resume(tmp_path):
   workdir = tmp_path / "run"
-  flags = ("--config.num_steps", "120", "--config.checkpoint_every", "20",
-           "--config.log_every", "20", "--config.sample_every", "120", "--config.samples.num",
+  flags = ("--config.num_steps", "60", "--config.checkpoint_every", "20",
+           "--config.log_every", "20", "--config.sample_every", "60", "--config.samples.num",
            "0")
   processes = start_two_processes(workdir, *flags, heartbeat=5)
-  # The run is 120 steps long: process 0 either writes checkpoint 20 or ends.
+  # The run is 60 steps long: process 0 either writes checkpoint 20 or ends.
   while not (workdir / "checkpoints" / "20").is_dir():
     if processes[0].poll() is not None:
       pytest.fail(f"process 0 ended before its first checkpoint: {finish(processes)}")
@@ -245,7 +246,7 @@ def test_a_lost_process_stops_the_other_and_both_resume(tmp_path):
   for i, (code, out, err) in enumerate(results):
     assert code == 0, f"process {i} after the restart: {err[-3000:]}"
   start = int(results[0][1].split("trained steps ")[1].split("..")[0])
-  assert 20 <= start < 120 and "..120" in results[0][1]
+  assert 20 <= start < 60 and "..60" in results[0][1]
 
 
 @pytest.mark.parametrize("flags, message", [

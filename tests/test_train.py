@@ -482,8 +482,8 @@ def test_sample_py_samples_a_checkpoint_reproducibly(trained_toy, tmp_path):
     sampling.plan(built, "heun", 4)
   with pytest.raises(ValueError, match=r"params must be 'raw', 'ema' or one of \['ema:0.9999'\]"):
     sampling.load_params(checkpoint.find(trained_toy), built, "ema:0.5")
-  missing = run_sample("--checkpoint", str(tmp_path / "nothing-here"))
-  assert missing.returncode != 0 and "no complete checkpoint in" in missing.stderr
+  with pytest.raises(FileNotFoundError, match="no complete checkpoint in"):
+    checkpoint.find(tmp_path / "nothing-here")
 
 
 def test_bpd_py_scores_held_out_draws_as_training_did(trained_toy, tmp_path):
