@@ -523,6 +523,15 @@ def to_model_space(images):
   return images.astype(np.float32) / 127.5 - 1
 
 
+def model_arrays(source, num: int | None = None):
+  """The first num records (default all) of a source as the model sees them: images mapped
+  to [-1, 1] (`to_model_space`), points as they are, float32 [N, ...]; labels int32 [N]."""
+  records = [source[i] for i in range(len(source) if num is None else min(num, len(source)))]
+  x = np.stack([r["image"] for r in records])
+  x = to_model_space(x) if source.eight_bit else x.astype(np.float32)
+  return x, np.array([r["label"] for r in records], np.int32)
+
+
 def to_uint8(x) -> np.ndarray:
   """Model-space images in [-1, 1] -> uint8 round((x + 1) * 127.5), clipped to 0..255."""
   return np.clip(np.round((np.asarray(x, np.float32) + 1) * 127.5), 0, 255).astype(np.uint8)

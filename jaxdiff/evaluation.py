@@ -141,9 +141,7 @@ def source_arrays(source):
     raise ValueError(f"the classifier learns labelled 8-bit images; {source.origin} holds "
                      f"{'images' if source.eight_bit else 'points'} with "
                      f"{source.num_classes} classes")
-  records = [source[i] for i in range(len(source))]
-  images = data.to_model_space(np.stack([r["image"] for r in records]))
-  return images, np.array([r["label"] for r in records], np.int32)
+  return data.model_arrays(source)
 
 
 def check_images(images, shape: tuple[int, ...]) -> np.ndarray:

@@ -60,7 +60,7 @@ def source_images(source) -> np.ndarray:
   """The images of an 8-bit source in [-1, 1], float32 [N, H, W, C]."""
   if not source.eight_bit:
     raise ValueError(f"Inception features are of 8-bit images; {source.origin} holds points")
-  return data.to_model_space(np.stack([source[i]["image"] for i in range(len(source))]))
+  return data.model_arrays(source)[0]
 
 
 def reference(kind: str, weights, *, resize: bool = True, max_features: int = 10_000,

@@ -39,18 +39,10 @@ def prepare(options: common.Options):
   return step_dir, built, sampling.plan(built, options.sampler, options.nfe)
 
 
-def images_and_labels(source):
-  """All records of a source in model space [N, ...] and their labels [N]."""
-  records = [source[i] for i in range(len(source))]
-  x0 = np.stack([r["image"] for r in records])
-  x0 = data.to_model_space(x0) if source.eight_bit else x0.astype(np.float32)
-  return x0, np.array([r["label"] for r in records], np.int32)
-
-
 def run(prepared, options: common.Options, out) -> str:
   step_dir, built, sample_plan = prepared
   run_settings, process = built.run, built.process
-  x0, labels = images_and_labels(data.make_source(run_settings.data_source,
+  x0, labels = data.model_arrays(data.make_source(run_settings.data_source,
                                                   **run_settings.data_options))
   model = NoisyClassifier(num_classes=built.data.num_classes)
   steps = options.train_steps or TRAIN_STEPS
@@ -62,7 +54,7 @@ def run(prepared, options: common.Options, out) -> str:
   log_prob_fn = classifier_guidance.classifier_log_prob_fn(model, params, process)
   held_out_options, held_out = data.held_out_options(run_settings.data_source,
                                                      run_settings.data_options)
-  test_x0, test_labels = images_and_labels(data.make_source(run_settings.data_source,
+  test_x0, test_labels = data.model_arrays(data.make_source(run_settings.data_source,
                                                             **held_out_options))
   accuracy = held_out_accuracy(log_prob_fn, process, test_x0, test_labels, options.seed)
 

@@ -12,7 +12,6 @@ Writes samples.png (a row of 10 samples per model, the same x_T).
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import data, diagnostics, plots
@@ -32,11 +31,8 @@ def run(prepared, options: common.Options, out) -> str:
   models = {"trained": healthy,
             "time embedding zeroed": diagnostics.zero_module(healthy, "time_embed")}
   source = data.make_source(built.run.data_source, **built.run.data_options)
-  records = [source[i] for i in range(min(options.num, len(source)))]
-  x0 = jnp.asarray(np.stack([r["image"] for r in records]))
-  x0 = data.to_model_space(x0) if built.data.eight_bit else x0.astype(jnp.float32)
-  labels = (jnp.asarray([r["label"] for r in records], jnp.int32) if built.conditional
-            else None)
+  x0, labels = data.model_arrays(source, options.num)
+  labels = labels if built.conditional else None
 
   @jax.jit
   def sensitivity(params):
