@@ -7,13 +7,13 @@ pipeline and PyTorch (diffusers' UNet2DModel trained with the same recipe).
   python3 benchmarks/train_speed.py --no-peer                # jaxdiff only
   python3 benchmarks/train_speed.py --model digits --no-peer --mesh '{"data": 8}'
 
-Models (the recipe of configs/digits.py for both: L_simple on the cosine 1000-step
-DDPM, clip 1.0, AdamW at 1e-3 with its warm-up and cosine schedule, EMA 0.9999 with
-warm-up, dropout 0.1):
+Models (the recipe of configs/digits.py for both: EDM, Karras et al. 2022, with its
+log-normal sigma, preconditioning and loss weight; clip 1.0, AdamW at 2e-3 with its
+warm-up and cosine schedule, EMA 0.9999 with warm-up, no dropout):
   digits   configs/digits.py: its 1,001,729-parameter U-Net at batch 128 on the real 8x8
            digits;
-  cifar10  `UNet()`'s defaults (Ho et al.'s CIFAR-10 U-Net, 35,746,307 parameters) at
-           batch 8 on uniform random [8, 32, 32, 3] in [-1, 1].
+  cifar10  `UNet()`'s defaults (Ho et al.'s CIFAR-10 U-Net, 35,746,307 parameters, dropout
+           0.1) at batch 8 on uniform random [8, 32, 32, 3] in [-1, 1].
 Timed, in blocks of --steps calls (the JAX results blocked on at the end of a block,
 so that calls queue as they do in train.py); in each of --repeats rounds every variant
 times one block, so that a drift in the machine's load hits all alike; printed per
@@ -33,8 +33,10 @@ round:
   pytorch        (unless --no-peer; needs torch and diffusers) the same network as a
                  diffusers UNet2DModel (block types, groups, Ho et al.'s time embedding:
                  flip_sin_to_cos=False, freq_shift=1; parameter counts checked equal),
-                 trained eagerly with the same recipe on the same fixed batch: t from
-                 jaxdiff's alpha_bar table, eps-MSE, clip_grad_norm_, torch.optim.AdamW
+                 trained eagerly with the same recipe on the same fixed batch: EDM's
+                 sigma, preconditioning and weighted x0 error written in torch (or
+                 L_simple on jaxdiff's alpha_bar table for a DDPM config, as
+                 gpu_train_speed.py's), clip_grad_norm_, torch.optim.AdamW
                  with the same schedule (LambdaLR), the warmed-up EMA (torch._foreach_lerp_),
                  --torch-threads intra-op threads (default: the CPU count).
 Printed: seconds/step, steps/s and images/s of each, and the CPU time the process got
@@ -81,7 +83,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np
 
-from jaxdiff import data, models
+from jaxdiff import data, models, parameterization, peers, schedules
 from jaxdiff.train import experiment, loop, optim, sharding, step
 
 # configs/ and benchmarks/ are not installed with jaxdiff: import them from this checkout.
@@ -98,7 +100,7 @@ DIGITS_DIFFUSERS = dict(
     down_block_types=("DownBlock2D", "AttnDownBlock2D"),
     up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=2, downsample_padding=0,
     flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=8,
-    attention_head_dim=None, act_fn="silu", dropout=0.1)
+    attention_head_dim=None, act_fn="silu")  # dropout: the jaxdiff model's.
 MODELS = {
     # name: (batch size, default --steps, diffusers config)
     "digits": (128, 10, DIGITS_DIFFUSERS),
@@ -241,12 +243,12 @@ def pytorch_calls(exp, local_batches, diffusers_config, num_params, threads, dev
                   bfloat16=False):
   """{"pytorch": (fn, sync)}: diffusers' UNet2DModel trained with exp's recipe on batch 0,
   with `threads` intra-op threads, on a torch device ("cpu", "cuda"), under bfloat16
-  autocast if asked (float32 master weights, as jaxdiff's model.dtype)."""
-  import diffusers  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
+  autocast if asked (float32 master weights, as jaxdiff's model.dtype). The recipes: EDM
+  (configs/digits.py) and L_simple on a discrete DDPM (configs/cifar10_ddpm.py)."""
+  torch, diffusers = peers.import_peers()
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  model = diffusers.UNet2DModel(**diffusers_config).to(device)
+  model = diffusers.UNet2DModel(**{**diffusers_config, "dropout": exp.model.dropout}).to(device)
   count = sum(p.numel() for p in model.parameters())
   if count != num_params:
     raise ValueError(f"diffusers' UNet2DModel has {count:,} parameters, jaxdiff's {num_params:,}:"
@@ -261,14 +263,9 @@ def pytorch_calls(exp, local_batches, diffusers_config, num_params, threads, dev
       jnp.arange(run.num_steps + 1))) / config.learning_rate
   scheduler = torch.optim.lr_scheduler.LambdaLR(
       optimizer, lambda n: float(table[min(n, run.num_steps)]))
-  process = exp.objective.process
-  num_train = process.num_steps
-  # alpha_bar_i at t_i = i / T, i = 1..T: diffusers' step n = i - 1.
-  alpha_bar = np.square(np.asarray(process.alpha(jnp.arange(1, num_train + 1) / num_train)))
-  sqrt_ab = torch.from_numpy(np.sqrt(alpha_bar).astype(np.float32)).to(device)
-  sqrt_1mab = torch.from_numpy(np.sqrt(1 - alpha_bar).astype(np.float32)).to(device)
   x0 = torch.from_numpy(np.asarray(local_batches["image"][0]).transpose(0, 3, 1, 2).copy()
                         ).to(device)
+  loss_fn = _torch_loss(exp.objective, model, x0, torch)
   decay, warmup = exp.ema_decays[0], exp.ema_warmup
   updates = [0]
   print(f"  pytorch: diffusers {diffusers.__version__} UNet2DModel, {num_params:,} "
@@ -277,13 +274,9 @@ def pytorch_calls(exp, local_batches, diffusers_config, num_params, threads, dev
         f"{'bfloat16 autocast' if bfloat16 else 'float32'} on {device}")
 
   def train_step():
-    # L_simple: n uniform over 0 .. T - 1, x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps.
     model.train()
-    n = torch.randint(0, num_train, (x0.shape[0],), device=device)
-    eps = torch.randn_like(x0)
-    x_t = sqrt_ab[n].view(-1, 1, 1, 1) * x0 + sqrt_1mab[n].view(-1, 1, 1, 1) * eps
     with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bfloat16):
-      loss = torch.nn.functional.mse_loss(model(x_t, n).sample.float(), eps)
+      loss = loss_fn()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -298,6 +291,47 @@ def pytorch_calls(exp, local_batches, diffusers_config, num_params, threads, dev
 
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   return {"pytorch": (train_step, lambda _: sync())}
+
+
+def _torch_loss(objective, model, x0, torch):
+  """() -> the batch's mean loss as jaxdiff's objective defines it, in torch, with fresh
+  draws each call: EDM's (Karras et al. 2022, table 1 and eq. 8) or Ho et al.'s L_simple."""
+  process, batch, device = objective.process, x0.shape[0], x0.device
+  if isinstance(process, schedules.EDM) and objective.preconditioning == "edm":
+    sigma_data = parameterization.EDM_SIGMA_DATA
+
+    def edm_loss():
+      # ln sigma ~ N(P_mean, P_std^2), x_t = x0 + sigma eps, D = c_skip x_t + c_out F(c_in
+      # x_t, c_noise), loss = lambda(sigma) |D - x0|^2 (mean over pixels, then the batch).
+      sigma = torch.exp(process.p_mean + process.p_std * torch.randn(batch, device=device))
+      s = sigma.view(-1, 1, 1, 1)
+      x_t = x0 + s * torch.randn_like(x0)
+      norm = torch.sqrt(s**2 + sigma_data**2)
+      out = model(x_t / norm, torch.log(sigma) / 4).sample.float()
+      denoised = sigma_data**2 / norm**2 * x_t + s * sigma_data / norm * out
+      weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data)**2
+      return torch.mean(weight * torch.mean(torch.square(denoised - x0), dim=(1, 2, 3)))
+
+    return edm_loss
+  if (isinstance(process, schedules.DiscreteDDPM) and objective.prediction == "eps"
+      and objective.target == "eps" and objective.weighting == "none"
+      and objective.preconditioning == "none"):
+    num_train = process.num_steps
+    # alpha_bar_i at t_i = i / T, i = 1..T: diffusers' step n = i - 1.
+    alpha_bar = np.square(np.asarray(process.alpha(jnp.arange(1, num_train + 1) / num_train)))
+    sqrt_ab = torch.from_numpy(np.sqrt(alpha_bar).astype(np.float32)).to(device)
+    sqrt_1mab = torch.from_numpy(np.sqrt(1 - alpha_bar).astype(np.float32)).to(device)
+
+    def simple_loss():
+      # L_simple: n uniform over 0 .. T - 1, x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps.
+      n = torch.randint(0, num_train, (batch,), device=device)
+      eps = torch.randn_like(x0)
+      x_t = sqrt_ab[n].view(-1, 1, 1, 1) * x0 + sqrt_1mab[n].view(-1, 1, 1, 1) * eps
+      return torch.nn.functional.mse_loss(model(x_t, n).sample.float(), eps)
+
+    return simple_loss
+  raise ValueError(f"the PyTorch peer trains EDM or L_simple on a discrete DDPM, not "
+                   f"{type(process).__name__} with {objective}")
 
 
 def pipeline_seconds(exp, source, steps=50):

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdiff import losses, schedules
+from jaxdiff import losses, peers, schedules
 from jaxdiff.models import UNet, compiler_options, num_params
 
 T = 1000
@@ -113,8 +113,7 @@ def jaxdiff_calls(args, x0, options):
 
 def diffusers_calls(args, x0):
   """{"forward": (fn, sync), "train step": (fn, sync)} for diffusers' UNet2DModel in torch."""
-  import diffusers  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
+  torch, diffusers = peers.import_peers()
   device = "cuda" if torch.cuda.is_available() else "cpu"
   torch.manual_seed(0)
   model = diffusers.UNet2DModel(**DIFFUSERS_CONFIG).to(device)

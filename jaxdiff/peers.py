@@ -20,7 +20,10 @@ formulation (Karras et al. 2022, Alg. 1-2), DEIS (Zhang & Chen 2023) and PNDM
 
 import functools
 import inspect
+import sys
 import time
+import types
+from importlib import metadata
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +38,28 @@ PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 INSTALL_HINT = "install the peers extra: pip install -e '.[peers]'"
 
 
+def torchvision_models_on_cpu_torch():
+  """Lets torchvision's models import beside a CPU build of torch.
+
+  The registries reachable here hold CUDA builds of torchvision only (pytorch-fid needs
+  torchvision); beside the peers' CPU torch its C extension (detection ops such as nms,
+  which neither pytorch-fid's Inception nor diffusers use) does not load, and `import
+  torchvision` fails in torchvision._meta_registrations, which registers fake kernels of
+  those ops. The models are plain Python and import with that module left out, which this
+  does when the installed builds differ (read from their metadata, nothing imported).
+  """
+  try:
+    torch, torchvision = metadata.version("torch"), metadata.version("torchvision")
+  except metadata.PackageNotFoundError:
+    return
+  if torch.endswith("+cpu") and not torchvision.endswith("+cpu"):
+    name = "torchvision._meta_registrations"
+    sys.modules.setdefault(name, types.ModuleType(name))
+
+
 def import_peers():
   """(torch, diffusers), or an ImportError that says how to install them."""
+  torchvision_models_on_cpu_torch()  # diffusers' model classes import torchvision.
   try:
     import diffusers  # pylint: disable=import-outside-toplevel
     import torch  # pylint: disable=import-outside-toplevel

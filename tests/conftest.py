@@ -6,10 +6,7 @@ Every training config in the tests is the base config shrunk to seconds: a
 
 import os
 import pathlib
-import sys
 import tempfile
-import types
-from importlib import metadata
 
 # XLA's compiled programs shared by the test processes (both pytest-xdist workers and the
 # programs the tests start): the same tiny configs compile once per run of the suite, not
@@ -27,32 +24,12 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 import pytest  # noqa: E402
 
-from jaxdiff import data  # noqa: E402
+from jaxdiff import data, peers  # noqa: E402
 from tiny_config import tiny_config  # noqa: E402, F401  # Re-exported for the tests.
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-
-def _torchvision_models_on_cpu_torch():
-  """Lets torchvision's models import beside a CPU build of torch.
-
-  The registries reachable here hold CUDA builds of torchvision only; beside the peers'
-  CPU torch its C extension (detection ops such as nms, which neither pytorch-fid's
-  Inception nor diffusers use) does not load, and `import torchvision` fails in
-  torchvision._meta_registrations, which registers fake kernels of those ops. The models are
-  plain Python and import with that module left out, which this does when the installed
-  builds differ (read from their metadata, nothing imported).
-  """
-  try:
-    torch, torchvision = metadata.version("torch"), metadata.version("torchvision")
-  except metadata.PackageNotFoundError:
-    return
-  if torch.endswith("+cpu") and not torchvision.endswith("+cpu"):
-    name = "torchvision._meta_registrations"
-    sys.modules.setdefault(name, types.ModuleType(name))
-
-
-_torchvision_models_on_cpu_torch()
+peers.torchvision_models_on_cpu_torch()  # pytorch-fid's Inception beside a CPU torch.
 
 
 @pytest.fixture(scope="session")
