@@ -2,6 +2,7 @@
 
   python3 bpd.py --checkpoint runs/digits                  # 297 held-out digits
   python3 bpd.py --checkpoint runs/digits --num 64 --num-probes 4 --seed 1
+  python3 bpd.py --checkpoint runs/digits --num 64 --rtol 1e-3 --atol 1e-3  # faster, rougher
 
 The checkpoint (a training workdir, its checkpoints/ folder or one <step>/
 folder) gives the process, network and data source. The held-out data is that
@@ -9,11 +10,12 @@ source with --data-options over the training ones; by default its "test" split
 where it has splits, else new draws (its seed + 1). Each batch is spread over
 this machine's devices (`jaxdiff.train.bits_per_dim`, which train.py's
 periodic evaluation shares): 8-bit images are uniformly dequantized, their
-log-likelihood computed through the probability-flow ODE (`jaxdiff.likelihood`:
-diffrax Tsit5 on device, the divergence exact for 16 dimensions or fewer, else
-the Hutchinson estimate with --num-probes Rademacher probes) and reported as
-bits per dimension with the +7 of [-1, 1] data (`likelihood.bits_per_dim`);
-points (2-D toys) in nats and bits per dimension without it. Beside it, for a
+log-likelihood computed through the probability-flow ODE
+(`jaxdiff.likelihood`: diffrax Tsit5 on device, --rtol and --atol its
+tolerances, the divergence exact for 16 dimensions or fewer, else the
+Hutchinson estimate with --num-probes Rademacher probes) and reported as bits
+per dimension with the +7 of [-1, 1] data (`likelihood.bits_per_dim`); points
+(2-D toys) in nats and bits per dimension without it. Beside it, for a
 discrete-time DDPM on 8-bit images, the variational bound of its T steps on
 the same (not dequantized) images (`losses.vlb_terms`, Ho et al. 2020 eq. 5
 with the discretized decoder; the reverse variance from --vlb-variance), in
@@ -43,6 +45,9 @@ _PARAMS = flags.DEFINE_string("params", "ema", "'ema' (the first EMA), 'ema:<dec
 _DATA_OPTIONS = flags.DEFINE_string("data-options", None, "JSON over the training data's "
                                     "options; default the test split, or new draws.")
 _PROBES = flags.DEFINE_integer("num-probes", 1, "Hutchinson probes averaged per record.")
+_RTOL = flags.DEFINE_float("rtol", bits_per_dim.RTOL, "The ODE solver's relative tolerance "
+                           "(score_sde's 1e-5; looser is faster and less exact).")
+_ATOL = flags.DEFINE_float("atol", bits_per_dim.ATOL, "The ODE solver's absolute tolerance.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the dequantization and the probes.")
 _VLB_VARIANCE = flags.DEFINE_enum("vlb-variance", "beta_tilde", list(losses.VARIANCES),
                                   "The reverse variance of the discrete VLB (DDPM models): "
@@ -59,13 +64,14 @@ def markdown(row, held_out):
            f"| {held_out} | {row['num']} | PF-ODE | {row['bits_per_dim']:.3f}"
            f"{se(row['bits_per_dim_se'])} | {row['nats']:.2f} | {row['nfe_mean']:.0f} | "
            f"{row['divergence']} |\n")
+  notes = f"\nThe PF-ODE solved with rtol {row['rtol']:g}, atol {row['atol']:g}.\n"
   if "vlb" in row:
     v = row["vlb"]
     table += (f"| {held_out} | {row['num']} | discrete VLB ({v['variance']}) | "
-              f"{v['total_bits_per_dim']:.3f}{se(v['bits_per_dim_se'])} | | {v['nfe']} | |\n"
-              f"\nVLB terms in bits/dim: prior {v['prior_bits_per_dim']:.2e}, diffusion "
+              f"{v['total_bits_per_dim']:.3f}{se(v['bits_per_dim_se'])} | | {v['nfe']} | |\n")
+    notes += (f"VLB terms in bits/dim: prior {v['prior_bits_per_dim']:.2e}, diffusion "
               f"{v['diffusion_bits_per_dim']:.3f}, decoder {v['decoder_bits_per_dim']:.3f}.\n")
-  return table
+  return table + notes
 
 
 def main(argv):
@@ -88,6 +94,9 @@ def main(argv):
       raise ValueError(f"--num must lie in [1, {len(source)}] (the held-out records), got {num}")
     if _BATCH.value < 1 or _PROBES.value < 1:
       raise ValueError("--batch-size and --num-probes must be positive integers")
+    if not (_RTOL.value > 0 and _ATOL.value > 0):
+      raise ValueError(f"--rtol and --atol must be positive, got {_RTOL.value} and "
+                       f"{_ATOL.value}")
     params = sampling.load_params(step_dir, built, _PARAMS.value)
   except (ValueError, FileNotFoundError, KeyError) as error:
     raise SystemExit(f"cannot score: {error} (nothing was written)") from None
@@ -102,7 +111,8 @@ def main(argv):
     try:
       result = bits_per_dim.evaluate(
           built, params, source, num, jax.random.PRNGKey(_SEED.value), mesh,
-          batch_size=_BATCH.value, num_probes=_PROBES.value, vlb_variance=_VLB_VARIANCE.value)
+          batch_size=_BATCH.value, num_probes=_PROBES.value, vlb_variance=_VLB_VARIANCE.value,
+          rtol=_RTOL.value, atol=_ATOL.value)
     except FloatingPointError as error:
       raise SystemExit(str(error)) from None
     row = {"checkpoint": str(step_dir), "data": f"{kind} {options}", "held_out": held_out,

@@ -34,6 +34,7 @@ from jaxdiff.train.experiment import Experiment
 from jaxdiff.train.step import network_fn
 
 EXACT_MAX_DIMS = 16
+RTOL = ATOL = 1e-5  # The ODE's tolerances, score_sde's (Song et al. 2021).
 VLB_TERMS = ("prior", "diffusion", "decoder", "total")
 
 
@@ -48,10 +49,11 @@ def has_vlb(experiment: Experiment) -> bool:
 
 
 def make_batch_fn(experiment: Experiment, mesh, *, num_probes: int = 1,
-                  vlb_variance: str = "beta_tilde"):
+                  vlb_variance: str = "beta_tilde", rtol: float = RTOL, atol: float = ATOL):
   """(params, records [B, ...] (uint8 images or float points), key) -> {"log_likelihood" [B],
   "ok" [B], "nfe" [B], and where `has_vlb` the VLB terms [B] in nats ("prior", ...) and
-  "vlb_nfe"}, whole in every process. B must be a multiple of the mesh's batch devices."""
+  "vlb_nfe"}, whole in every process. B must be a multiple of the mesh's batch devices.
+  rtol, atol: the ODE solver's tolerances (`likelihood.ode_log_likelihood`)."""
   built = experiment
   divergence = divergence_for(built)
   null = built.data.num_classes if built.conditional else None
@@ -66,7 +68,7 @@ def make_batch_fn(experiment: Experiment, mesh, *, num_probes: int = 1,
          else records.astype(jnp.float32))
     result = likelihood.ode_log_likelihood(
         denoise, built.process, x, key_probes, prediction=built.objective.prediction,
-        cond=labels, divergence=divergence, num_probes=num_probes)
+        cond=labels, divergence=divergence, num_probes=num_probes, rtol=rtol, atol=atol)
     out = {name: result[name] for name in ("log_likelihood", "ok", "nfe")}
     if has_vlb(built):
       steps = built.process.num_steps
@@ -82,7 +84,8 @@ def make_batch_fn(experiment: Experiment, mesh, *, num_probes: int = 1,
 
 def evaluate(experiment: Experiment, params, source, num: int, key, mesh, *,
              batch_size: int = 64, num_probes: int = 1, vlb_variance: str = "beta_tilde",
-             batch_fn=None, progress: bool = True) -> dict:
+             rtol: float = RTOL, atol: float = ATOL, batch_fn=None,
+             progress: bool = True) -> dict:
   """Bits per dimension of the first num records of source, in calls of batch_size
   (rounded up to a multiple of the mesh's batch devices; the last batch padded by
   repeating its last record: one compilation), the batch from record i on with the key
@@ -92,8 +95,8 @@ def evaluate(experiment: Experiment, params, source, num: int, key, mesh, *,
     batch_fn: a `make_batch_fn` of the same options, to reuse its compilation.
 
   Returns:
-    {"num", "num_dims", "divergence", "num_probes", "bits_per_dim", "bits_per_dim_se",
-    "nats", "nfe_mean"} and, where `has_vlb`, "vlb": {"variance", "nfe",
+    {"num", "num_dims", "divergence", "num_probes", "rtol", "atol", "bits_per_dim",
+    "bits_per_dim_se", "nats", "nfe_mean"} and, where `has_vlb`, "vlb": {"variance", "nfe",
     "<term>_bits_per_dim" for each of VLB_TERMS, "bits_per_dim_se"}.
 
   Raises:
@@ -108,7 +111,7 @@ def evaluate(experiment: Experiment, params, source, num: int, key, mesh, *,
   devices = sharding.batch_devices(mesh)
   batch_size = -(-batch_size // devices) * devices
   batch_fn = batch_fn or make_batch_fn(experiment, mesh, num_probes=num_probes,
-                                       vlb_variance=vlb_variance)
+                                       vlb_variance=vlb_variance, rtol=rtol, atol=atol)
   values, nfes, bounds = [], [], []
   for i in tqdm(range(0, num, batch_size), desc="log-likelihood", unit="batch",
                 disable=not progress):
@@ -129,7 +132,7 @@ def evaluate(experiment: Experiment, params, source, num: int, key, mesh, *,
   bpd = np.asarray(likelihood.bits_per_dim(nats, num_dims, experiment.data.eight_bit))
   divergence = divergence_for(experiment)
   row = {"num": int(num), "num_dims": num_dims, "divergence": divergence,
-         "num_probes": num_probes if divergence != "exact" else 0,
+         "num_probes": num_probes if divergence != "exact" else 0, "rtol": rtol, "atol": atol,
          "bits_per_dim": float(bpd.mean()), "bits_per_dim_se": _standard_error(bpd),
          "nats": float(nats.mean()), "nfe_mean": float(np.mean(np.concatenate(nfes)))}
   if bounds:  # The bound's terms in bits per dimension, [num] each.
