@@ -31,7 +31,6 @@ the "+7" that score_sde writes as `7 - inverse_scaler(-1)` (8 for data kept in
 
 import math
 
-import diffrax
 import jax
 import jax.numpy as jnp
 
@@ -107,6 +106,7 @@ def ode_log_likelihood(denoise_fn, process: Process, x, key=None, *, prediction:
     (int32), "ok":
     True where the solver succeeded and the result is finite [B]}.
   """
+  import diffrax  # pylint: disable=import-outside-toplevel  # Here: 0.5 s at every start-up.
   if divergence not in DIVERGENCES:
     raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
   if divergence == "hutchinson" and key is None:

@@ -10,21 +10,31 @@
                    enlarged by an integer factor).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
-import matplotlib
+import numpy as np
 import PIL.Image
 
-matplotlib.use("Agg")  # Files only; no display is assumed.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from jaxdiff import sde
+from jaxdiff.schedules import Process
 
-from jaxdiff import sde  # noqa: E402
-from jaxdiff.schedules import Process  # noqa: E402
+
+@functools.cache
+def _pyplot():
+  """matplotlib.pyplot on its file-only backend (Agg: no display is assumed), imported at
+  the first plot rather than with jaxdiff (half a second that save_image_grid, PIL only,
+  does not need)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot  # pylint: disable=import-outside-toplevel
+  return matplotlib.pyplot
 
 
 def plot_schedules(processes: dict[str, Process], path, num_points: int = 500):
   """Plots alpha_bar and log-SNR of each named process against t / t_max; writes `path`."""
+  plt = _pyplot()
   fig, (ax_bar, ax_lam) = plt.subplots(1, 2, figsize=(11, 4))
   u = np.linspace(0.0, 1.0, num_points)
   for name, process in processes.items():
@@ -48,6 +58,7 @@ def plot_noising(process: Process, x0, key, path, fractions=(0.0, 0.25, 0.5, 0.7
   Each x_t is divided by sqrt(alpha^2 + sigma^2), its std for unit-variance
   data, so that processes whose noise explodes (VE, EDM) stay visible.
   """
+  plt = _pyplot()
   x0 = jnp.asarray(x0, jnp.float32)
   if x0.ndim != 4 or x0.shape[-1] not in (1, 3):
     raise ValueError(f"x0 must be images [B, H, W, C] with C in (1, 3), got {x0.shape}")
@@ -78,6 +89,7 @@ def plot_samples_2d(samples: dict[str, np.ndarray], path, log_density=None, exte
     log_density: optional ([M, 2] -> [M]) true log-density to draw as contours.
     extent: the panels show [-extent, extent]^2.
   """
+  plt = _pyplot()
   names = list(samples)
   cols = min(4, len(names))
   rows = -(-len(names) // cols)
@@ -110,6 +122,7 @@ def plot_guidance_sweep(samples, scales, path):
     scales: [S] guidance scales, written at the start of each row.
     path: PNG file to write.
   """
+  plt = _pyplot()
   samples = np.asarray(samples, np.float32)
   if samples.ndim != 5 or samples.shape[-1] not in (1, 3) or samples.shape[0] != len(scales):
     raise ValueError(f"samples must be [S, B, H, W, C] with C in (1, 3) and S = len(scales) = "
