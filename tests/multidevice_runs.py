@@ -37,9 +37,9 @@ from tiny_config import tiny_config  # noqa: E402
 NUM_STEPS = 6
 
 
-def config(dropout=0.1, **overrides):
+def config(dropout=0.1, checkpoint_every=NUM_STEPS, **overrides):
   return tiny_config(
-      "toy", num_steps=NUM_STEPS, checkpoint_every=3, log_every=3, sample_every=6,
+      "toy", num_steps=NUM_STEPS, checkpoint_every=checkpoint_every, log_every=3, sample_every=6,
       keep_checkpoints=2, samples__num=0, optim__schedule="constant", **overrides,
       model__options={"features": 128, "num_blocks": 2, "dropout": dropout})
 
@@ -92,7 +92,8 @@ def main(out):
   # The same 6 steps on one device, 8 data-parallel devices, 2 x 4 and 1 x 8 (FSDP).
   run("one", config(), {"data": 1}, devices[:1])
   run("data8", config(), {"data": 8})
-  built = run("fsdp2x4", config(), {"data": 2, "fsdp": 4}, keep_workdir=True)
+  # (Its step-3 checkpoint is resumed below.)
+  built = run("fsdp2x4", config(checkpoint_every=3), {"data": 2, "fsdp": 4}, keep_workdir=True)
   run("fsdp1x8", config(), {"data": 1, "fsdp": 8})
   # Micro-batches (dropout off: its masks are drawn per micro-batch).
   run("one_no_dropout", config(dropout=0.0), {"data": 1}, devices[:1])
