@@ -14,6 +14,8 @@ import pytest
 
 from jaxdiff import conditional, grids, oracle, schedules
 
+from conftest import OPTIMIZED
+
 PROCESS = schedules.make_process("ddpm", schedule="cosine")
 D, KNOWN = 8, 2  # Dimensions; the first KNOWN are known.
 MIXTURE = oracle.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[0.5] * D, [-0.5] * D]),
@@ -37,7 +39,8 @@ def inpainted():
   out = {}
   for resample in (1, 20):
     run = jax.jit(lambda key: conditional.inpaint(denoise, PROCESS, y, mask, key, grid,
-                                                  resample=resample))
+                                                  resample=resample),
+                  compiler_options=OPTIMIZED)
     x, info = run(jax.random.PRNGKey(0))
     assert int(info["nfe"]) == 100 * resample
     out[resample] = np.asarray(x)

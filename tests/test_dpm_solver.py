@@ -18,6 +18,8 @@ from jaxdiff.samplers import ddim, ddpm, loop
 from jaxdiff.samplers.dpm_solver import (dpm_solver, dpm_solver_num_steps, dpm_solver_sde,
                                          dpm_solver_sde_num_steps, dynamic_threshold)
 
+from conftest import OPTIMIZED
+
 # A smooth oracle (stds >= 0.2) for the ODE tests and the ring for the SDE one.
 SMOOTH = oracle.GaussianMixture(np.array([0.3, 0.7]), np.array([[0.6, -0.3], [-0.4, 0.5]]),
                                 np.array([0.25, 0.3]))
@@ -29,7 +31,8 @@ SAMPLERS = {"dpm_solver": dpm_solver, "dpm_solver_sde": dpm_solver_sde, "ddim": 
 OPTIONS = ("order", "method", "algorithm", "lower_order_final", "variance")
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), static_argnames=OPTIONS)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), static_argnames=OPTIONS,
+                   compiler_options=OPTIMIZED)
 def sample(sampler_name, process_name, mixture_name, prediction, x_T, key, grid, **options):
   """A sampler run with the oracle's exact denoiser; jitted once per static setup."""
   process = PROCESSES[process_name]

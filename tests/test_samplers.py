@@ -16,12 +16,15 @@ from jaxdiff import grids, oracle, schedules, sde
 from jaxdiff import samplers
 from jaxdiff.samplers import SAMPLERS, ddim, ddpm, get_sampler
 
+from conftest import OPTIMIZED
+
 T = 1000
 MIXTURE = oracle.ring()  # 8 modes, radius 0.7, std 0.08, D = 2.
 PROCESSES = {name: schedules.make_process(name) for name in ("ddpm", "vp", "edm", "flow")}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=("variance", "clip_x0"))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=("variance", "clip_x0"),
+                   compiler_options=OPTIMIZED)
 def sample_oracle(sampler_name, process_name, prediction, x_T, key, grid, **options):
   """A sampler run with the oracle's exact denoiser; jitted once per static setup."""
   process = PROCESSES[process_name]

@@ -8,6 +8,8 @@ import pytest
 
 from jaxdiff import oracle, parameterization, schedules, sde
 
+from conftest import OPTIMIZED
+
 PROCESSES = {
     "ddpm": schedules.discrete_ddpm("linear", 1000),
     "vp": schedules.VP(),
@@ -31,7 +33,8 @@ def test_one_shot_marginal_equals_running_the_chain():
     return x, x[:, 0]
 
   keys = jax.random.split(jax.random.PRNGKey(0), 1000)
-  x_T, trajectory = jax.lax.scan(step, x0, (betas, keys))
+  chain = jax.jit(lambda x0, inputs: jax.lax.scan(step, x0, inputs), compiler_options=OPTIMIZED)
+  x_T, trajectory = chain(x0, (betas, keys))
   for i in (1, 100, 500, 1000):
     x_i = trajectory[i - 1] if i < 1000 else x_T[:, 0]
     t = i / 1000

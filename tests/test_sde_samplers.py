@@ -16,6 +16,8 @@ import pytest
 from jaxdiff import grids, oracle, schedules, sde
 from jaxdiff.samplers import edm, pc
 
+from conftest import OPTIMIZED
+
 MIXTURE = oracle.ring()  # 8 modes, radius 0.7, std 0.08, D = 2.
 PROCESSES = {name: schedules.make_process(name) for name in ("ddpm", "vp", "ve", "edm")}
 SAMPLERS = {"euler_maruyama": pc.euler_maruyama, "reverse_diffusion": pc.reverse_diffusion,
@@ -27,7 +29,8 @@ NO_CHURN = dict(s_churn=0.0, s_min=0.0, s_max=float("inf"), s_noise=1.0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2),
-                   static_argnames=("predictor", "corrector_steps", "snr_norm"))
+                   static_argnames=("predictor", "corrector_steps", "snr_norm"),
+                   compiler_options=OPTIMIZED)
 def sample_oracle(sampler_name, process_name, prediction, x_T, key, grid, **options):
   """A sampler run with the oracle's exact denoiser; jitted once per static setup."""
   process = PROCESSES[process_name]

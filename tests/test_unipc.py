@@ -20,6 +20,8 @@ from jaxdiff import grids, oracle, schedules, sde
 from jaxdiff.samplers import ddim
 from jaxdiff.samplers.unipc import _phi, unipc, unipc_num_steps
 
+from conftest import OPTIMIZED
+
 T = 1000
 # A smooth oracle (stds >= 0.35): the denoiser varies slowly in log-SNR, so the
 # high orders show at step counts whose errors stay above float32 rounding.
@@ -33,7 +35,8 @@ OPTIONS = ("order", "variant", "predict_x0", "corrector", "lower_order_final")
 DDPM_EPS = jax.jit(MIXTURE.denoise_fn(PROCESSES["ddpm"], "eps"))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=OPTIONS)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=OPTIONS,
+                   compiler_options=OPTIMIZED)
 def sample(sampler_name, process_name, prediction, x_T, grid, **options):
   """UniPC or DDIM (eta = 0) with the oracle's exact denoiser; jitted once per setup."""
   process = PROCESSES[process_name]
