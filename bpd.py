@@ -2,7 +2,7 @@
 
   python3 bpd.py --checkpoint runs/digits                  # 297 held-out digits
   python3 bpd.py --checkpoint runs/digits --num 64 --num-probes 4 --seed 1
-  python3 bpd.py --checkpoint runs/digits --num 64 --rtol 1e-3 --atol 1e-3  # faster, rougher
+  python3 bpd.py --checkpoint runs/digits --num 64 --rtol 1e-3 --atol 1e-3  # faster, biased
 
 The checkpoint (a training workdir, its checkpoints/ folder or one <step>/
 folder) gives the process, network and data source. The held-out data is that
@@ -46,7 +46,7 @@ _DATA_OPTIONS = flags.DEFINE_string("data-options", None, "JSON over the trainin
                                     "options; default the test split, or new draws.")
 _PROBES = flags.DEFINE_integer("num-probes", 1, "Hutchinson probes averaged per record.")
 _RTOL = flags.DEFINE_float("rtol", bits_per_dim.RTOL, "The ODE solver's relative tolerance "
-                           "(score_sde's 1e-5; looser is faster and less exact).")
+                           "(score_sde's 1e-5; looser is faster but biased: see README).")
 _ATOL = flags.DEFINE_float("atol", bits_per_dim.ATOL, "The ODE solver's absolute tolerance.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the dequantization and the probes.")
 _VLB_VARIANCE = flags.DEFINE_enum("vlb-variance", "beta_tilde", list(losses.VARIANCES),
