@@ -32,7 +32,7 @@ import time
 import jax
 from absl import app, flags, logging
 
-from jaxdiff import cli, data, losses, workdir
+from jaxdiff import cli, data, likelihood, losses, workdir
 from jaxdiff.train import bits_per_dim, checkpoint, experiment, sampling, sharding
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir, its checkpoints/ "
@@ -45,9 +45,9 @@ _PARAMS = flags.DEFINE_string("params", "ema", "'ema' (the first EMA), 'ema:<dec
 _DATA_OPTIONS = flags.DEFINE_string("data-options", None, "JSON over the training data's "
                                     "options; default the test split, or new draws.")
 _PROBES = flags.DEFINE_integer("num-probes", 1, "Hutchinson probes averaged per record.")
-_RTOL = flags.DEFINE_float("rtol", bits_per_dim.RTOL, "The ODE solver's relative tolerance "
+_RTOL = flags.DEFINE_float("rtol", likelihood.RTOL, "The ODE solver's relative tolerance "
                            "(score_sde's 1e-5; looser is faster but biased: see README).")
-_ATOL = flags.DEFINE_float("atol", bits_per_dim.ATOL, "The ODE solver's absolute tolerance.")
+_ATOL = flags.DEFINE_float("atol", likelihood.ATOL, "The ODE solver's absolute tolerance.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the dequantization and the probes.")
 _VLB_VARIANCE = flags.DEFINE_enum("vlb-variance", "beta_tilde", list(losses.VARIANCES),
                                   "The reverse variance of the discrete VLB (DDPM models): "

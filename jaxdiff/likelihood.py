@@ -38,6 +38,7 @@ from jaxdiff import parameterization, sde
 from jaxdiff.schedules import Process
 
 DIVERGENCES = ("exact", "hutchinson")
+RTOL = ATOL = 1e-5  # The ODE's default tolerances, score_sde's (Song et al. 2021).
 PROBES = ("rademacher", "gaussian")
 # Bits per dimension added for 8-bit data in [-1, 1]: log2(256 / 2) (see the docstring).
 EIGHT_BIT_OFFSET = 7.0
@@ -81,8 +82,8 @@ def draw_probes(key, shape, num_probes: int, kind: str = "rademacher"):
 def ode_log_likelihood(denoise_fn, process: Process, x, key=None, *, prediction: str = "eps",
                        cond=None, divergence: str = "exact", probes: str = "rademacher",
                        num_probes: int = 1, t_min: float | None = None,
-                       t_max: float | None = None, prior_log_prob=None, rtol: float = 1e-5,
-                       atol: float = 1e-5, max_steps: int = 4096):
+                       t_max: float | None = None, prior_log_prob=None, rtol: float = RTOL,
+                       atol: float = ATOL, max_steps: int = 4096):
   """log p_{t_min}(x) [B] in nats by the probability-flow ODE (module docstring).
 
   Args:

@@ -34,7 +34,6 @@ from jaxdiff.train.experiment import Experiment
 from jaxdiff.train.step import network_fn
 
 EXACT_MAX_DIMS = 16
-RTOL = ATOL = 1e-5  # The ODE's tolerances, score_sde's (Song et al. 2021).
 VLB_TERMS = ("prior", "diffusion", "decoder", "total")
 
 
@@ -49,7 +48,8 @@ def has_vlb(experiment: Experiment) -> bool:
 
 
 def make_batch_fn(experiment: Experiment, mesh, *, num_probes: int = 1,
-                  vlb_variance: str = "beta_tilde", rtol: float = RTOL, atol: float = ATOL):
+                  vlb_variance: str = "beta_tilde", rtol: float = likelihood.RTOL,
+                  atol: float = likelihood.ATOL):
   """(params, records [B, ...] (uint8 images or float points), key) -> {"log_likelihood" [B],
   "ok" [B], "nfe" [B], and where `has_vlb` the VLB terms [B] in nats ("prior", ...) and
   "vlb_nfe"}, whole in every process. B must be a multiple of the mesh's batch devices.
@@ -84,7 +84,7 @@ def make_batch_fn(experiment: Experiment, mesh, *, num_probes: int = 1,
 
 def evaluate(experiment: Experiment, params, source, num: int, key, mesh, *,
              batch_size: int = 64, num_probes: int = 1, vlb_variance: str = "beta_tilde",
-             rtol: float = RTOL, atol: float = ATOL, batch_fn=None,
+             rtol: float = likelihood.RTOL, atol: float = likelihood.ATOL, batch_fn=None,
              progress: bool = True) -> dict:
   """Bits per dimension of the first num records of source, in calls of batch_size
   (rounded up to a multiple of the mesh's batch devices; the last batch padded by
