@@ -10,8 +10,7 @@
 With --checkpoint (a training workdir, its latest complete checkpoint, or one
 <step>/ folder): the process, prediction and network come from the checkpoint;
 any registered sampler runs at the asked NFE on the grid `--grid`, by default
-the training config's samples.grid, else the one `jaxdiff.grids.default_for`
-picks for the process (printed). The
+the one `jaxdiff.grids.default_for` picks for the process (printed). The
 samples go to a new folder (default <training workdir>/samples-<time>):
 samples.npz (samples in [-1, 1] and x_T, labels), samples.png (a grid of the
 first 100) and results.md / results.json (what ran, how long, and for data
@@ -52,8 +51,7 @@ _SAMPLER = flags.DEFINE_string("sampler", "unipc", "With --checkpoint: a registe
 _NFE = flags.DEFINE_integer("nfe", 20, "With --checkpoint: network evaluations per sample.")
 _NUM = flags.DEFINE_integer("num", 1000, "With --checkpoint: number of samples.")
 _GRID = flags.DEFINE_string("grid", None, "With --checkpoint: a grid of jaxdiff.grids.GRIDS; "
-                            "default: the training config's samples.grid, else the one for the "
-                            "trained process (grids.default_for).")
+                            "default: the one for the trained process (grids.default_for).")
 _GRID_OPTIONS = flags.DEFINE_string("grid-options", "{}", "With --checkpoint and --grid: the "
                                     "grid's options as JSON, e.g. '{\"rho\": 5}'.")
 _OPTIONS = flags.DEFINE_string("options", "{}", "With --checkpoint: sampler options as JSON, "
@@ -216,10 +214,8 @@ def load_experiment(path):
   config = record["config"]
   if _PROCESS.value:
     trained = (config["process"], config["process_options"])
-    # The config's grid was chosen in the trained process's time: not for another.
     config = {**config, "process": _PROCESS.value,
-              "process_options": json.loads(_PROCESS_OPTIONS.value),
-              "samples": {**config["samples"], "grid": "", "grid_options": {}}}
+              "process_options": json.loads(_PROCESS_OPTIONS.value)}
     warnings.warn(f"sampling with the process {_PROCESS.value} {config['process_options']}; the "
                   f"network was trained with {trained[0]} {trained[1]}")
   spec = record["data"]

@@ -64,11 +64,9 @@ def get_config():
   config.ema = ml_collections.ConfigDict({"decays": (0.9999,), "warmup": True})
 
   # EMA samples every sample_every steps: fixed noise, fixed labels (0, 1, 2, ...); num 0
-  # for none. grid, grid_options: the time grid this model is sampled on, here and by
-  # sample.py unless it is given --grid ("": jaxdiff.grids.default_for the process).
+  # for none.
   config.samples = ml_collections.ConfigDict({
-      "num": 64, "sampler": "unipc", "nfe": 20, "guidance": 1.0, "grid": "",
-      "grid_options": ml_collections.ConfigDict()})
+      "num": 64, "sampler": "unipc", "nfe": 20, "guidance": 1.0})
   # Held-out bits/dim of the first EMA every bpd.every steps (0: never), on the first bpd.num
   # records of the data's test split (or new draws): jaxdiff.train.bits_per_dim.
   config.bpd = ml_collections.ConfigDict({"every": 0, "num": 128, "batch_size": 64,

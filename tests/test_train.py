@@ -22,7 +22,7 @@ import optax
 import pytest
 
 from conftest import ROOT, tiny_config
-from jaxdiff import data, diagnostics, grids, losses, oracle, parameterization, schedules
+from jaxdiff import data, diagnostics, losses, oracle, parameterization, schedules
 from jaxdiff.train import checkpoint, experiment, loop, optim, sampling, sharding, step
 from jaxdiff.train.writer import read_metrics
 
@@ -360,12 +360,11 @@ def test_bad_config_values_name_the_field(toy_source, overrides, message):
   assert message in str(error.value)
 
 
-def test_configs_written_before_grad_accum_bpd_and_samples_grid_still_load():
+def test_configs_written_before_grad_accum_and_bpd_still_load():
   config = tiny_config().to_dict()
-  del config["grad_accum"], config["bpd"], config["samples"]["grid"]
-  del config["samples"]["grid_options"]
+  del config["grad_accum"], config["bpd"]
   settings = experiment.run_settings(config)
-  assert (settings.grad_accum, settings.bpd_every, settings.sample_grid) == (1, 0, "")
+  assert (settings.grad_accum, settings.bpd_every) == (1, 0)
 
 
 def test_a_missing_dataset_says_how_to_get_it(tmp_path):
@@ -485,28 +484,6 @@ def test_sample_py_samples_a_checkpoint_reproducibly(trained_toy, tmp_path):
     sampling.load_params(checkpoint.find(trained_toy), built, "ema:0.5")
   with pytest.raises(FileNotFoundError, match="no complete checkpoint in"):
     checkpoint.find(tmp_path / "nothing-here")
-
-
-def test_a_config_names_the_grid_its_model_is_sampled_on():
-  """samples.grid: the default of sampling.plan (pictures and sample.py), checked when the
-  experiment is built; an asked grid still wins, and without one grids.default_for."""
-  source = data.make_source("toy", name="checkerboard", num_points=512)
-  plain = build(tiny_config(), source)
-  plain_plan = sampling.plan(plain, "unipc", 4)
-  assert (plain.default_grid() == grids.default_for(plain.process)
-          == (plain_plan.grid_name, plain_plan.grid_options))
-  config = tiny_config(samples__grid="karras")
-  config.samples.grid_options = {"rho": 2.5, "t_min": 0.05}
-  built = build(config, source)
-  plan = sampling.plan(built, "unipc", 4)
-  assert (plan.grid_name, plan.grid_options) == ("karras", {"rho": 2.5, "t_min": 0.05})
-  np.testing.assert_allclose(plan.grid, grids.karras(built.process, 4, rho=2.5, t_min=0.05))
-  assert sampling.plan(built, "unipc", 4, grid="uniform").grid_name == "uniform"
-  with pytest.raises(ValueError, match=r"samples.grid, samples.grid_options: unknown grid 'karas'"):
-    build(tiny_config(samples__grid="karas"), source)
-  config.samples.grid_options = {"rho": 2.5, "sigma_min": 0.05}
-  with pytest.raises(ValueError, match=r"samples.grid.*unknown \['sigma_min'\]"):
-    build(config, source)
 
 
 def test_bpd_py_scores_held_out_draws_as_training_did(trained_toy, tmp_path):

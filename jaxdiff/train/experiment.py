@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxdiff import grids, models, schedules
+from jaxdiff import models, schedules
 from jaxdiff.train import optim, state as train_state
 from jaxdiff.train.step import Objective
 
@@ -61,8 +61,6 @@ class RunSettings:
   sample_sampler: str
   sample_nfe: int
   sample_guidance: float
-  sample_grid: str  # "": grids.default_for the process.
-  sample_grid_options: dict
   bpd_every: int  # 0: never.
   bpd_num: int
   bpd_batch_size: int
@@ -94,11 +92,6 @@ class Experiment:
     config = ml_collections.ConfigDict(config).to_dict()
     run = run_settings(config)
     process = schedules.make_process(config["process"], **config["process_options"])
-    if run.sample_grid:
-      try:
-        grids.make_grid(process, run.sample_grid, 2, **run.sample_grid_options)
-      except (ValueError, TypeError) as error:
-        raise ValueError(f"samples.grid, samples.grid_options: {error}") from None
     objective = Objective(process, **config["loss"])
     model_config = dict(config["model"])
     conditional = bool(model_config.pop("conditional"))
@@ -139,13 +132,6 @@ class Experiment:
       return train_state.create(variables["params"], optimizer, self.ema_decays, key_train)
 
     return init
-
-  def default_grid(self) -> tuple[str, dict]:
-    """The grid (name, options) the model is sampled on unless one is asked for: the
-    config's samples.grid, else `grids.default_for` the process."""
-    if self.run.sample_grid:
-      return self.run.sample_grid, self.run.sample_grid_options
-    return grids.default_for(self.process)
 
   def differences(self, saved_config: dict) -> list[str]:
     """The fields, other than RUN_FIELDS, where saved_config differs from this one."""
@@ -203,7 +189,6 @@ def run_settings(config: dict) -> RunSettings:
       data_options=dict(data["options"]), random_flip=bool(data["random_flip"]),
       sample_num=int(samples["num"]), sample_sampler=samples["sampler"],
       sample_nfe=int(samples["nfe"]), sample_guidance=float(samples["guidance"]),
-      sample_grid=samples.get("grid", ""), sample_grid_options=dict(samples.get("grid_options", {})),
       bpd_every=bpd["every"], bpd_num=bpd["num"], bpd_batch_size=bpd["batch_size"],
       bpd_num_probes=bpd["num_probes"])
 

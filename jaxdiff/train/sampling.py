@@ -5,8 +5,7 @@ to jit once: the network (dropout off) wrapped by the experiment's objective
 (EDM preconditioning where trained with it), classifier-free guidance
 (`guidance.guided_denoise_fn`, the null class num_classes) for a conditional
 model at w != 1, and the registered sampler on its grid for the NFE (by
-default the config's samples.grid, else `grids.default_for` the process), from
-x_T ~ N(0, sigma(grid[0])^2).
+default `grids.default_for` the process), from x_T ~ N(0, sigma(grid[0])^2).
 """
 
 import dataclasses
@@ -47,8 +46,7 @@ class SamplePlan:
 def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = None,
          grid_options=None, guidance_scale: float = 1.0, options=None) -> SamplePlan:
   """Checks the sampler, its options and the NFE, and builds the grid: the named one
-  with grid_options, or by default `Experiment.default_grid` (the config's, else
-  `grids.default_for` the process).
+  with grid_options, or by default `grids.default_for` the process.
 
   Raises:
     ValueError naming the offending choice.
@@ -57,7 +55,7 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
   samplers.check_options(sampler, options)
   num_steps = samplers.num_steps_for(sampler, nfe, options)
   if grid is None:
-    grid, grid_options = experiment.default_grid()
+    grid, grid_options = grids.default_for(experiment.process)
   grid_options = dict(grid_options or {})
   times = samplers.check_grid(grids.make_grid(experiment.process, grid, num_steps,
                                               **grid_options), experiment.process, num_steps)
