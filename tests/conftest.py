@@ -34,6 +34,9 @@ from tiny_config import tiny_config  # noqa: E402, F401  # Re-exported for the t
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+peers.torchvision_models_on_cpu_torch()  # pytorch-fid's Inception beside a CPU torch.
+
+
 # pytest-xdist hands whole files to its two workers (--dist loadfile: a module's fixtures are
 # built once) in the order collected (--no-loadscope-reorder; by default it would start with
 # the files holding the most tests). The three longest files by time (150-190 s each in CI's
@@ -44,8 +47,6 @@ LONGEST_FILES = ("test_train.py", "test_programs.py", "test_scale.py")
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(LONGEST_FILES)}
   items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))  # Stable.
-
-peers.torchvision_models_on_cpu_torch()  # pytorch-fid's Inception beside a CPU torch.
 
 
 @pytest.fixture(scope="session")
