@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from benchmarks import train_speed, unet_speed  # noqa: E402
+from benchmarks import train_speed  # noqa: E402
 from configs import cifar10_ddpm, cifar10_dit  # noqa: E402
 from jaxdiff import models  # noqa: E402
 from jaxdiff.train import experiment, loop, sharding  # noqa: E402
@@ -137,7 +137,7 @@ def time_diffusers(built, local, num_params, args):
   try:
     import torch  # pylint: disable=import-outside-toplevel
     calls = train_speed.pytorch_calls(
-        built, local, unet_speed.DIFFUSERS_CONFIG, num_params, os.cpu_count(),
+        built, local, num_params, os.cpu_count(),
         device="cuda" if torch.cuda.is_available() else "cpu",
         bfloat16=args.dtype == "bfloat16")
   except ImportError as error:

@@ -10,7 +10,7 @@ pipeline and PyTorch (diffusers' UNet2DModel trained with the same recipe).
 Models (the recipe of configs/digits.py for both: EDM, Karras et al. 2022, with its
 log-normal sigma, preconditioning and loss weight; clip 1.0, AdamW at 2e-3 with its
 warm-up and cosine schedule, EMA 0.9999 with warm-up, no dropout):
-  digits   configs/digits.py: its 1,001,729-parameter U-Net at batch 128 on the real 8x8
+  digits   configs/digits.py: its U-Net (917,889 parameters) at batch 128 on the real 8x8
            digits;
   cifar10  `UNet()`'s defaults (Ho et al.'s CIFAR-10 U-Net, 35,746,307 parameters, dropout
            0.1) at batch 8 on uniform random [8, 32, 32, 3] in [-1, 1].
@@ -31,8 +31,8 @@ round:
                  count set before JAX starts), the others on one of them: on the same
                  cores, the ratio is what sharding costs, not a speed-up;
   pytorch        (unless --no-peer; needs torch and diffusers) the same network as a
-                 diffusers UNet2DModel (block types, groups, Ho et al.'s time embedding:
-                 flip_sin_to_cos=False, freq_shift=1; parameter counts checked equal),
+                 diffusers UNet2DModel (`diffusers_kwargs`: block types, groups, Ho et
+                 al.'s time embedding; parameter counts checked equal),
                  trained eagerly with the same recipe on the same fixed batch: EDM's
                  sigma, preconditioning and weighted x0 error written in torch (or
                  L_simple on jaxdiff's alpha_bar table for a DDPM config, as
@@ -88,24 +88,27 @@ from jaxdiff.train import experiment, loop, optim, sharding, step
 
 # configs/ and benchmarks/ are not installed with jaxdiff: import them from this checkout.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from benchmarks import unet_speed  # pylint: disable=wrong-import-position
 from configs import digits  # pylint: disable=wrong-import-position
 
 GOAL_FULL_OVER_BARE = 1.10
 GOAL_PIPELINE = 0.05
-# configs/digits.py's network as diffusers UNet2DModel keyword arguments: (32, 64) wide,
-# attention at 4x4 (the second level and the middle), 8 groups, Ho et al.'s time embedding.
-DIGITS_DIFFUSERS = dict(
-    sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64),
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=2, downsample_padding=0,
-    flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=8,
-    attention_head_dim=None, act_fn="silu")  # dropout: the jaxdiff model's.
-MODELS = {
-    # name: (batch size, default --steps, diffusers config)
-    "digits": (128, 10, DIGITS_DIFFUSERS),
-    "cifar10": (8, 2, unet_speed.DIFFUSERS_CONFIG),
-}
+MODELS = {"digits": (128, 10), "cifar10": (8, 2)}  # name: (batch size, default --steps)
+
+
+def diffusers_kwargs(model, size):
+  """A jaxdiff UNet of Ho et al.'s blocks (no resblock_updown, scale_shift_norm or
+  skip_rescale) as diffusers UNet2DModel keyword arguments, for images of height `size`:
+  the same widths, levels with attention, groups and Ho et al.'s time embedding
+  (flip_sin_to_cos=False, freq_shift=1); the dropout is the jaxdiff model's."""
+  attention = [size >> level in model.attn_resolutions for level in range(len(model.ch_mult))]
+  return dict(
+      sample_size=size, in_channels=model.channels, out_channels=model.channels,
+      block_out_channels=tuple(model.ch * m for m in model.ch_mult),
+      down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+      up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+      layers_per_block=model.num_res_blocks, downsample_padding=0, flip_sin_to_cos=False,
+      freq_shift=1, norm_eps=model.norm_eps, norm_num_groups=model.num_groups,
+      attention_head_dim=None, act_fn="silu", dropout=model.dropout)
 
 
 def seconds_per_step(calls, steps, repeats):
@@ -239,16 +242,17 @@ def mesh_call(exp, local_batches):
   return call, jax.block_until_ready
 
 
-def pytorch_calls(exp, local_batches, diffusers_config, num_params, threads, device="cpu",
-                  bfloat16=False):
-  """{"pytorch": (fn, sync)}: diffusers' UNet2DModel trained with exp's recipe on batch 0,
-  with `threads` intra-op threads, on a torch device ("cpu", "cuda"), under bfloat16
-  autocast if asked (float32 master weights, as jaxdiff's model.dtype). The recipes: EDM
-  (configs/digits.py) and L_simple on a discrete DDPM (configs/cifar10_ddpm.py)."""
+def pytorch_calls(exp, local_batches, num_params, threads, device="cpu", bfloat16=False):
+  """{"pytorch": (fn, sync)}: exp's network as diffusers' UNet2DModel (`diffusers_kwargs`)
+  trained with exp's recipe on batch 0, with `threads` intra-op threads, on a torch device
+  ("cpu", "cuda"), under bfloat16 autocast if asked (float32 master weights, as jaxdiff's
+  model.dtype). The recipes: EDM (configs/digits.py) and L_simple on a discrete DDPM
+  (configs/cifar10_ddpm.py)."""
   torch, diffusers = peers.import_peers()
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  model = diffusers.UNet2DModel(**{**diffusers_config, "dropout": exp.model.dropout}).to(device)
+  size = local_batches["image"].shape[2]  # [k, B, H, W, C]
+  model = diffusers.UNet2DModel(**diffusers_kwargs(exp.model, size)).to(device)
   count = sum(p.numel() for p in model.parameters())
   if count != num_params:
     raise ValueError(f"diffusers' UNet2DModel has {count:,} parameters, jaxdiff's {num_params:,}:"
@@ -362,14 +366,14 @@ def print_ratio(label, times, cpu, over, under, goal, met):
 
 def benchmark(name, args):
   """Times one model's variants; prints the table and the ratios."""
-  batch, default_steps, diffusers_config = MODELS[name]
+  batch, default_steps = MODELS[name]
   steps = args.steps or default_steps
   print(f"\n{name}:")
   exp, source, local_batches = build(name)
   calls, num_params = jaxdiff_calls(exp, source, local_batches)
   if args.peer:
     try:
-      calls.update(pytorch_calls(exp, local_batches, diffusers_config, num_params,
+      calls.update(pytorch_calls(exp, local_batches, num_params,
                                  args.torch_threads))
     except ImportError as error:
       print(f"  pytorch: skipped ({error})")
