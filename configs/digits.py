@@ -1,5 +1,5 @@
-"""The default: a 1M-parameter U-Net on scikit-learn's 8x8 digits, trained as EDM (Karras
-et al. 2022): ln sigma ~ N(-1.2, 1.2^2), the preconditioning and loss weight of their
+"""The default: a 917,889-parameter U-Net on scikit-learn's 8x8 digits, trained as EDM
+(Karras et al. 2022): ln sigma ~ N(-1.2, 1.2^2), the preconditioning and loss weight of their
 table 1, the network seeing c_noise = ln(sigma) / 4 (time_scale 1); no dropout, AdamW at
 2e-3, 1500 steps at batch 128 (minutes on a 2-core CPU). Everything else is
 configs/train_base.py's.
@@ -7,7 +7,12 @@ configs/train_base.py's.
 Why EDM and not the base's cosine DDPM with L_simple: on the same network, steps and seed,
 UniPC at 20 NFE reaches a Frechet distance of 2.38 (classifier features, N = 1000) against
 5.51 for the base recipe, 4.14 without dropout, 3.78 with v-prediction too, 3.00 as EDM at
-lr 1e-3 (README, "The digits default, measured")."""
+lr 1e-3 (README, "The digits default, measured"; measured with the base's attention at 4x4).
+
+Why no attention at the 4x4 level (only the middle block's): the step is about 12% faster
+on a 2-core CPU, and the samples are as good (Frechet distances of 2.19 / 1.92 / 3.49 and
+3.07 / 2.44 / 3.35 for three x_T draws of training seeds 0 and 1, against 2.38 / 1.70 /
+3.00 and 3.43 / 2.90 / 4.09 with it)."""
 
 from configs import train_base
 
@@ -16,5 +21,6 @@ def get_config():
   config = train_base.use_edm(train_base.get_config())
   config.model.options.dropout = 0.0
   config.model.options.time_scale = 1.0
+  config.model.options.attn_resolutions = ()
   config.optim.learning_rate = 2e-3
   return config
