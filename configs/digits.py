@@ -1,13 +1,14 @@
 """The default: a 917,889-parameter U-Net on scikit-learn's 8x8 digits, trained as EDM
-(Karras et al. 2022): ln sigma ~ N(-1.2, 1.2^2), the preconditioning and loss weight of their
-table 1, the network seeing c_noise = ln(sigma) / 4 (time_scale 1); no dropout, AdamW at
-2e-3, 1500 steps at batch 128 (minutes on a 2-core CPU). Everything else is
+(Karras et al. 2022): ln sigma ~ N(-1.2, 1.2^2), the preconditioning and loss weight of
+their table 1, the network seeing c_noise = ln(sigma) / 4 (time_scale 1); no dropout, AdamW
+at 2e-3, 1500 steps at batch 128 (minutes on a 2-core CPU). Everything else is
 configs/train_base.py's.
 
 Why EDM and not the base's cosine DDPM with L_simple: on the same network, steps and seed,
 UniPC at 20 NFE reaches a Frechet distance of 2.38 (classifier features, N = 1000) against
 5.51 for the base recipe, 4.14 without dropout, 3.78 with v-prediction too, 3.00 as EDM at
-lr 1e-3 (README, "The digits default, measured"; measured with the base's attention at 4x4).
+lr 1e-3 (README, "The digits default, measured"; measured with the base's attention at
+4x4).
 
 Why no attention at the 4x4 level (only the middle block's): the step is about 12% faster
 on a 2-core CPU, and the samples are as good (Frechet distances of 2.19 / 1.92 / 3.49 and
