@@ -6,6 +6,7 @@ pipeline and PyTorch (diffusers' UNet2DModel trained with the same recipe).
   python3 benchmarks/train_speed.py --model cifar10 --repeats 3
   python3 benchmarks/train_speed.py --no-peer                # jaxdiff only
   python3 benchmarks/train_speed.py --model digits --no-peer --mesh '{"data": 8}'
+  python3 benchmarks/train_speed.py --model digits --convolutions  # what the step spends
 
 Models (the recipe of configs/digits.py for both: EDM, Karras et al. 2022, with its
 log-normal sigma, preconditioning and loss weight; clip 1.0, AdamW at 2e-3 with its
@@ -39,6 +40,12 @@ round:
                  gpu_train_speed.py's), clip_grad_norm_, torch.optim.AdamW
                  with the same schedule (LambdaLR), the warmed-up EMA (torch._foreach_lerp_),
                  --torch-threads intra-op threads (default: the CPU count).
+With --convolutions, also the network's convolutions (found in the loss's jaxpr), each
+timed alone in its three directions (forward, input gradient, kernel gradient) in XLA
+(as the step compiles them) and in PyTorch (aten's convolution and
+convolution_backward, NCHW, as autograd calls them), and the share of PyTorch's step that
+torch.profiler counts in its convolutions. XLA's own profile cannot give that share: its
+convolutions run as Eigen tasks that the profiler does not trace.
 Printed: seconds/step, steps/s and images/s of each, and the CPU time the process got
 per step (all threads: up to the CPU count times the wall time on an idle machine, less
 on a busy one); the ratios full / bare (goal <= 1.10), pipeline / fixed (goal <= 1.05;
@@ -55,6 +62,8 @@ or --torch-threads 1 there; a note under the ratios says when PyTorch looks hit.
 """
 
 import argparse
+import collections
+import functools
 import json
 import math
 import os
@@ -79,6 +88,7 @@ if MESH is not None:
                              f"device_count={math.prod(n for n in MESH.values() if n > 0)}")
 
 import jax  # noqa: E402
+import jax.extend  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np
@@ -338,6 +348,88 @@ def _torch_loss(objective, model, x0, torch):
                    f"{type(process).__name__} with {objective}")
 
 
+def forward_convolutions(exp, local_batches):
+  """{(lhs shape, rhs shape, params): count} of the convolutions in one loss evaluation
+  of exp's network on batch 0 (jax.make_jaxpr, nested jaxprs included)."""
+  batch = jax.tree.map(lambda b: jnp.asarray(b[0]), local_batches)
+  init, _, _ = loop.step_parts(exp, sharding.make_mesh({"data": 1}, jax.devices()[:1]))
+  params = jax.eval_shape(init).params
+
+  def loss(params):
+    key_loss, key_dropout = jax.random.split(jax.random.PRNGKey(1))
+    cond = batch["label"] if exp.conditional else None
+    return jnp.mean(exp.objective.loss(step.network_fn(exp.model, params, key_dropout),
+                                       batch["image"], key_loss, cond)[0])
+
+  found = collections.Counter()
+
+  def visit(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive is jax.lax.conv_general_dilated_p:
+        lhs, rhs = (v.aval.shape for v in eqn.invars)
+        found[(lhs, rhs, tuple(sorted(eqn.params.items())))] += 1
+    for sub in jax.extend.core.subjaxprs(jaxpr):
+      visit(sub)
+
+  visit(jax.make_jaxpr(loss)(params).jaxpr)
+  return found
+
+
+def convolution_seconds(convolutions, steps, repeats, torch=None, threads=None):
+  """{"forward", "input gradient", "kernel gradient": seconds per step}: every convolution
+  of `convolutions` (forward_convolutions) timed alone, in each direction, times its count;
+  in XLA (jitted with models.compiler_options(), as the step) or, given torch, in PyTorch
+  (NCHW, aten's convolution and convolution_backward, as autograd calls them). The first
+  convolution's input gradient, which neither step needs, is counted in both."""
+  totals = collections.Counter()
+  for (lhs_shape, rhs_shape, items), count in convolutions.items():
+    kw = dict(items)
+    x = jax.random.normal(jax.random.PRNGKey(0), lhs_shape)
+    w = jax.random.normal(jax.random.PRNGKey(1), rhs_shape)
+    conv = functools.partial(jax.lax.conv_general_dilated_p.bind, **kw)
+    g = jax.random.normal(jax.random.PRNGKey(2), jax.eval_shape(conv, x, w).shape)
+    if torch is None:
+      jit = functools.partial(jax.jit, compiler_options=models.compiler_options())
+      grads = lambda x, w, g: jax.vjp(conv, x, w)[1](g)
+      fns = {"forward": functools.partial(jit(conv), x, w),
+             "input gradient": functools.partial(jit(lambda *a: grads(*a)[0]), x, w, g),
+             "kernel gradient": functools.partial(jit(lambda *a: grads(*a)[1]), x, w, g)}
+      sync = jax.block_until_ready
+    else:
+      fns = _torch_convolution(kw, x, w, g, torch, threads, np.asarray(jax.jit(conv)(x, w)))
+      sync = lambda _: None
+    times, _ = seconds_per_step({d: (f, sync) for d, f in fns.items()}, steps, repeats)
+    for direction, t in times.items():
+      totals[direction] += count * statistics.median(t)
+  return totals
+
+
+def _torch_convolution(kw, x, w, g, torch, threads, expected):
+  """{direction: fn} of one convolution (jax params kw on NHWC x, HWIO w, NHWC g) in torch,
+  checked to give XLA's forward result `expected`."""
+  numbers = kw["dimension_numbers"]
+  if (numbers.lhs_spec, numbers.rhs_spec, numbers.out_spec) != ((0, 3, 1, 2), (3, 2, 0, 1),
+                                                                (0, 3, 1, 2)):
+    raise ValueError(f"not an NHWC/HWIO convolution: {numbers}")
+  if kw["feature_group_count"] != 1 or set(kw["lhs_dilation"]) | set(kw["rhs_dilation"]) != {1}:
+    raise ValueError("only ungrouped, undilated convolutions are timed in PyTorch")
+  torch.set_num_threads(threads)
+  nchw = lambda a, axes: torch.from_numpy(np.asarray(a).transpose(axes).copy())
+  x, w, g = nchw(x, (0, 3, 1, 2)), nchw(w, (3, 2, 0, 1)), nchw(g, (0, 3, 1, 2))
+  # jax pads each side on its own ((0, 1) for the stride-2 downsampler); torch's
+  # convolution pads both sides alike, so pad x beforehand, as diffusers does.
+  (top, bottom), (left, right) = kw["padding"]
+  x = torch.nn.functional.pad(x, (left, right, top, bottom))
+  stride, zeros, ones = list(kw["window_strides"]), [0, 0], [1, 1]
+  backward = lambda mask: torch.ops.aten.convolution_backward(
+      g, x, w, None, stride, zeros, ones, False, zeros, 1, mask)
+  forward = lambda: torch.ops.aten.convolution(x, w, None, stride, zeros, ones, False, zeros, 1)
+  if not np.allclose(forward().numpy().transpose(0, 2, 3, 1), expected, rtol=1e-4, atol=1e-3):
+    raise ValueError(f"PyTorch's convolution differs from XLA's: {kw}")
+  return {"forward": forward, "input gradient": lambda: backward([True, False, False]),
+          "kernel gradient": lambda: backward([False, True, False])}
+
+
 def pipeline_seconds(exp, source, steps=50):
   """Median host time of one call's input as loop.train makes it (iterator -> stack ->
   global_batch, blocked on), without the step."""
@@ -410,6 +502,52 @@ def benchmark(name, args):
       print(f"    (the machine is busy: PyTorch's {args.torch_threads} OpenMP threads spin at "
             "every barrier while the thread they wait for is descheduled, which can slow it "
             "down many times over; compare with OMP_WAIT_POLICY=PASSIVE or --torch-threads 1)")
+  if args.convolutions:
+    print_convolutions(exp, local_batches, calls, times, args)
+
+
+def print_convolutions(exp, local_batches, calls, times, args):
+  """The step's convolutions timed alone in XLA and PyTorch, and PyTorch's profile of its
+  step (XLA's profile cannot tell: Eigen runs the convolutions in untraced tasks)."""
+  convolutions = forward_convolutions(exp, local_batches)
+  flops = 0
+  for (lhs_shape, rhs_shape, items), count in convolutions.items():
+    out = jax.eval_shape(functools.partial(jax.lax.conv_general_dilated_p.bind, **dict(items)),
+                         jax.ShapeDtypeStruct(lhs_shape, jnp.float32),
+                         jax.ShapeDtypeStruct(rhs_shape, jnp.float32))
+    flops += count * 2 * math.prod(out.shape) * math.prod(rhs_shape) // rhs_shape[-1]
+  rows = {"jaxdiff": ("full step", convolution_seconds(convolutions, 10, args.repeats))}
+  if "pytorch" in times:
+    torch, _ = peers.import_peers()
+    rows["pytorch"] = ("pytorch", convolution_seconds(convolutions, 10, args.repeats, torch,
+                                                      args.torch_threads))
+  print(f"  its {sum(convolutions.values())} 3x3 convolutions ({len(convolutions)} shapes; "
+        f"{flops / 1e9:.2f} GFLOP in each direction), each timed alone on random data "
+        f"(median of {args.repeats} blocks of 10 calls), ms per step:")
+  directions = ("forward", "input gradient", "kernel gradient")
+  print(f"    {'':8s}" + "".join(f"{d:>16s}" for d in directions) +
+        f"{'all':>8s}{'GFLOP/s':>9s}{'its step':>10s}")
+  for name, (step_name, seconds) in rows.items():
+    total = sum(seconds.values())
+    print(f"    {name:8s}" + "".join(f"{seconds[d] * 1e3:16.1f}" for d in directions) +
+          f"{total * 1e3:8.1f}{3 * flops / total / 1e9:9.0f}"
+          f"{statistics.median(times[step_name]) * 1e3:10.1f}")
+  if "pytorch" in times:
+    # Wall time inside each convolution call (its OpenMP threads joined), summed.
+    train_step = calls["pytorch"][0]
+    train_step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+      start = time.perf_counter()
+      for _ in range(10):
+        train_step()
+      seconds = (time.perf_counter() - start) / 10
+    ops = {e.key: e for e in profile.key_averages()
+           if e.key in ("aten::convolution", "aten::convolution_backward")}
+    inside = sum(e.cpu_time_total for e in ops.values()) / 1e6 / 10
+    print(f"    pytorch's step under torch.profiler (10 steps): {seconds * 1e3:.1f} ms, of which "
+          f"its convolutions {inside * 1e3:.1f} ms ({inside / seconds:.0%}; "
+          f"{sum(e.count for e in ops.values()) // 10} calls a step, forward and backward, "
+          "diffusers' 1x1 shortcuts among them)")
 
 
 def main():
@@ -427,6 +565,9 @@ def main():
                       '\'{"data": 8}\' or \'{"data": 2, "fsdp": 4}\'')
   parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                       help="PyTorch's intra-op threads (default: the number of CPUs)")
+  parser.add_argument("--convolutions", action="store_true",
+                      help="also time the network's convolutions alone, in each direction, "
+                      "in XLA and PyTorch, and print the rest of each step")
   args = parser.parse_args()
   versions = [f"python {platform.python_version()}", f"jax {jax.__version__}"]
   for module in ("jaxlib", "flax", "optax", "torch", "diffusers"):
