@@ -41,11 +41,13 @@ round:
                  with the same schedule (LambdaLR), the warmed-up EMA (torch._foreach_lerp_),
                  --torch-threads intra-op threads (default: the CPU count).
 With --convolutions, also the network's convolutions (found in the loss's jaxpr), each
-timed alone in its three directions (forward, input gradient, kernel gradient) in XLA
-(as the step compiles them) and in PyTorch (aten's convolution and
-convolution_backward, NCHW, as autograd calls them), and the share of PyTorch's step that
-torch.profiler counts in its convolutions. XLA's own profile cannot give that share: its
-convolutions run as Eigen tasks that the profiler does not trace.
+timed alone in XLA (as the step compiles them) and in PyTorch (aten's convolution and
+convolution_backward, NCHW, as autograd calls them): forward, input gradient, kernel
+gradient and both gradients in one call (as the backward passes compute them); their
+sum per step, and the rest of each step; and, as a check of the sum, the time
+torch.profiler counts in PyTorch's convolutions inside its step. XLA's own profile
+cannot give that time: its convolutions run as Eigen tasks that the profiler does not
+trace.
 Printed: seconds/step, steps/s and images/s of each, and the CPU time the process got
 per step (all threads: up to the CPU count times the wall time on an idle machine, less
 on a busy one); the ratios full / bare (goal <= 1.10), pipeline / fixed (goal <= 1.05;
@@ -376,8 +378,9 @@ def forward_convolutions(exp, local_batches):
 
 
 def convolution_seconds(convolutions, steps, repeats, torch=None, threads=None):
-  """{"forward", "input gradient", "kernel gradient": seconds per step}: every convolution
-  of `convolutions` (forward_convolutions) timed alone, in each direction, times its count;
+  """{"forward", "input gradient", "kernel gradient", "both gradients": seconds per step}:
+  every convolution of `convolutions` (forward_convolutions) timed alone, in each direction
+  and with both gradients in one call (as the backward passes compute them), times its count;
   in XLA (jitted with models.compiler_options(), as the step) or, given torch, in PyTorch
   (NCHW, aten's convolution and convolution_backward, as autograd calls them). The first
   convolution's input gradient, which neither step needs, is counted in both."""
@@ -393,7 +396,8 @@ def convolution_seconds(convolutions, steps, repeats, torch=None, threads=None):
       grads = lambda x, w, g: jax.vjp(conv, x, w)[1](g)
       fns = {"forward": functools.partial(jit(conv), x, w),
              "input gradient": functools.partial(jit(lambda *a: grads(*a)[0]), x, w, g),
-             "kernel gradient": functools.partial(jit(lambda *a: grads(*a)[1]), x, w, g)}
+             "kernel gradient": functools.partial(jit(lambda *a: grads(*a)[1]), x, w, g),
+             "both gradients": functools.partial(jit(grads), x, w, g)}
       sync = jax.block_until_ready
     else:
       fns = _torch_convolution(kw, x, w, g, torch, threads, np.asarray(jax.jit(conv)(x, w)))
@@ -416,18 +420,22 @@ def _torch_convolution(kw, x, w, g, torch, threads, expected):
   torch.set_num_threads(threads)
   nchw = lambda a, axes: torch.from_numpy(np.asarray(a).transpose(axes).copy())
   x, w, g = nchw(x, (0, 3, 1, 2)), nchw(w, (3, 2, 0, 1)), nchw(g, (0, 3, 1, 2))
-  # jax pads each side on its own ((0, 1) for the stride-2 downsampler); torch's
-  # convolution pads both sides alike, so pad x beforehand, as diffusers does.
+  # torch's convolution pads both sides of a dimension alike; jax's padding may differ
+  # ((0, 1) for the stride-2 downsampler): pad x beforehand there, as diffusers does.
   (top, bottom), (left, right) = kw["padding"]
-  x = torch.nn.functional.pad(x, (left, right, top, bottom))
+  padding = [top, left]
+  if (top, left) != (bottom, right):
+    x, padding = torch.nn.functional.pad(x, (left, right, top, bottom)), [0, 0]
   stride, zeros, ones = list(kw["window_strides"]), [0, 0], [1, 1]
   backward = lambda mask: torch.ops.aten.convolution_backward(
-      g, x, w, None, stride, zeros, ones, False, zeros, 1, mask)
-  forward = lambda: torch.ops.aten.convolution(x, w, None, stride, zeros, ones, False, zeros, 1)
+      g, x, w, None, stride, padding, ones, False, zeros, 1, mask)
+  forward = lambda: torch.ops.aten.convolution(x, w, None, stride, padding, ones, False, zeros,
+                                               1)
   if not np.allclose(forward().numpy().transpose(0, 2, 3, 1), expected, rtol=1e-4, atol=1e-3):
     raise ValueError(f"PyTorch's convolution differs from XLA's: {kw}")
   return {"forward": forward, "input gradient": lambda: backward([True, False, False]),
-          "kernel gradient": lambda: backward([False, True, False])}
+          "kernel gradient": lambda: backward([False, True, False]),
+          "both gradients": lambda: backward([True, True, False])}
 
 
 def pipeline_seconds(exp, source, steps=50):
@@ -521,17 +529,19 @@ def print_convolutions(exp, local_batches, calls, times, args):
     torch, _ = peers.import_peers()
     rows["pytorch"] = ("pytorch", convolution_seconds(convolutions, 10, args.repeats, torch,
                                                       args.torch_threads))
-  print(f"  its {sum(convolutions.values())} 3x3 convolutions ({len(convolutions)} shapes; "
+  print(f"  its {sum(convolutions.values())} convolutions ({len(convolutions)} shapes; "
         f"{flops / 1e9:.2f} GFLOP in each direction), each timed alone on random data "
-        f"(median of {args.repeats} blocks of 10 calls), ms per step:")
-  directions = ("forward", "input gradient", "kernel gradient")
+        f"(median of {args.repeats} blocks of 10 calls), ms per step; all = forward + both "
+        "gradients, the rest = the step - all:")
+  directions = ("forward", "input gradient", "kernel gradient", "both gradients")
   print(f"    {'':8s}" + "".join(f"{d:>16s}" for d in directions) +
-        f"{'all':>8s}{'GFLOP/s':>9s}{'its step':>10s}")
+        f"{'all':>8s}{'GFLOP/s':>9s}{'its step':>10s}{'the rest':>10s}")
   for name, (step_name, seconds) in rows.items():
-    total = sum(seconds.values())
+    total = seconds["forward"] + seconds["both gradients"]
+    step_seconds = statistics.median(times[step_name])
     print(f"    {name:8s}" + "".join(f"{seconds[d] * 1e3:16.1f}" for d in directions) +
-          f"{total * 1e3:8.1f}{3 * flops / total / 1e9:9.0f}"
-          f"{statistics.median(times[step_name]) * 1e3:10.1f}")
+          f"{total * 1e3:8.1f}{3 * flops / total / 1e9:9.0f}{step_seconds * 1e3:10.1f}"
+          f"{(step_seconds - total) * 1e3:10.1f}")
   if "pytorch" in times:
     # Wall time inside each convolution call (its OpenMP threads joined), summed.
     train_step = calls["pytorch"][0]
