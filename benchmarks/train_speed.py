@@ -351,8 +351,8 @@ def _torch_loss(objective, model, x0, torch):
 
 
 def forward_convolutions(exp, local_batches):
-  """{(lhs shape, rhs shape, params): count} of the convolutions in one loss evaluation
-  of exp's network on batch 0 (jax.make_jaxpr, nested jaxprs included)."""
+  """({(lhs shape, rhs shape, params): count}, their FLOPs) of the convolutions in one loss
+  evaluation of exp's network on batch 0 (jax.make_jaxpr, nested jaxprs included)."""
   batch = jax.tree.map(lambda b: jnp.asarray(b[0]), local_batches)
   init, _, _ = loop.step_parts(exp, sharding.make_mesh({"data": 1}, jax.devices()[:1]))
   params = jax.eval_shape(init).params
@@ -363,18 +363,20 @@ def forward_convolutions(exp, local_batches):
     return jnp.mean(exp.objective.loss(step.network_fn(exp.model, params, key_dropout),
                                        batch["image"], key_loss, cond)[0])
 
-  found = collections.Counter()
+  found, flops = collections.Counter(), [0]
 
   def visit(jaxpr):
     for eqn in jaxpr.eqns:
       if eqn.primitive is jax.lax.conv_general_dilated_p:
         lhs, rhs = (v.aval.shape for v in eqn.invars)
         found[(lhs, rhs, tuple(sorted(eqn.params.items())))] += 1
+        # A multiply-add per output element and kernel element of one output feature.
+        flops[0] += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs) // rhs[-1]
     for sub in jax.extend.core.subjaxprs(jaxpr):
       visit(sub)
 
   visit(jax.make_jaxpr(loss)(params).jaxpr)
-  return found
+  return found, flops[0]
 
 
 def convolution_seconds(convolutions, steps, repeats, torch=None, threads=None):
@@ -517,13 +519,7 @@ def benchmark(name, args):
 def print_convolutions(exp, local_batches, calls, times, args):
   """The step's convolutions timed alone in XLA and PyTorch, and PyTorch's profile of its
   step (XLA's profile cannot tell: Eigen runs the convolutions in untraced tasks)."""
-  convolutions = forward_convolutions(exp, local_batches)
-  flops = 0
-  for (lhs_shape, rhs_shape, items), count in convolutions.items():
-    out = jax.eval_shape(functools.partial(jax.lax.conv_general_dilated_p.bind, **dict(items)),
-                         jax.ShapeDtypeStruct(lhs_shape, jnp.float32),
-                         jax.ShapeDtypeStruct(rhs_shape, jnp.float32))
-    flops += count * 2 * math.prod(out.shape) * math.prod(rhs_shape) // rhs_shape[-1]
+  convolutions, flops = forward_convolutions(exp, local_batches)
   rows = {"jaxdiff": ("full step", convolution_seconds(convolutions, 10, args.repeats))}
   if "pytorch" in times:
     torch, _ = peers.import_peers()
