@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
 from jaxdiff import cli, workdir
-from jaxdiff.train import loop
+from jaxdiff.train import host_memory, loop
 
 _CONFIG = cli.define_config("configs/digits.py", "Training configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training folder; default runs/train-<time>. "
@@ -120,6 +120,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   start_processes()
+  host_memory.keep_cpu_temporaries()  # Before anything starts the backends.
   built, source, held_out, mesh = build(_CONFIG.value)
   resume = earlier_run(_WORKDIR.value, built)
   with claimed_workdir(_WORKDIR.value, resume) as out:

@@ -217,7 +217,8 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, he
                                       sharding.batch_sharding(mesh))
       state, metrics = train_step(state, batches)
       current += run.steps_per_call
-      if pending is not None:  # The previous call, read while this one runs.
+      if pending is not None:  # The previous call, read while this one runs (if dispatched
+        # asynchronously: on one CPU device, train.py runs each call to its end, host_memory).
         progress.settle(*pending)
       pending = (current, metrics)
       done = current == run.num_steps
