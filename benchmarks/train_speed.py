@@ -48,6 +48,9 @@ sum per step, and the rest of each step; and, as a check of the sum, the time
 torch.profiler counts in PyTorch's convolutions inside its step. XLA's own profile
 cannot give that time: its convolutions run as Eigen tasks that the profiler does not
 trace.
+By default the process keeps XLA:CPU's temporaries mapped between calls, as train.py
+does (`jaxdiff.train.host_memory`; PyTorch, in the same process, runs with the same
+malloc settings); --no-host-memory times JAX's and glibc's defaults.
 Printed: seconds/step, steps/s and images/s of each, and the CPU time the process got
 per step (all threads: up to the CPU count times the wall time on an idle machine, less
 on a busy one); the ratios full / bare (goal <= 1.10), pipeline / fixed (goal <= 1.05;
@@ -96,7 +99,7 @@ import ml_collections  # noqa: E402
 import numpy as np
 
 from jaxdiff import data, models, parameterization, peers, schedules
-from jaxdiff.train import experiment, loop, optim, sharding, step
+from jaxdiff.train import experiment, host_memory, loop, optim, sharding, step
 
 # configs/ and benchmarks/ are not installed with jaxdiff: import them from this checkout.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -574,7 +577,11 @@ def main():
   parser.add_argument("--convolutions", action="store_true",
                       help="also time the network's convolutions alone, in each direction, "
                       "in XLA and PyTorch, and print the rest of each step")
+  parser.add_argument("--host-memory", action=argparse.BooleanOptionalAction, default=True,
+                      help="keep XLA:CPU's temporaries mapped between calls, as train.py does "
+                      "(jaxdiff.train.host_memory; --no-host-memory: JAX's and glibc's defaults)")
   args = parser.parse_args()
+  kept = args.host_memory and host_memory.keep_cpu_temporaries()
   versions = [f"python {platform.python_version()}", f"jax {jax.__version__}"]
   for module in ("jaxlib", "flax", "optax", "torch", "diffusers"):
     try:
@@ -582,7 +589,8 @@ def main():
     except ImportError:
       pass
   print(f"train_speed: {', '.join(versions)}; {os.cpu_count()} CPUs, load average "
-        f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+        f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}; XLA:CPU's temporaries "
+        f"{'kept mapped between calls (host_memory)' if kept else 'as JAX and glibc handle them'}")
   for name in (("digits", "cifar10") if args.model == "both" else (args.model,)):
     benchmark(name, args)
 
