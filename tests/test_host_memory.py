@@ -2,6 +2,7 @@
 calls, so that once the heap has grown (the first few calls), calls fault no pages in
 (glibc only)."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -29,8 +30,10 @@ PAGES = 5 * 16 * 2**20 * 4 // 4096  # Five calls' temporaries in 4 KiB pages.
 
 
 def page_faults(mode):
+  # glibc's own tunables (GLIBC_TUNABLES) would change the default's page faults.
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
   result = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True,
-                          check=True, env={"JAX_PLATFORMS": "cpu", "PATH": ""})
+                          check=True, env={**env, "JAX_PLATFORMS": "cpu"})
   return int(result.stdout.split()[-1])
 
 
