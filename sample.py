@@ -15,8 +15,9 @@ samples go to a new folder (default <training workdir>/samples-<time>):
 samples.npz (samples in [-1, 1] and x_T, labels), samples.png (a grid of the
 first 100) and results.md / results.json (what ran, how long, and for data
 with an evaluation classifier, its quality figures). Each call's samples
-(--batch-size) are split over every device, with a progress bar over the calls. Sampling with another
-process than the one trained needs --process and warns.
+(--batch-size) are split over every device, with a progress bar over the
+calls. Sampling with another process than the one trained needs --process and
+warns.
 
 Without --checkpoint, the oracle job:
 Everything the config names is built and checked (each sampler traced once,
