@@ -56,7 +56,8 @@ per step (all threads: up to the CPU count times the wall time on an idle machin
 on a busy one); the ratios full / bare (goal <= 1.10), pipeline / fixed (goal <= 1.05;
 below 1 is noise) and jaxdiff / PyTorch images/s (goal >= 1), in wall time and in CPU
 time; the first call's time (trace, compile, one step; not timed); the load average
-before and after the timed blocks; versions.
+before and after the timed blocks; versions and the CPU (the same command runs at
+different speeds on different CPUs).
 
 On a CPU shared with other work (load average above the CPU count) PyTorch's OpenMP
 threads spin at each barrier while the thread they wait for is descheduled: its step
@@ -559,6 +560,19 @@ def print_convolutions(exp, local_batches, calls, times, args):
           "diffusers' 1x1 shortcuts among them)")
 
 
+def cpu_name() -> str:
+  """The CPU's model name, family and model as Linux reports them (or the platform's
+  processor string elsewhere): the name alone may be as vague as "AMD EPYC"."""
+  try:
+    fields = dict(line.split(":", 1) for line in pathlib.Path("/proc/cpuinfo").read_text()
+                  .split("\n\n")[0].splitlines() if ":" in line)
+  except OSError:
+    return platform.processor() or "unknown CPU"
+  fields = {key.strip(): value.strip() for key, value in fields.items()}
+  return (f"{fields.get('model name', 'unknown CPU')}, family {fields.get('cpu family', '?')}"
+          f" model {fields.get('model', '?')}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", choices=("digits", "cifar10", "both"), default="both",
@@ -588,7 +602,7 @@ def main():
       versions.append(f"{module} {__import__(module).__version__}")
     except ImportError:
       pass
-  print(f"train_speed: {', '.join(versions)}; {os.cpu_count()} CPUs, load average "
+  print(f"train_speed: {', '.join(versions)}; {os.cpu_count()} CPUs ({cpu_name()}), load average "
         f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}; XLA:CPU's temporaries "
         f"{'kept mapped between calls (host_memory)' if kept else 'as JAX and glibc handle them'}")
   for name in (("digits", "cifar10") if args.model == "both" else (args.model,)):
