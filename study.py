@@ -32,6 +32,7 @@ choice is checked before the folder is claimed.
 from absl import app, flags, logging
 
 from jaxdiff import cli, evaluation, inception, workdir
+from jaxdiff.train import host_memory
 from studies import (classifier, common, edit, embedding, guidance, samplers, schedules,
                      training)
 
@@ -97,6 +98,7 @@ def main(argv):
   name = argv[1]
   study = STUDIES[name]
   logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO.
+  host_memory.keep_cpu_temporaries()  # As train.py: the studies that train run its loop.
   try:
     opts = options()
     prepared = (study.prepare(opts, _CONFIG.value) if name in TRAINING
