@@ -25,10 +25,10 @@ does anyway.
 Only programs call this (train.py, study.py, whose training studies run the same
 loop, and the training benchmark), never the library: it changes the process,
 not a computation. sample.py does not: its few large calls, each a whole
-sampler, ran as fast either way (13.7-14.2 s for 1000 digits in three pairs). It does nothing off glibc, and the
-heap settings only apply when the default backend is the CPU; multi-device and
-multi-process computations stay asynchronous (JAX dispatches them so in any
-case).
+sampler, ran as fast either way (13.7-14.2 s for 1000 digits in three pairs).
+It does nothing off glibc, and the heap settings only apply when the default
+backend is the CPU; multi-device and multi-process computations stay
+asynchronous (JAX dispatches them so in any case).
 """
 
 import ctypes
