@@ -4,11 +4,12 @@ then in the first calls, when other allocations (the compilation cache's writes,
 outputs) take the freed block's place."""
 
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
+
+from jaxdiff.train import host_memory
 
 # A program with one 64 MiB temporary (the barrier keeps sin(x) from fusing into the sum);
 # prints the page faults of each of 14 calls.
@@ -36,8 +37,7 @@ def page_faults(mode):
   return [int(n) for n in result.stdout.split()[1:]]  # After the first (compiling) call.
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                    reason="the setting is glibc's malloc")
+@pytest.mark.skipif(not host_memory.GLIBC, reason="the setting is glibc's malloc")
 def test_temporaries_stay_mapped_between_calls():
   assert all(n > BLOCK // 2 for n in page_faults("default"))  # Each call maps them afresh...
   assert sum(n < BLOCK // 100 for n in page_faults("keep")) >= 10  # ...unless kept: of 13.

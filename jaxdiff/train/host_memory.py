@@ -36,6 +36,7 @@ import platform
 
 import jax
 
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 # glibc's malloc.h.
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -45,7 +46,7 @@ INT_MAX = 2**31 - 1
 def keep_cpu_temporaries() -> bool:
   """Sets the above up; True when it applied. Call it before anything uses JAX's
   backends (after jax.distributed.initialize, which must come first too)."""
-  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+  if not GLIBC:
     return False
   jax.config.update("jax_cpu_enable_async_dispatch", False)
   if jax.default_backend() != "cpu":
