@@ -1,7 +1,7 @@
 """host_memory.keep_cpu_temporaries: a compiled program's temporaries stay mapped between
 calls, so that most calls fault no pages in (glibc only). The heap still grows now and
-then in the first calls, when other allocations (the compilation cache's writes, the
-outputs) take the freed block's place."""
+then, mostly in the first calls, when other allocations (the compilation cache's writes,
+the outputs) take the freed block's place."""
 
 import os
 import subprocess
@@ -12,7 +12,7 @@ import pytest
 from jaxdiff.train import host_memory
 
 # A program with one 64 MiB temporary (the barrier keeps sin(x) from fusing into the sum);
-# prints the page faults of each of 14 calls.
+# prints the page faults of each of 30 calls.
 CHILD = """
 import resource, sys
 import jax, jax.numpy as jnp
@@ -21,7 +21,7 @@ if sys.argv[1] == "keep":
   assert host_memory.keep_cpu_temporaries()
 f = jax.jit(lambda x: jnp.sum(jax.lax.optimization_barrier(jnp.sin(x)) ** 2))
 x = jnp.ones(16 * 2**20)
-for _ in range(14):
+for _ in range(30):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   jax.block_until_ready(f(x))
   print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -40,4 +40,6 @@ def page_faults(mode):
 @pytest.mark.skipif(not host_memory.GLIBC, reason="the setting is glibc's malloc")
 def test_temporaries_stay_mapped_between_calls():
   assert all(n > BLOCK // 2 for n in page_faults("default"))  # Each call maps them afresh...
-  assert sum(n < BLOCK // 100 for n in page_faults("keep")) >= 10  # ...unless kept: of 13.
+  # ...unless kept. The heap grows in a few calls (4 of the first 13 seen on a loaded
+  # machine), so the test asks for most: of 29 calls, 20 or more fault nothing in.
+  assert sum(n < BLOCK // 100 for n in page_faults("keep")) >= 20
