@@ -564,11 +564,11 @@ def cpu_name() -> str:
   """The CPU's model name, family and model as Linux reports them (or the platform's
   processor string elsewhere): the name alone may be as vague as "AMD EPYC"."""
   try:
-    fields = dict(line.split(":", 1) for line in pathlib.Path("/proc/cpuinfo").read_text()
-                  .split("\n\n")[0].splitlines() if ":" in line)
+    first_cpu = pathlib.Path("/proc/cpuinfo").read_text().split("\n\n")[0]
   except OSError:
     return platform.processor() or "unknown CPU"
-  fields = {key.strip(): value.strip() for key, value in fields.items()}
+  fields = {key.strip(): value.strip() for key, value in
+            (line.split(":", 1) for line in first_cpu.splitlines() if ":" in line)}
   return (f"{fields.get('model name', 'unknown CPU')}, family {fields.get('cpu family', '?')}"
           f" model {fields.get('model', '?')}")
 
