@@ -136,6 +136,15 @@ def read_rows(workdir):
   return rows
 
 
+def markdown_table(header, rows) -> str:
+  """A markdown table of results: header [C] column names, rows [R][C] cells; a float cell is
+  written to 4 significant digits, any other as str."""
+  cell = lambda value: f"{value:.4g}" if isinstance(value, float) else str(value)
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
 def _json_default(value):
   """NumPy and JAX scalars and arrays as plain numbers and lists; anything else as text."""
   if isinstance(value, np.generic) or hasattr(value, "__array__"):
