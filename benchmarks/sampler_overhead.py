@@ -5,7 +5,7 @@
 
 The network is a small convolutional U-Net (flax.linen, ~0.37M parameters) on
 [B, 32, 32, 3], the size class of a CIFAR-10 model scaled down so that it runs
-on a CPU. Printed, measured in one run (no asserts; see the README):
+on a CPU. Printed, measured in one run (no asserts; see docs/samplers.md):
   * per sampler: wall time of one 20-NFE sampling call divided by the wall time
     of 20 separate jitted network calls on the same batch (goal <= 1.05: the
     scan adds next to nothing to the network's cost);

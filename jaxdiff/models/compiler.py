@@ -10,13 +10,10 @@ machines, where Eigen's convolution (XLA's other CPU path) runs the same
 gradients at 140-240 GFLOP/s. YNNPACK's reductions, on the other hand
 (GroupNorm statistics, bias gradients: sums over B, H, W into a channel
 vector), are several times faster than XLA's own loop emitter: turning YNNPACK
-off altogether gave back most of the gain (one run: train step 2.12 s against
-1.67 s with reductions only and 2.41 s with the defaults). So on CPU the
-options keep YNNPACK for reductions only. `benchmarks/unet_speed.py
---xla-defaults` measures the difference within one run; three runs (the DDPM
-CIFAR-10 U-Net, batch 8, float32) gave 1.48-1.54x images/s in the train step
-and 1.15-1.28x in the forward pass. A DiT-S/2 train step, made of matrix
-products, was unchanged.
+off altogether gives back most of the gain. So on CPU the options keep YNNPACK
+for reductions only. `benchmarks/unet_speed.py --xla-defaults` measures the
+difference within one run (docs/training.md, "Training speed"). A DiT-S/2
+train step, made of matrix products, is unchanged.
 
 The options are a compile-time choice of kernels, not of the math: the results
 agree with the default compilation to float32 rounding (tested). They are left
