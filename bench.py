@@ -23,7 +23,8 @@ import pathlib
 import jax
 from absl import app, flags
 
-from jaxdiff import benchmark, cli, parameterization, schedules, workdir
+from jaxdiff import cli, parameterization, schedules, workdir
+from jaxdiff.benchmark import problems, report, runs
 
 _CONFIG = cli.define_config("configs/benchmark.py", "Benchmark configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/bench-<time>.")
@@ -43,20 +44,20 @@ def build_problems(config, oracle_file, init_noise_file):
   """The (name, Problem) of each oracle, every input checked before anything is written."""
   process = schedules.make_process(config.process, **config.process_options)
   if oracle_file:
-    mixtures = {pathlib.Path(oracle_file).stem: benchmark.load_mixture(oracle_file)}
+    mixtures = {pathlib.Path(oracle_file).stem: problems.load_mixture(oracle_file)}
   else:
     mixtures = {}
     for spec in config.oracles:
-      mixture = benchmark.make_oracle(spec.name, **spec.options)
+      mixture = problems.make_oracle(spec.name, **spec.options)
       mixtures[f"{spec.name}-{mixture.dim}d"] = mixture
-  problems = []
+  oracle_problems = []
   for name, mixture in mixtures.items():
     x_T = None
     if init_noise_file:
-      x_T = benchmark.load_init_noise(init_noise_file, (config.num_samples, mixture.dim))
-    problems.append(benchmark.make_problem(name, process, mixture, config.prediction,
-                                           config.num_samples, config.seed, x_T))
-  return problems
+      x_T = problems.load_init_noise(init_noise_file, (config.num_samples, mixture.dim))
+    oracle_problems.append(problems.make_problem(name, process, mixture, config.prediction,
+                                                 config.num_samples, config.seed, x_T))
+  return oracle_problems
 
 
 def entries_for(problem, config, with_peers):
@@ -64,7 +65,7 @@ def entries_for(problem, config, with_peers):
   entries, mistakes = [], []
   for s in config.samplers:
     try:
-      entries.append(benchmark.sampler_entry(problem, s.name, s.options.to_dict(), s.grid,
+      entries.append(runs.sampler_entry(problem, s.name, s.options.to_dict(), s.grid,
                                              s.grid_options.to_dict()))
     except ValueError as error:
       mistakes.append(f"sampler {s.name} {s.options.to_dict()} on grid {s.grid}: {error}")
@@ -75,40 +76,40 @@ def entries_for(problem, config, with_peers):
         entries += peers.peer_entries(problem, [p.to_dict()])
       except ValueError as error:
         mistakes.append(f"peer {p.name} {p.options.to_dict()}: {error}")
-  return entries, mistakes + benchmark.check_entries(entries, config.nfes)
+  return entries, mistakes + runs.check_entries(entries, config.nfes)
 
 
 def check_config(config):
-  """(problems, entries per problem), or SystemExit listing every mistake (nothing written)."""
+  """(a problem per oracle, its entries), or SystemExit listing every mistake (nothing written)."""
   try:
-    benchmark.check_nfes(config.nfes)
+    runs.check_nfes(config.nfes)
     if not isinstance(config.num_samples, int) or config.num_samples < 1:
       raise ValueError(f"num_samples must be a positive integer, got {config.num_samples!r}")
     if config.prediction not in parameterization.PREDICTIONS:
       raise ValueError(f"prediction must be one of {list(parameterization.PREDICTIONS)}, got "
                        f"{config.prediction!r}")
-    problems = build_problems(config, _ORACLE.value, _INIT_NOISE.value)
+    oracle_problems = build_problems(config, _ORACLE.value, _INIT_NOISE.value)
     if _PEERS.value:
       from jaxdiff import peers  # pylint: disable=import-outside-toplevel
       peers.import_peers()  # A missing extra is reported before anything is written.
-      if not hasattr(problems[0].process, "betas"):
+      if not hasattr(oracle_problems[0].process, "betas"):
         raise ValueError(f"--peers needs a discrete DDPM process, got {config.process}")
   except (ValueError, ImportError) as error:
     raise SystemExit(f"invalid benchmark configuration: {error} (nothing was written)") from None
   entries, mistakes = [], []
-  for problem in problems:
+  for problem in oracle_problems:
     problem_entries, problem_mistakes = entries_for(problem, config, _PEERS.value)
     entries.append(problem_entries)
     mistakes += [f"{problem.name}: {m}" for m in problem_mistakes]
     if not problem_mistakes:
       try:
-        benchmark.check_unique(problem_entries)
+        runs.check_unique(problem_entries)
       except ValueError as error:
         mistakes.append(str(error))
   if mistakes:
     raise SystemExit("invalid benchmark configuration (nothing was written):\n  - "
                      + "\n  - ".join(mistakes))
-  return problems, entries
+  return oracle_problems, entries
 
 
 def main(argv):
@@ -118,7 +119,7 @@ def main(argv):
                             (pathlib.Path(_WORKDIR.value) / workdir.MARKER).is_file()):
     raise SystemExit(f"--resume needs --workdir DIR, the folder of an interrupted benchmark "
                      f"(it holds {workdir.MARKER}); got {_WORKDIR.value}")
-  problems, entries = check_config(config)
+  oracle_problems, entries = check_config(config)
   settings = json.loads(json.dumps(
       {"config": config.to_dict(), "oracle": _ORACLE.value, "init_noise": _INIT_NOISE.value,
        "peers": _PEERS.value, "save_samples": _SAVE_SAMPLES.value}, default=str))
@@ -134,39 +135,39 @@ def main(argv):
       if differ:
         raise SystemExit(f"--resume: this command's {differ} differ from those the benchmark in "
                          f"{out} was started with ({out / SETTINGS}); rerun with the same flags")
-      finished = {benchmark.row_key(row): row for row in workdir.read_rows(out)}
+      finished = {runs.row_key(row): row for row in workdir.read_rows(out)}
       print(f"resuming {out}: {len(finished)} finished runs are kept", flush=True)
     else:
       (out / SETTINGS).write_text(json.dumps(settings, indent=1))
     rows = []
-    for problem, problem_entries in zip(problems, entries):
+    for problem, problem_entries in zip(oracle_problems, entries):
       sample_dir = out / "samples" / problem.name if _SAVE_SAMPLES.value else None
-      problem_rows, _ = benchmark.run_benchmark(
+      problem_rows, _ = runs.run_benchmark(
           problem, problem_entries, tuple(config.nfes),
-          reference=benchmark.oracle_reference(problem.mixture, problem.process, problem.x_T,
-                                               **config.reference),
+          reference=problems.oracle_reference(problem.mixture, problem.process, problem.x_T,
+                                              **config.reference),
           sample_dir=sample_dir, log=lambda line: print(line, flush=True), finished=finished,
           on_row=lambda row: workdir.append_row(out, row))
       rows += problem_rows
-    write_outputs(out, config, problems, rows)
+    write_outputs(out, config, oracle_problems, rows)
 
 
-def write_outputs(out, config, problems, rows):
+def write_outputs(out, config, oracle_problems, rows):
   """results.md, .csv, .json and the plots, with the header of what was run."""
-  header = {"versions": benchmark.versions(), "device": str(jax.devices()[0]),
+  header = {"versions": report.versions(), "device": str(jax.devices()[0]),
             "process": config.process, "process_options": config.process_options.to_dict(),
             "prediction": config.prediction, "num_samples": config.num_samples,
             "seed": config.seed, "init_noise": _INIT_NOISE.value, "oracle_file": _ORACLE.value,
             "oracles": {p.name: {"dim": p.mixture.dim, "modes": p.mixture.weights.shape[0]}
-                        for p in problems},
+                        for p in oracle_problems},
             "nfes": list(config.nfes), "reference": config.reference.to_dict(),
             "nfe": "network calls counted by the sampler; a classifier-free-guided call "
                    "(conditional and unconditional in one batch of 2B, jaxdiff.guidance) "
                    "counts once",
             "metrics": "rmse = sqrt(mean ||x - x_ref||^2 / D) to the PF-ODE solution from the "
                        "same x_T; sw2 = sliced Wasserstein-2 to fresh data; nll in nats"}
-  benchmark.write_results(out, header, rows)
-  print(benchmark.markdown_table(rows))
+  report.write_results(out, header, rows)
+  print(report.markdown_table(rows))
   print(f"wrote results.md, results.csv, results.json and rmse-*.png to {out}")
 
 

@@ -39,8 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from jaxdiff import (benchmark, cli, evaluation, fid, grids, metrics, oracle, parameterization,
-                     plots, samplers, schedules, sde, workdir)
+from jaxdiff import (cli, evaluation, fid, grids, metrics, oracle, parameterization, plots,
+                     samplers, schedules, sde, workdir)
+from jaxdiff.benchmark import problems
 from jaxdiff.train import checkpoint, experiment, sampling, sharding
 
 _CONFIG = cli.define_config("configs/base.py", "Sampling configuration.")
@@ -230,7 +231,7 @@ def checkpoint_inputs(built, plan):
   if num < 1:
     raise ValueError(f"--num must be a positive integer, got {num}")
   if _INIT_NOISE.value:
-    x_T = benchmark.load_init_noise(_INIT_NOISE.value, (num, *built.data.shape))
+    x_T = problems.load_init_noise(_INIT_NOISE.value, (num, *built.data.shape))
   else:
     x_T = sampling.prior_noise(built, plan, jax.random.fold_in(jax.random.PRNGKey(_SEED.value), 0),
                                num)
