@@ -1,4 +1,4 @@
-"""Every default of the main job (sample.py), in one ConfigDict.
+"""Every default of the oracle job (bench.py --job oracle), in one ConfigDict.
 
 Experiments live beside this file and override only what they change.
 """

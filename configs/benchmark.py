@@ -91,7 +91,7 @@ def get_config():
   config.process_options = ml_collections.ConfigDict({"schedule": "linear", "num_steps": 1000})
   config.prediction = "eps"  # jaxdiff.parameterization.PREDICTIONS
 
-  # Oracles (jaxdiff.benchmark.ORACLES), one table each; --oracle FILE.npz replaces them.
+  # Oracles (jaxdiff.benchmark.problems.ORACLES), one table each; --oracle FILE.npz replaces them.
   config.oracles = (
       ml_collections.ConfigDict({"name": "ring", "options": {"num_modes": 8, "radius": 0.7,
                                                              "std": 0.08, "dim": 2}}),
@@ -112,6 +112,6 @@ def get_config():
   # diffusers peers, run with --peers (DiscreteDDPM processes only).
   config.peers = PEERS
 
-  # The reference PF-ODE solution (benchmark.reference_solution, Tsit5).
+  # The reference PF-ODE solution (jaxdiff.benchmark.problems.reference_solution, Tsit5).
   config.reference = ml_collections.ConfigDict({"rtol": 1e-6, "atol": 1e-6})
   return config

@@ -1,4 +1,4 @@
-"""The main job on the cosine schedule (Nichol & Dhariwal 2021) with v-prediction."""
+"""The oracle job on the cosine schedule (Nichol & Dhariwal 2021) with v-prediction."""
 
 from configs import base
 

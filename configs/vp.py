@@ -1,4 +1,4 @@
-"""The main job on the continuous VP SDE (Song et al. 2021) with continuous-time grids."""
+"""The oracle job on the continuous VP SDE (Song et al. 2021) with continuous-time grids."""
 
 from configs import base
 

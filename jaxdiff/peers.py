@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.benchmark import Entry, Problem, UnreachableNFE
+from jaxdiff.benchmark.problems import Problem
+from jaxdiff.benchmark.runs import Entry, UnreachableNFE
 
 SCHEDULERS = ("DDIMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
               "UniPCMultistepScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
@@ -162,7 +163,7 @@ def sample(scheduler, model, x_T, steps: int, seed: int = 0):
 
 
 def peer_entries(problem: Problem, peers):
-  """Entries for benchmark.run_benchmark, one per (scheduler name, options) in `peers`."""
+  """Entries for benchmark.runs.run_benchmark, one per (scheduler name, options) in `peers`."""
   import_peers()
   process, num_train_steps = problem.process, len(getattr(problem.process, "betas", ()))
   network = jax.jit(lambda x, t: problem.denoise_fn(x, jnp.full(x.shape[:1], t), None))

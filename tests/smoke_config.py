@@ -1,4 +1,4 @@
-"""A seconds-long main job for tests: few samples, two short sampler runs."""
+"""A seconds-long oracle job (bench.py --job oracle) for tests: two short sampler runs."""
 
 from configs import base
 

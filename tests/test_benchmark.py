@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdiff import benchmark, grids, oracle, samplers, schedules
+from jaxdiff import grids, oracle, samplers, schedules
+from jaxdiff.benchmark import problems, report, runs
 from jaxdiff.samplers import Sampler
 
 # diffusers 0.42 calls np.array on torch tensors the NumPy-2 deprecated way.
@@ -31,7 +32,7 @@ def run_bench(*args):
 
 
 def quick_problem(x_T=None, mixture=MIXTURE, name="ring-2d"):
-  return benchmark.make_problem(name, PROCESS, mixture, "eps", NUM, seed=0, x_T=x_T)
+  return problems.make_problem(name, PROCESS, mixture, "eps", NUM, seed=0, x_T=x_T)
 
 
 def test_cli_writes_results_from_files_and_never_overwrites(tmp_path):
@@ -66,8 +67,8 @@ def test_cli_writes_results_from_files_and_never_overwrites(tmp_path):
   np.testing.assert_array_equal(saved["x_T"], np.asarray(direct.x_T))
 
   # The same arrays passed directly give the same numbers.
-  entry = benchmark.sampler_entry(direct, "ddim", {}, "trailing")
-  (expected,), _ = benchmark.run_benchmark(direct, [entry], (5,), log=lambda _: None)
+  entry = runs.sampler_entry(direct, "ddim", {}, "trailing")
+  (expected,), _ = runs.run_benchmark(direct, [entry], (5,), log=lambda _: None)
   for metric in ("rmse", "sw2", "nll"):
     assert ddim[0][metric] == pytest.approx(expected[metric], rel=1e-6, abs=1e-7), metric
 
@@ -81,16 +82,16 @@ def test_cli_writes_results_from_files_and_never_overwrites(tmp_path):
 def test_bad_input_files_give_clear_errors(tmp_path):
   np.save(tmp_path / "wrong.npy", np.zeros((NUM, 3), np.float32))
   with pytest.raises(ValueError, match=r"shape \[num_samples, D\] = \[256, 2\], got \[256, 3\]"):
-    benchmark.load_init_noise(tmp_path / "wrong.npy", (NUM, 2))
+    problems.load_init_noise(tmp_path / "wrong.npy", (NUM, 2))
   with pytest.raises(ValueError, match="NaN"):
-    benchmark.check_init_noise(np.full((2, 2), np.nan), (2, 2))
+    problems.check_init_noise(np.full((2, 2), np.nan), (2, 2))
   np.savez(tmp_path / "partial.npz", weights=np.ones(2) / 2, means=np.zeros((2, 3)))
   with pytest.raises(ValueError, match=r"lacks arrays \['stds'\]"):
-    benchmark.load_mixture(tmp_path / "partial.npz")
+    problems.load_mixture(tmp_path / "partial.npz")
   np.savez(tmp_path / "mismatch.npz", weights=np.ones(2) / 2, means=np.zeros((2, 3)),
            stds=np.ones(3))
   with pytest.raises(ValueError, match=r"weights and stds must be \[K\] = \[2\]"):
-    benchmark.load_mixture(tmp_path / "mismatch.npz")
+    problems.load_mixture(tmp_path / "mismatch.npz")
   # Through the CLI: the error names the shape, and no workdir is created.
   result = run_bench("--config", "configs/benchmark_quick.py", "--workdir",
                      str(tmp_path / "run"), "--init-noise", str(tmp_path / "wrong.npy"))
@@ -101,8 +102,8 @@ def test_bad_input_files_give_clear_errors(tmp_path):
 
 def test_reference_agrees_with_ddim_to_first_order_and_with_itself():
   x_T = quick_problem().x_T
-  reference = benchmark.oracle_reference(MIXTURE, PROCESS, x_T)
-  tighter = benchmark.oracle_reference(MIXTURE, PROCESS, x_T, rtol=1e-8, atol=1e-8)
+  reference = problems.oracle_reference(MIXTURE, PROCESS, x_T)
+  tighter = problems.oracle_reference(MIXTURE, PROCESS, x_T, rtol=1e-8, atol=1e-8)
   denoise_fn = MIXTURE.denoise_fn(PROCESS, "eps")
   ddim = jax.jit(lambda x, grid: samplers.ddim(denoise_fn, PROCESS, x, jax.random.PRNGKey(0),
                                                 grid)[0])
@@ -142,29 +143,29 @@ def test_bad_configurations_are_error_rows_not_crashes(monkeypatch):
   monkeypatch.setitem(samplers.SAMPLERS, "miscount", Sampler(_fake_sampler(1), lambda nfe: nfe))
   monkeypatch.setitem(samplers.SAMPLERS, "nan", Sampler(_fake_sampler(0, np.nan), lambda n: n))
   problem = quick_problem()
-  entries = [benchmark.sampler_entry(problem, name, {}, "trailing")
-                for name in ("third", "miscount", "nan")]
+  entries = [runs.sampler_entry(problem, name, {}, "trailing")
+             for name in ("third", "miscount", "nan")]
   # What only a run shows is no configuration mistake: an NFE the rule cannot spend
   # among others it can, a miscount, NaN.
-  assert benchmark.check_entries(entries, (3, 4)) == []
-  rows, _ = benchmark.run_benchmark(problem, entries, (3, 4), reference=problem.x_T,
-                                    log=lambda _: None)
+  assert runs.check_entries(entries, (3, 4)) == []
+  rows, _ = runs.run_benchmark(problem, entries, (3, 4), reference=problem.x_T,
+                               log=lambda _: None)
   status = {(r["sampler"], r["nfe"]): (r["status"], r["error"]) for r in rows}
   assert status[("third", 3)] == ("ok", "")
   assert status[("third", 4)][0] == "error"
   assert "multiple of 3; nearest 3, 6" in status[("third", 4)][1]
   assert "NFE mismatch: asked 4, the sampler counted 5" in status[("miscount", 4)][1]
   assert "FloatingPointError: sampling produced NaN or inf at step 0" in status[("nan", 3)][1]
-  table = benchmark.markdown_table(rows)
+  table = report.markdown_table(rows)
   assert "| third trailing | 0 | error | 0 |" in table  # The fake returns x_T = the reference.
   assert "error: see results.csv" in table and "stochastic sampler" not in table
-  ok_only = benchmark.markdown_table([r for r in rows if r["status"] == "ok"])
+  ok_only = report.markdown_table([r for r in rows if r["status"] == "ok"])
   assert "error" not in ok_only
   # A configuration that can spend none of the NFEs is a mistake, found before running.
-  (mistake,) = benchmark.check_entries(entries[:1], (4, 5))
+  (mistake,) = runs.check_entries(entries[:1], (4, 5))
   assert "jaxdiff third trailing: ValueError: it can spend none of the NFEs" in mistake
   with pytest.raises(ValueError, match="listed more than once"):
-    benchmark.run_benchmark(problem, entries[:1] * 2, (3,), reference=problem.x_T)
+    runs.run_benchmark(problem, entries[:1] * 2, (3,), reference=problem.x_T)
 
 
 def test_configuration_mistakes_are_found_before_anything_runs(tmp_path):
@@ -175,18 +176,18 @@ def test_configuration_mistakes_are_found_before_anything_runs(tmp_path):
       (("ddim", {}, "trailingg"), "unknown grid 'trailingg'"),
       (("ddim", {}, "learned", {"num_iteration": 3}), r"got unknown \['num_iteration'\]")):
     with pytest.raises(ValueError, match=message):
-      benchmark.sampler_entry(problem, *args)
+      runs.sampler_entry(problem, *args)
   # Values are checked by tracing each configuration (no compilation).
-  entries = [benchmark.sampler_entry(problem, "dpm_solver", {"algorithm": "dpm++"}, "log_snr"),
-             benchmark.sampler_entry(problem, "ddim", {}, "uniform", {"rho": 7.0}),
-             benchmark.sampler_entry(problem, "ddim", {}, "trailing")]
-  mistakes = benchmark.check_entries(entries, (5, 10))
+  entries = [runs.sampler_entry(problem, "dpm_solver", {"algorithm": "dpm++"}, "log_snr"),
+             runs.sampler_entry(problem, "ddim", {}, "uniform", {"rho": 7.0}),
+             runs.sampler_entry(problem, "ddim", {}, "trailing")]
+  mistakes = runs.check_entries(entries, (5, 10))
   assert len(mistakes) == 2
   assert "dpm_solver algorithm=dpm++ log_snr: ValueError:" in mistakes[0]
   assert "'dpm++'" in mistakes[0] and "dpmsolver++" in mistakes[0]
   assert "grid 'uniform' takes the options ['t_max', 't_min'], got unknown ['rho']" in mistakes[1]
   with pytest.raises(ValueError, match="nfes must be a non-empty sequence of positive"):
-    benchmark.check_nfes((0, 5))
+    runs.check_nfes((0, 5))
 
   # bench.py lists every mistake and exits non-zero before it writes anything.
   config = tmp_path / "bad.py"
@@ -213,20 +214,20 @@ def test_configuration_mistakes_are_found_before_anything_runs(tmp_path):
 def test_bad_oracle_files_are_refused_with_their_name(tmp_path):
   (tmp_path / "empty.npz").write_bytes(b"")
   with pytest.raises(ValueError, match="cannot read oracle file .*empty.npz.*EOFError"):
-    benchmark.load_mixture(tmp_path / "empty.npz")
+    problems.load_mixture(tmp_path / "empty.npz")
   np.savez(tmp_path / "nan.npz", weights=[np.nan, 1.0], means=np.zeros((2, 2)), stds=np.ones(2))
   with pytest.raises(ValueError, match=r"nan.npz: weights must be finite"):
-    benchmark.load_mixture(tmp_path / "nan.npz")
+    problems.load_mixture(tmp_path / "nan.npz")
   np.savez(tmp_path / "inf.npz", weights=[0.5, 0.5], means=[[0, np.inf], [0, 0]], stds=np.ones(2))
   with pytest.raises(ValueError, match=r"inf.npz: means must be finite"):
-    benchmark.load_mixture(tmp_path / "inf.npz")
+    problems.load_mixture(tmp_path / "inf.npz")
   np.save(tmp_path / "text.npy", np.array(["a", "b"]))
   with pytest.raises(ValueError, match=r"text.npy: array must hold numbers, got dtype <U1"):
-    benchmark.load_init_noise(tmp_path / "text.npy", (2,))
+    problems.load_init_noise(tmp_path / "text.npy", (2,))
   with pytest.raises(ValueError, match=r"oracle 'ring' takes the options .* got unknown \['dims'\]"):
-    benchmark.make_oracle("ring", dims=3)
+    problems.make_oracle("ring", dims=3)
   with pytest.raises(ValueError, match="num_modes must be a positive integer, got 0"):
-    benchmark.make_oracle("random", num_modes=0)
+    problems.make_oracle("random", num_modes=0)
 
 
 def test_interrupted_benchmark_keeps_its_rows_and_resumes(tmp_path):
@@ -277,7 +278,7 @@ def test_peers_match_our_ddim_on_the_same_trailing_grid():
   from jaxdiff import peers  # pylint: disable=import-outside-toplevel
 
   problem = quick_problem()
-  ours = benchmark.sampler_entry(problem, "ddim", {}, "trailing")
+  ours = runs.sampler_entry(problem, "ddim", {}, "trailing")
   ddim_peer, euler_peer = peers.peer_entries(problem, [
       {"name": "DDIMScheduler", "options": {"timestep_spacing": "trailing",
                                             "set_alpha_to_one": True}},
@@ -307,8 +308,8 @@ def test_peers_record_unreachable_nfe_nan_and_final_noise_level():
       {"name": "HeunDiscreteScheduler", "options": {}},  # 2N - 1 calls.
       {"name": "UniPCMultistepScheduler", "options": {"solver_type": "bh1"}},
       {"name": "DDIMScheduler", "options": {"set_alpha_to_one": False}}])
-  rows, _ = benchmark.run_benchmark(problem, entries, (4, 5), reference=problem.x_T,
-                                    log=lambda _: None)
+  rows, _ = runs.run_benchmark(problem, entries, (4, 5), reference=problem.x_T,
+                               log=lambda _: None)
   by = {(r["sampler"], r["nfe"]): r for r in rows}
   assert by[("HeunDiscrete", 5)]["status"] == "ok" and by[("HeunDiscrete", 5)]["steps"] == 3
   assert "cannot spend exactly 4 model calls" in by[("HeunDiscrete", 4)]["error"]
@@ -328,17 +329,17 @@ def test_learned_grid_beats_its_start_on_held_out_starts():
   # Fitted on training starts drawn apart from x_T (as many, so the reference
   # compiles once), judged on the benchmark's own x_T.
   problem = quick_problem()
-  reference = benchmark.oracle_reference(MIXTURE, PROCESS, problem.x_T)
-  start = benchmark.sampler_entry(problem, "ddim", {}, "log_snr")
-  fitted = benchmark.sampler_entry(problem, "ddim", {}, "learned",
-                                   {"init": "log_snr", "num_pairs": NUM, "num_iterations": 150})
-  row_start, _ = benchmark.run_entry(problem, start, 4, reference)
-  row, _ = benchmark.run_entry(problem, fitted, 4, reference)
+  reference = problems.oracle_reference(MIXTURE, PROCESS, problem.x_T)
+  start = runs.sampler_entry(problem, "ddim", {}, "log_snr")
+  fitted = runs.sampler_entry(problem, "ddim", {}, "learned",
+                              {"init": "log_snr", "num_pairs": NUM, "num_iterations": 150})
+  row_start, _ = runs.run_entry(problem, start, 4, reference)
+  row, _ = runs.run_entry(problem, fitted, 4, reference)
   assert row["status"] == "ok", row["error"]
   times = np.asarray(row["times"])
   assert times[0] == row_start["times"][0] and times[-1] == 0 and np.all(np.diff(times) < 0)
   # The fit starts from the log-SNR grid, scored on its own training pairs.
-  x_T, x_ref = benchmark.training_pairs(problem, NUM)
+  x_T, x_ref = problems.training_pairs(problem, NUM)
   x_start, _ = samplers.ddim(problem.denoise_fn, PROCESS, x_T, problem.key,
                              jnp.asarray(row_start["times"]))
   rmse_start = float(jnp.sqrt(jnp.mean((x_start - x_ref) ** 2)))

@@ -1,29 +1,31 @@
-"""The main job and the inspection pictures, end to end."""
+"""bench.py --job oracle, end to end: sampler runs on the ring oracle, its outputs, and
+the mistakes refused before its workdir is claimed (a config of the other job, a flag of
+the other job, sample.py without a checkpoint)."""
 
 import json
 import pathlib
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdiff import plots, schedules
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_main(*args):
-  return subprocess.run([sys.executable, "sample.py", "--config", "tests/smoke_config.py", *args],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run(program, *args):
+  return subprocess.run([sys.executable, program, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
 
 
-def test_sample_writes_results_and_never_overwrites(tmp_path):
+def run_oracle_job(*args):
+  return run("bench.py", "--job", "oracle", "--config", "tests/smoke_config.py", *args)
+
+
+def test_oracle_job_writes_results_and_never_overwrites(tmp_path):
   workdir = tmp_path / "run"
-  result = run_main("--workdir", str(workdir))
+  result = run_oracle_job("--workdir", str(workdir))
   assert result.returncode == 0, result.stderr[-2000:]
   rows = json.loads((workdir / "results.json").read_text())["rows"]
   assert [r["nfe"] for r in rows] == [0, 20, 10]
@@ -39,23 +41,9 @@ def test_sample_writes_results_and_never_overwrites(tmp_path):
   assert not (workdir / "INCOMPLETE").exists()
 
   before = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()}
-  again = run_main("--workdir", str(workdir))
+  again = run_oracle_job("--workdir", str(workdir))
   assert again.returncode != 0 and "already holds files" in again.stderr
   assert {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()} == before
-
-
-def test_plot_schedules_and_noising(tmp_path):
-  processes = {"ddpm cosine": schedules.discrete_ddpm("cosine"), "edm": schedules.EDM()}
-  plots.plot_schedules(processes, tmp_path / "schedules.png")
-  assert Image.open(tmp_path / "schedules.png").size[0] > 400
-
-  images = jnp.linspace(-1, 1, 3 * 8 * 8).reshape(3, 8, 8, 1)
-  plots.plot_noising(schedules.VE(), images, jax.random.PRNGKey(0), tmp_path / "noising.png")
-  picture = np.asarray(Image.open(tmp_path / "noising.png").convert("L"), np.float32)
-  assert picture.std() > 10  # Not blank.
-  with pytest.raises(ValueError, match=r"images \[B, H, W, C\]"):
-    plots.plot_noising(schedules.VE(), jnp.zeros((3, 8, 8)), jax.random.PRNGKey(0),
-                       tmp_path / "bad.png")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -71,7 +59,7 @@ def test_plot_schedules_and_noising(tmp_path):
 ])
 def test_bad_config_is_refused_before_anything_is_written(tmp_path, args, message):
   workdir = tmp_path / "run"
-  result = run_main("--workdir", str(workdir), *args)
+  result = run_oracle_job("--workdir", str(workdir), *args)
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
@@ -87,23 +75,46 @@ def test_sampler_options_are_checked_before_anything_runs(tmp_path):
                     "  config.samplers = (base.sampler_run('ddim', 'trailing', 10),\n"
                     "                     base.sampler_run('ddpm', 'trailing', 10, variance='x'))\n"
                     "  return config\n")
-  result = subprocess.run([sys.executable, "sample.py", "--config", str(config), "--workdir",
-                           str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+  result = run("bench.py", "--job", "oracle", "--config", str(config), "--workdir",
+               str(tmp_path / "run"))
   assert result.returncode != 0
   assert "sampler run ddpm {'variance': 'x'}: unknown variance 'x'" in result.stderr
   assert "sampling:" not in result.stdout  # Nothing ran.
   assert not (tmp_path / "run").exists()
 
 
-def test_plot_guidance_sweep(tmp_path):
-  # Rows brighten with w: the picture's rows must differ, the layout S x B.
-  scales = [1.0, 3.0, 5.0]
-  samples = jnp.stack([jnp.full((4, 8, 8, 3), -1.0 + 0.6 * i) for i in range(3)])
-  plots.plot_guidance_sweep(samples, scales, tmp_path / "sweep.png")
-  picture = np.asarray(Image.open(tmp_path / "sweep.png").convert("L"), np.float32)
-  thirds = np.array_split(picture, 3, axis=0)
-  means = [third.mean() for third in thirds]
-  assert means[0] < means[1] < means[2]
-  with pytest.raises(ValueError, match=r"\[S, B, H, W, C\].*S = len\(scales\) = 2"):
-    plots.plot_guidance_sweep(samples, scales[:2], tmp_path / "bad.png")
+@pytest.mark.parametrize("job", [("--job", "oracle"), ("--job=oracle",)])
+def test_oracle_job_reads_configs_base_by_default(tmp_path, job):
+  """Without --config, --job oracle takes configs/base.py: its field oracle.num_modes
+  can be overridden (configs/benchmark.py has none), and its checks run."""
+  result = run("bench.py", *job, "--workdir", str(tmp_path / "run"),
+               "--config.oracle.num_modes", "3", "--config.num_samples", "0")
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "invalid configuration: num_samples must be a positive integer, got 0" in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--job", "oracle", "--config", "configs/benchmark.py"),
+     "--config configs/benchmark.py is not a config of --job oracle (it is a config of --job "
+     "nfe: python3 bench.py --job nfe --config configs/benchmark.py); --job oracle takes "
+     "configs like configs/base.py (nothing was run)"),
+    (("--config", "configs/cosine.py"),
+     "--config configs/cosine.py is not a config of --job nfe (it is a config of --job oracle: "
+     "python3 bench.py --job oracle --config configs/cosine.py)"),
+    (("--job", "oracle", "--peers", "--save-samples"),
+     "--save-samples, --peers: flags of --job nfe, not of --job oracle (nothing was run)"),
+])
+def test_the_other_jobs_config_or_flag_is_refused(tmp_path, args, message):
+  result = run("bench.py", *args, "--workdir", str(tmp_path / "run"))
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert message in result.stderr, result.stderr[-2000:]
+  assert not (tmp_path / "run").exists()
+
+
+def test_sample_py_without_a_checkpoint_points_to_the_oracle_job(tmp_path):
+  result = run("sample.py", "--workdir", str(tmp_path / "run"))
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "sample.py needs --checkpoint DIR" in result.stderr
+  assert "python3 bench.py --job oracle" in result.stderr
+  assert not (tmp_path / "run").exists()
