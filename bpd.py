@@ -33,7 +33,7 @@ import jax
 from absl import app, flags, logging
 
 from jaxdiff import cli, data, likelihood, losses, workdir
-from jaxdiff.train import bits_per_dim, checkpoint, experiment, sampling, sharding
+from jaxdiff.train import bits_per_dim, checkpoint, experiment, generate, sharding
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir, its checkpoints/ "
                                   "folder or one <step>/ folder.", required=True)
@@ -97,7 +97,7 @@ def main(argv):
     if not (_RTOL.value > 0 and _ATOL.value > 0):
       raise ValueError(f"--rtol and --atol must be positive, got {_RTOL.value} and "
                        f"{_ATOL.value}")
-    params = sampling.load_params(step_dir, built, _PARAMS.value)
+    params = generate.load_params(step_dir, built, _PARAMS.value)
   except (ValueError, FileNotFoundError, KeyError) as error:
     raise SystemExit(f"cannot score: {error} (nothing was written)") from None
 

@@ -41,7 +41,7 @@ from absl import app, flags, logging
 
 from jaxdiff import (benchmark, cli, evaluation, fid, grids, metrics, oracle, parameterization,
                      plots, samplers, schedules, sde, workdir)
-from jaxdiff.train import checkpoint, experiment, sampling, sharding
+from jaxdiff.train import checkpoint, experiment, generate, sharding
 
 _CONFIG = cli.define_config("configs/base.py", "Sampling configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/sample-<time>, "
@@ -232,10 +232,10 @@ def checkpoint_inputs(built, plan):
   if _INIT_NOISE.value:
     x_T = benchmark.load_init_noise(_INIT_NOISE.value, (num, *built.data.shape))
   else:
-    x_T = sampling.prior_noise(built, plan, jax.random.fold_in(jax.random.PRNGKey(_SEED.value), 0),
+    x_T = generate.prior_noise(built, plan, jax.random.fold_in(jax.random.PRNGKey(_SEED.value), 0),
                                num)
   if _LABELS.value is None:
-    return x_T, sampling.default_labels(built, num)
+    return x_T, generate.default_labels(built, num)
   if not built.conditional:
     raise ValueError("--labels needs a class-conditional model; this one was trained without")
   try:
@@ -251,11 +251,11 @@ def sample_checkpoint():
   """Samples a trained model as the flags say; writes the new output folder."""
   try:
     step_dir, built = load_experiment(_CHECKPOINT.value)
-    plan = sampling.plan(built, _SAMPLER.value, _NFE.value, grid=_GRID.value,
+    plan = generate.plan(built, _SAMPLER.value, _NFE.value, grid=_GRID.value,
                          grid_options=json.loads(_GRID_OPTIONS.value),
                          guidance_scale=_GUIDANCE.value, options=json.loads(_OPTIONS.value))
     x_T, labels = checkpoint_inputs(built, plan)
-    params = sampling.load_params(step_dir, built, _PARAMS.value)
+    params = generate.load_params(step_dir, built, _PARAMS.value)
     # The data's Inception statistics first: a bad weights file fails before sampling.
     inception_ref = (fid.reference(built.run.data_source, _INCEPTION.value,
                                    **built.run.data_options) if _INCEPTION.value else None)
@@ -266,7 +266,7 @@ def sample_checkpoint():
   train_dir = step_dir.parent.parent
   with workdir.claim(_WORKDIR.value, "samples", parent=train_dir) as out:
     start = time.perf_counter()
-    x_0, nfe = sampling.sample_in_batches(built, plan, params, x_T, labels,
+    x_0, nfe = generate.sample_in_batches(built, plan, params, x_T, labels,
                                           jax.random.PRNGKey(_SEED.value), _BATCH.value,
                                           mesh=sharding.make_mesh({"data": -1}))
     seconds = time.perf_counter() - start

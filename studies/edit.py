@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import conditional, data, evaluation, grids, plots
-from jaxdiff.train import sampling
+from jaxdiff.train import generate
 from jaxdiff.train.step import network_fn
 from studies import common
 
@@ -42,7 +42,7 @@ def run(prepared, options: common.Options, out) -> str:
   num = min(options.num, len(held_out))
   y = jnp.asarray(data.to_model_space(np.stack([held_out[i]["image"] for i in range(num)])))
   labels = np.array([held_out[i]["label"] for i in range(num)])
-  params = sampling.load_params(step_dir, built, "ema")
+  params = generate.load_params(step_dir, built, "ema")
   denoise = built.objective.denoise_fn(network_fn(built.model, params))
   prediction = built.objective.prediction
   process = built.process

@@ -15,19 +15,19 @@ import jax
 import numpy as np
 
 from jaxdiff import data, diagnostics, plots
-from jaxdiff.train import sampling, step
+from jaxdiff.train import generate, step
 from studies import common, samplers
 
 
 def prepare(options: common.Options):
   step_dir, built = common.load(options.checkpoint)
-  return step_dir, built, sampling.plan(built, options.sampler, options.nfe)
+  return step_dir, built, generate.plan(built, options.sampler, options.nfe)
 
 
 def run(prepared, options: common.Options, out) -> str:
   step_dir, built, sample_plan = prepared
   judge = common.judge(built, options)
-  healthy = sampling.load_params(step_dir, built, "ema")
+  healthy = generate.load_params(step_dir, built, "ema")
   models = {"trained": healthy,
             "time embedding zeroed": diagnostics.zero_module(healthy, "time_embed")}
   source = data.make_source(built.run.data_source, **built.run.data_options)
