@@ -21,7 +21,6 @@ import numpy as np
 
 from jaxdiff import conditional, data, evaluation, grids, plots
 from jaxdiff.train import generate
-from jaxdiff.train.step import network_fn
 from studies import common
 
 SDEDIT_NOISE = (0.25, 0.5, 1.0)  # SDEdit's starting noise levels sigma / alpha (data in [-1, 1]).
@@ -43,7 +42,7 @@ def run(prepared, options: common.Options, out) -> str:
   y = jnp.asarray(data.to_model_space(np.stack([held_out[i]["image"] for i in range(num)])))
   labels = np.array([held_out[i]["label"] for i in range(num)])
   params = generate.load_params(step_dir, built, "ema")
-  denoise = built.objective.denoise_fn(network_fn(built.model, params))
+  denoise = generate.denoise_fn(built, params)
   prediction = built.objective.prediction
   process = built.process
   height = built.data.shape[0]

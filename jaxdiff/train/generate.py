@@ -1,8 +1,10 @@
 """Samples of a trained network: its denoiser, a sampler of the zoo at an NFE, guidance.
 
-`make_sample_fn` returns a function (params, x_T, key, labels) -> (x_0, info)
-to jit once: the network (dropout off) wrapped by the experiment's objective
-(EDM preconditioning where trained with it), classifier-free guidance
+`denoise_fn` is a trained model's denoiser, the one that every program using a
+checkpoint calls (sampling, bits per dimension, the studies): the network
+(dropout off) wrapped by the experiment's objective (EDM preconditioning where
+trained with it). `make_sample_fn` returns a function (params, x_T, key,
+labels) -> (x_0, info) to jit once: that denoiser, classifier-free guidance
 (`guidance.guided_denoise_fn`, the null class num_classes) for a conditional
 model at w != 1, and the registered sampler on its grid for the NFE (by
 default `grids.default_for` the process), from x_T ~ N(0, sigma(grid[0])^2).
@@ -19,7 +21,6 @@ from tqdm import tqdm
 from jaxdiff import grids, guidance, models, samplers
 from jaxdiff.train import checkpoint, optim, sharding, state as train_state
 from jaxdiff.train.experiment import Experiment
-from jaxdiff.train.step import network_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,13 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
   return SamplePlan(sampler, nfe, grid, grid_options, times, float(guidance_scale), options)
 
 
+def denoise_fn(experiment: Experiment, params):
+  """(x_t [B, ...], t [B], cond) -> the trained model's prediction [B, ...] of type
+  experiment.objective.prediction: the network (`models.network_fn`, dropout off) inside
+  the objective's preconditioning (EDM's where trained with it)."""
+  return experiment.objective.denoise_fn(models.network_fn(experiment.model, params))
+
+
 def make_sample_fn(experiment: Experiment, sample_plan: SamplePlan, guide=None):
   """(params, x_T [B, ...], key, labels [B] or None) -> (x_0 [B, ...], info).
 
@@ -76,7 +84,7 @@ def make_sample_fn(experiment: Experiment, sample_plan: SamplePlan, guide=None):
   null_class = experiment.data.num_classes
 
   def sample(params, x_T, key, labels):
-    denoise = experiment.objective.denoise_fn(network_fn(experiment.model, params))
+    denoise = denoise_fn(experiment, params)
     if experiment.conditional and sample_plan.guidance_scale != 1.0:
       denoise = guidance.guided_denoise_fn(denoise, sample_plan.guidance_scale, null_class)
     if guide is not None:

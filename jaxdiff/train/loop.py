@@ -252,7 +252,7 @@ def _sensitivity_fn(experiment: Experiment, mesh):
   key = jax.random.fold_in(jax.random.PRNGKey(experiment.run.seed), 0xD1)  # Its own key.
 
   def measure(params, x0, labels):
-    told_fn = experiment.objective.told_fn(step.network_fn(experiment.model, params))
+    told_fn = experiment.objective.told_fn(models.network_fn(experiment.model, params))
     out = diagnostics.sensitivity(told_fn, experiment.process, x0, key, labels,
                                   experiment.data.num_classes)
     return {"time_sensitivity": out["time"], "class_sensitivity": out["class"]}
