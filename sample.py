@@ -41,7 +41,7 @@ from absl import app, flags, logging
 
 from jaxdiff import (benchmark, cli, evaluation, fid, grids, metrics, oracle, parameterization,
                      plots, samplers, schedules, sde, workdir)
-from jaxdiff.train import checkpoint, experiment, generate, sharding
+from jaxdiff.train import generate, sharding
 
 _CONFIG = cli.define_config("configs/base.py", "Sampling configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/sample-<time>, "
@@ -80,7 +80,6 @@ _INCEPTION = flags.DEFINE_string("inception-weights", None, "With --checkpoint (
                                  "(jaxdiff.fid; its statistics cached), with this weights "
                                  "file: pt_inception-2015-12-05-6726825d.pth or its .npz "
                                  "(python3 -m jaxdiff.inception convert).")
-EVALUATED_SOURCES = ("digits", "idx")  # Labelled 8-bit image sources jaxdiff.evaluation knows.
 
 
 def build(config):
@@ -210,25 +209,21 @@ def sample_all(config, process, mixture, denoise_fn, runs, out):
 
 def load_experiment(path):
   """(checkpoint folder, Experiment) of --checkpoint, with --process applied (warned)."""
-  step_dir = checkpoint.find(path)
-  record = checkpoint.read_run(step_dir)
-  config = record["config"]
-  if _PROCESS.value:
+
+  def with_process(config):
     trained = (config["process"], config["process_options"])
-    config = {**config, "process": _PROCESS.value,
-              "process_options": json.loads(_PROCESS_OPTIONS.value)}
-    warnings.warn(f"sampling with the process {_PROCESS.value} {config['process_options']}; the "
-                  f"network was trained with {trained[0]} {trained[1]}")
-  spec = record["data"]
-  data_spec = experiment.DataSpec(tuple(spec["shape"]), spec["num_classes"], spec["eight_bit"])
-  return step_dir, experiment.Experiment.from_config(config, data_spec)
+    options = json.loads(_PROCESS_OPTIONS.value)
+    warnings.warn(f"sampling with the process {_PROCESS.value} {options}; the network was "
+                  f"trained with {trained[0]} {trained[1]}")
+    return {**config, "process": _PROCESS.value, "process_options": options}
+
+  return generate.load(path, with_process if _PROCESS.value else None)
 
 
 def checkpoint_inputs(built, plan):
   """(x_T [num, ...], labels [num] or None) from the flags, checked."""
   num = _NUM.value
-  if num < 1:
-    raise ValueError(f"--num must be a positive integer, got {num}")
+  generate.check_sampling(built, num, _BATCH.value, _SEED.value)
   if _INIT_NOISE.value:
     x_T = benchmark.load_init_noise(_INIT_NOISE.value, (num, *built.data.shape))
   else:
@@ -255,6 +250,7 @@ def sample_checkpoint():
                          grid_options=json.loads(_GRID_OPTIONS.value),
                          guidance_scale=_GUIDANCE.value, options=json.loads(_OPTIONS.value))
     x_T, labels = checkpoint_inputs(built, plan)
+    judged = evaluation.wanted(built.run.data_source, _EVALUATE.value)
     params = generate.load_params(step_dir, built, _PARAMS.value)
     # The data's Inception statistics first: a bad weights file fails before sampling.
     inception_ref = (fid.reference(built.run.data_source, _INCEPTION.value,
@@ -281,8 +277,8 @@ def sample_checkpoint():
            "grid": plan.grid_name + "".join(f" {k}={v:.4g}" for k, v in plan.grid_options.items()),
            "steps": len(plan.grid) - 1, "guidance": plan.guidance_scale, "params": _PARAMS.value,
            "num_samples": len(x_0), "seed": _SEED.value, "seconds": seconds}
-    table = markdown_table([row])
-    quality = evaluate(built, x_0)
+    table = workdir.markdown_table(list(row), [list(row.values())])
+    quality = evaluate(built, x_0) if judged else {}
     if quality:
       table += "\n\n" + quality_table(quality)
     inception_quality = (fid.quality(np.clip(x_0, -1.0, 1.0), inception_ref)
@@ -298,17 +294,9 @@ def sample_checkpoint():
 
 def evaluate(built, x_0):
   """{set name: jaxdiff.evaluation.quality} for the samples (all, and as many as the held-out
-  split, since the Frechet distance depends on N), the held-out real images and noise; {}
-  where the flag and the data say not to."""
-  source = built.run.data_source
-  wanted = _EVALUATE.value == "yes" or (_EVALUATE.value == "auto" and source == "digits")
-  if not wanted:
-    return {}
-  if source not in EVALUATED_SOURCES or not built.data.eight_bit:
-    raise SystemExit(f"--evaluate yes: no evaluation classifier for the source {source!r}; "
-                     f"it knows {list(EVALUATED_SOURCES)}")
+  split, since the Frechet distance depends on N), the held-out real images and noise."""
   options = {k: v for k, v in built.run.data_options.items() if k != "split"}
-  reference = evaluation.reference(source, **options)
+  reference = evaluation.reference(built.run.data_source, **options)
   images = np.clip(x_0, -1.0, 1.0)  # As the PNGs (data.to_uint8) show them.
   rows = {f"samples ({len(x_0)})": evaluation.quality(images, reference)}
   held_out = len(reference.heldout_images)
@@ -331,7 +319,8 @@ def quality_table(quality):
           "images (jaxdiff.evaluation): Frechet distance and KID (+- its standard error) of "
           "its features to theirs, its Inception Score, precision and recall (k = 3), mean "
           "distance of each image to its nearest training image (held-out real images: "
-          f"{first['heldout_nearest_train_mean']:.3g}).\n\n" + markdown_table(rows))
+          f"{first['heldout_nearest_train_mean']:.3g}).\n\n"
+          + workdir.markdown_table(list(rows[0]), [list(row.values()) for row in rows]))
 
 
 if __name__ == "__main__":

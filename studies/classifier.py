@@ -32,7 +32,7 @@ NOISE_LEVELS = (0.1, 0.5, 1.0)  # sigma / alpha of the held-out accuracies.
 
 
 def prepare(options: common.Options):
-  step_dir, built = common.load(options.checkpoint)
+  step_dir, built = common.load(options)
   if built.conditional or not built.data.num_classes:
     raise ValueError("the classifier study guides an unconditional model of labelled data; "
                      f"this one is {'conditional' if built.conditional else 'of unlabelled data'}")

@@ -27,7 +27,7 @@ SDEDIT_NOISE = (0.25, 0.5, 1.0)  # SDEdit's starting noise levels sigma / alpha 
 
 
 def prepare(options: common.Options):
-  step_dir, built = common.load(options.checkpoint)
+  step_dir, built = common.load(options)
   if not built.data.eight_bit or built.conditional:
     raise ValueError("the edit study takes an unconditional model of 8-bit images")
   return step_dir, built

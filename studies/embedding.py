@@ -20,7 +20,7 @@ from studies import common, samplers
 
 
 def prepare(options: common.Options):
-  step_dir, built = common.load(options.checkpoint)
+  step_dir, built = common.load(options)
   return step_dir, built, generate.plan(built, options.sampler, options.nfe)
 
 

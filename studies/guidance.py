@@ -26,7 +26,7 @@ from studies import common, samplers  # noqa: E402
 
 
 def prepare(options: common.Options):
-  step_dir, built = common.load(options.checkpoint)
+  step_dir, built = common.load(options)
   if not built.conditional:
     raise ValueError("the guidance study takes a class-conditional model (trained with "
                      "--config.model.conditional True); this one was trained without labels")

@@ -62,7 +62,7 @@ def sample_rows(built, params, sample_plans, options: common.Options, score, *, 
 
 def prepare(options: common.Options):
   """Everything checked before the study's folder is claimed."""
-  step_dir, built = common.load(options.checkpoint)
+  step_dir, built = common.load(options)
   return step_dir, built, plans(built, options)
 
 
