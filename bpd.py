@@ -7,7 +7,8 @@
 The checkpoint (a training workdir, its checkpoints/ folder or one <step>/
 folder) gives the process, network and data source. The held-out data is that
 source with --data-options over the training ones; by default its "test" split
-where it has splits, else new draws (its seed + 1). Each batch is spread over
+where it has splits, else new draws (its seed + 1); its records must have the
+shape the model was trained on. Each batch is spread over
 this machine's devices (`jaxdiff.train.bits_per_dim`, which train.py's
 periodic evaluation shares): 8-bit images are uniformly dequantized, their
 log-likelihood computed through the probability-flow ODE
@@ -33,7 +34,7 @@ import jax
 from absl import app, flags, logging
 
 from jaxdiff import cli, data, likelihood, losses, workdir
-from jaxdiff.train import bits_per_dim, checkpoint, experiment, sampling, sharding
+from jaxdiff.train import bits_per_dim, generate, sharding
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir, its checkpoints/ "
                                   "folder or one <step>/ folder.", required=True)
@@ -59,45 +60,42 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (new); default "
 def markdown(row, held_out):
   """The results as a table: the PF-ODE row, and the VLB row with its terms where present."""
   se = lambda value: "" if value is None else f" +- {value:.3f}"
-  table = ("| data | N | bound | bits/dim | log-likelihood (nats) | NFE | divergence |\n"
-           "|---|---|---|---|---|---|---|\n"
-           f"| {held_out} | {row['num']} | PF-ODE | {row['bits_per_dim']:.3f}"
-           f"{se(row['bits_per_dim_se'])} | {row['nats']:.2f} | {row['nfe_mean']:.0f} | "
-           f"{row['divergence']} |\n")
+  header = ["data", "N", "bound", "bits/dim", "log-likelihood (nats)", "NFE", "divergence"]
+  rows = [[held_out, row["num"], "PF-ODE",
+           f"{row['bits_per_dim']:.3f}{se(row['bits_per_dim_se'])}", f"{row['nats']:.2f}",
+           f"{row['nfe_mean']:.0f}", row["divergence"]]]
   notes = f"\nThe PF-ODE solved with rtol {row['rtol']:g}, atol {row['atol']:g}.\n"
   if "vlb" in row:
     v = row["vlb"]
-    table += (f"| {held_out} | {row['num']} | discrete VLB ({v['variance']}) | "
-              f"{v['total_bits_per_dim']:.3f}{se(v['bits_per_dim_se'])} | | {v['nfe']} | |\n")
+    rows.append([held_out, row["num"], f"discrete VLB ({v['variance']})",
+                 f"{v['total_bits_per_dim']:.3f}{se(v['bits_per_dim_se'])}", "", v["nfe"], ""])
     notes += (f"VLB terms in bits/dim: prior {v['prior_bits_per_dim']:.2e}, diffusion "
               f"{v['diffusion_bits_per_dim']:.3f}, decoder {v['decoder_bits_per_dim']:.3f}.\n")
-  return table + notes
+  return workdir.markdown_table(header, rows) + "\n" + notes
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO.
   try:
-    step_dir = checkpoint.find(_CHECKPOINT.value)
-    record = checkpoint.read_run(step_dir)
-    config, spec = record["config"], record["data"]
-    built = experiment.Experiment.from_config(config, experiment.DataSpec(
-        tuple(spec["shape"]), spec["num_classes"], spec["eight_bit"]))
-    kind, options = config["data"]["source"], config["data"]["options"]
-    if _DATA_OPTIONS.value is not None:
-      options, held_out = {**options, **json.loads(_DATA_OPTIONS.value)}, "--data-options"
-    else:
-      options, held_out = data.held_out_options(kind, options)
-    source = data.make_source(kind, **options)
-    num = min(len(source), 1000) if _NUM.value is None else _NUM.value
-    if not 1 <= num <= len(source):
-      raise ValueError(f"--num must lie in [1, {len(source)}] (the held-out records), got {num}")
     if _BATCH.value < 1 or _PROBES.value < 1:
       raise ValueError("--batch-size and --num-probes must be positive integers")
     if not (_RTOL.value > 0 and _ATOL.value > 0):
       raise ValueError(f"--rtol and --atol must be positive, got {_RTOL.value} and "
                        f"{_ATOL.value}")
-    params = sampling.load_params(step_dir, built, _PARAMS.value)
+    generate.check_seed(_SEED.value)
+    step_dir, built = generate.load(_CHECKPOINT.value)
+    kind, options = built.config["data"]["source"], built.config["data"]["options"]
+    if _DATA_OPTIONS.value is not None:
+      options, held_out = {**options, **json.loads(_DATA_OPTIONS.value)}, "--data-options"
+    else:
+      options, held_out = data.held_out_options(kind, options)
+    source = data.make_source(kind, **options)
+    generate.check_data(built, source)
+    num = min(len(source), 1000) if _NUM.value is None else _NUM.value
+    if not 1 <= num <= len(source):
+      raise ValueError(f"--num must lie in [1, {len(source)}] (the held-out records), got {num}")
+    params = generate.load_params(step_dir, built, _PARAMS.value)
   except (ValueError, FileNotFoundError, KeyError) as error:
     raise SystemExit(f"cannot score: {error} (nothing was written)") from None
 

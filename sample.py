@@ -28,7 +28,7 @@ from absl import app, flags, logging
 
 from jaxdiff import cli, evaluation, fid, plots, workdir
 from jaxdiff.benchmark import problems
-from jaxdiff.train import checkpoint, experiment, sampling, sharding
+from jaxdiff.train import generate, sharding
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default "
                                "<training workdir>/samples-<time>.")
@@ -66,7 +66,6 @@ _INCEPTION = flags.DEFINE_string("inception-weights", None, "With --checkpoint (
                                  "(jaxdiff.fid; its statistics cached), with this weights "
                                  "file: pt_inception-2015-12-05-6726825d.pth or its .npz "
                                  "(python3 -m jaxdiff.inception convert).")
-EVALUATED_SOURCES = ("digits", "idx")  # Labelled 8-bit image sources jaxdiff.evaluation knows.
 
 
 def main(argv):
@@ -81,32 +80,28 @@ def main(argv):
 
 def load_experiment(path):
   """(checkpoint folder, Experiment) of --checkpoint, with --process applied (warned)."""
-  step_dir = checkpoint.find(path)
-  record = checkpoint.read_run(step_dir)
-  config = record["config"]
-  if _PROCESS.value:
+
+  def with_process(config):
     trained = (config["process"], config["process_options"])
-    config = {**config, "process": _PROCESS.value,
-              "process_options": json.loads(_PROCESS_OPTIONS.value)}
-    warnings.warn(f"sampling with the process {_PROCESS.value} {config['process_options']}; the "
-                  f"network was trained with {trained[0]} {trained[1]}")
-  spec = record["data"]
-  data_spec = experiment.DataSpec(tuple(spec["shape"]), spec["num_classes"], spec["eight_bit"])
-  return step_dir, experiment.Experiment.from_config(config, data_spec)
+    options = json.loads(_PROCESS_OPTIONS.value)
+    warnings.warn(f"sampling with the process {_PROCESS.value} {options}; the network was "
+                  f"trained with {trained[0]} {trained[1]}")
+    return {**config, "process": _PROCESS.value, "process_options": options}
+
+  return generate.load(path, with_process if _PROCESS.value else None)
 
 
 def checkpoint_inputs(built, plan):
   """(x_T [num, ...], labels [num] or None) from the flags, checked."""
   num = _NUM.value
-  if num < 1:
-    raise ValueError(f"--num must be a positive integer, got {num}")
+  generate.check_sampling(built, num, _BATCH.value, _SEED.value)
   if _INIT_NOISE.value:
     x_T = problems.load_init_noise(_INIT_NOISE.value, (num, *built.data.shape))
   else:
-    x_T = sampling.prior_noise(built, plan, jax.random.fold_in(jax.random.PRNGKey(_SEED.value), 0),
+    x_T = generate.prior_noise(built, plan, jax.random.fold_in(jax.random.PRNGKey(_SEED.value), 0),
                                num)
   if _LABELS.value is None:
-    return x_T, sampling.default_labels(built, num)
+    return x_T, generate.default_labels(built, num)
   if not built.conditional:
     raise ValueError("--labels needs a class-conditional model; this one was trained without")
   try:
@@ -122,11 +117,12 @@ def sample_checkpoint():
   """Samples a trained model as the flags say; writes the new output folder."""
   try:
     step_dir, built = load_experiment(_CHECKPOINT.value)
-    plan = sampling.plan(built, _SAMPLER.value, _NFE.value, grid=_GRID.value,
+    plan = generate.plan(built, _SAMPLER.value, _NFE.value, grid=_GRID.value,
                          grid_options=json.loads(_GRID_OPTIONS.value),
                          guidance_scale=_GUIDANCE.value, options=json.loads(_OPTIONS.value))
     x_T, labels = checkpoint_inputs(built, plan)
-    params = sampling.load_params(step_dir, built, _PARAMS.value)
+    judged = evaluation.wanted(built.run.data_source, _EVALUATE.value)
+    params = generate.load_params(step_dir, built, _PARAMS.value)
     # The data's Inception statistics first: a bad weights file fails before sampling.
     inception_ref = (fid.reference(built.run.data_source, _INCEPTION.value,
                                    **built.run.data_options) if _INCEPTION.value else None)
@@ -137,7 +133,7 @@ def sample_checkpoint():
   train_dir = step_dir.parent.parent
   with workdir.claim(_WORKDIR.value, "samples", parent=train_dir) as out:
     start = time.perf_counter()
-    x_0, nfe = sampling.sample_in_batches(built, plan, params, x_T, labels,
+    x_0, nfe = generate.sample_in_batches(built, plan, params, x_T, labels,
                                           jax.random.PRNGKey(_SEED.value), _BATCH.value,
                                           mesh=sharding.make_mesh({"data": -1}))
     seconds = time.perf_counter() - start
@@ -153,7 +149,7 @@ def sample_checkpoint():
            "steps": len(plan.grid) - 1, "guidance": plan.guidance_scale, "params": _PARAMS.value,
            "num_samples": len(x_0), "seed": _SEED.value, "seconds": seconds}
     table = workdir.markdown_table(list(row), [list(row.values())])
-    quality = evaluate(built, x_0)
+    quality = evaluate(built, x_0) if judged else {}
     if quality:
       table += "\n\n" + quality_table(quality)
     inception_quality = (fid.quality(np.clip(x_0, -1.0, 1.0), inception_ref)
@@ -169,17 +165,9 @@ def sample_checkpoint():
 
 def evaluate(built, x_0):
   """{set name: jaxdiff.evaluation.quality} for the samples (all, and as many as the held-out
-  split, since the Frechet distance depends on N), the held-out real images and noise; {}
-  where the flag and the data say not to."""
-  source = built.run.data_source
-  wanted = _EVALUATE.value == "yes" or (_EVALUATE.value == "auto" and source == "digits")
-  if not wanted:
-    return {}
-  if source not in EVALUATED_SOURCES or not built.data.eight_bit:
-    raise SystemExit(f"--evaluate yes: no evaluation classifier for the source {source!r}; "
-                     f"it knows {list(EVALUATED_SOURCES)}")
+  split, since the Frechet distance depends on N), the held-out real images and noise."""
   options = {k: v for k, v in built.run.data_options.items() if k != "split"}
-  reference = evaluation.reference(source, **options)
+  reference = evaluation.reference(built.run.data_source, **options)
   images = np.clip(x_0, -1.0, 1.0)  # As the PNGs (data.to_uint8) show them.
   rows = {f"samples ({len(x_0)})": evaluation.quality(images, reference)}
   held_out = len(reference.heldout_images)

@@ -100,7 +100,7 @@ import ml_collections  # noqa: E402
 import numpy as np
 
 from jaxdiff import data, models, parameterization, peers, schedules
-from jaxdiff.train import experiment, host_memory, loop, optim, sharding, step
+from jaxdiff.train import experiment, host_memory, loop, optim, sharding
 
 # configs/ and benchmarks/ are not installed with jaxdiff: import them from this checkout.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -188,7 +188,7 @@ def jaxdiff_calls(exp, source, local_batches):
   def loss_fn(params, batch, key):
     key_loss, key_dropout = jax.random.split(key)
     cond = batch["label"] if exp.conditional else None
-    loss, _ = exp.objective.loss(step.network_fn(exp.model, params, key_dropout),
+    loss, _ = exp.objective.loss(models.network_fn(exp.model, params, key_dropout),
                                  batch["image"], key_loss, cond)
     return jnp.mean(loss)
 
@@ -364,7 +364,7 @@ def forward_convolutions(exp, local_batches):
   def loss(params):
     key_loss, key_dropout = jax.random.split(jax.random.PRNGKey(1))
     cond = batch["label"] if exp.conditional else None
-    return jnp.mean(exp.objective.loss(step.network_fn(exp.model, params, key_dropout),
+    return jnp.mean(exp.objective.loss(models.network_fn(exp.model, params, key_dropout),
                                        batch["image"], key_loss, cond)[0])
 
   found, flops = collections.Counter(), [0]

@@ -31,7 +31,8 @@ images [N, H, W, C] in [-1, 1] with it:
                    that look real, and of real images the set covers.
 
 `reference_rows` scores the held-out real images and Gaussian noise, the two
-ends of the scale. `reference` trains the classifier and computes the
+ends of the scale. `wanted` is the programs' one rule of when to judge: their
+--evaluate yes (data with a classifier only), auto (the digits) or no. `reference` trains the classifier and computes the
 reference statistics once, then loads them from a cache file
 <cache>/evaluation/<kind>-<split>-<key>.npz, <cache> being the `cache_dir`
 argument, else $JAXDIFF_CACHE, else ~/.cache/jaxdiff, and <key> a hash of
@@ -73,6 +74,11 @@ DEFAULT_CACHE = "~/.cache/jaxdiff"
 EVAL_BATCH = 500
 NEAREST_BLOCK = 512
 MIN_IMAGES = 20
+# The data sources `reference` trains a classifier for: labelled 8-bit images with "train" and
+# "test" splits (Fashion-MNIST and MNIST are "idx").
+CLASSIFIED_SOURCES = ("digits", "idx")
+# Those judged by default (--evaluate auto): the digits, whose classifier trains in seconds.
+AUTOMATIC_SOURCES = ("digits",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +127,22 @@ class Reference:
   heldout_images: np.ndarray
   heldout_accuracy: float
   heldout_nearest: np.ndarray
+
+
+def wanted(source: str, choice: str) -> bool:
+  """Whether a program judges images of the data source `source` (a kind of data.SOURCES)
+  with its classifier, for the program's --evaluate `choice`: "yes", "no", or "auto" (the
+  AUTOMATIC_SOURCES only).
+
+  Raises:
+    ValueError naming --evaluate for "yes" on a source with no classifier.
+  """
+  if choice not in ("auto", "yes", "no"):
+    raise ValueError(f"--evaluate must be auto, yes or no, got {choice!r}")
+  if choice == "yes" and source not in CLASSIFIED_SOURCES:
+    raise ValueError(f"--evaluate yes: no evaluation classifier for the data source {source!r}; "
+                     f"there is one for {list(CLASSIFIED_SOURCES)} (use --evaluate no)")
+  return choice == "yes" or (choice == "auto" and source in AUTOMATIC_SOURCES)
 
 
 def source_arrays(source):

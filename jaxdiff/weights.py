@@ -309,7 +309,7 @@ def load_diffusers(directory, num_train_timesteps: int = 1000):
     num_train_timesteps: T of the DiscreteDDPM the network was trained with.
 
   Returns:
-    A `UNet` or `DiT` and its float32 params; use `jaxdiff.models.denoise_fn`.
+    A `UNet` or `DiT` and its float32 params; use `jaxdiff.models.network_fn`.
   """
   directory = pathlib.Path(directory)
   config = json.loads((directory / "config.json").read_text())

@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxdiff import classifier_guidance, data, plots, sde
 from jaxdiff.models.classifier import NoisyClassifier
-from jaxdiff.train import sampling
+from jaxdiff.train import generate
 from studies import common, guidance, samplers
 
 TRAIN_STEPS, BATCH_SIZE, LEARNING_RATE = 2000, 64, 1e-3
@@ -32,11 +32,11 @@ NOISE_LEVELS = (0.1, 0.5, 1.0)  # sigma / alpha of the held-out accuracies.
 
 
 def prepare(options: common.Options):
-  step_dir, built = common.load(options.checkpoint)
+  step_dir, built = common.load(options)
   if built.conditional or not built.data.num_classes:
     raise ValueError("the classifier study guides an unconditional model of labelled data; "
                      f"this one is {'conditional' if built.conditional else 'of unlabelled data'}")
-  return step_dir, built, sampling.plan(built, options.sampler, options.nfe)
+  return step_dir, built, generate.plan(built, options.sampler, options.nfe)
 
 
 def run(prepared, options: common.Options, out) -> str:
@@ -67,7 +67,7 @@ def run(prepared, options: common.Options, out) -> str:
       denoise, process, log_prob_fn, s, prediction=built.objective.prediction)
       for s in options.scales]
   rows, shown = samplers.sample_rows(
-      built, sampling.load_params(step_dir, built, "ema"), [sample_plan] * len(guides),
+      built, generate.load_params(step_dir, built, "ema"), [sample_plan] * len(guides),
       options, score, labels=sample_labels, guides=guides,
       fields=[{"w": s} for s in options.scales],
       on_row=lambda rows: common.write_results(out, rows))

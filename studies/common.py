@@ -6,9 +6,9 @@ import pathlib
 
 import numpy as np
 
-from jaxdiff import evaluation, fid
+from jaxdiff import evaluation, fid, workdir
 from jaxdiff.inception import BATCH as INCEPTION_BATCH
-from jaxdiff.train import checkpoint, experiment, loop
+from jaxdiff.train import checkpoint, generate, loop
 
 SHOWN = 10  # Samples per row of the pictures.
 
@@ -34,15 +34,15 @@ class Options:
   train_steps: int | None
 
 
-def load(path):
-  """(step folder, Experiment) of a checkpoint."""
-  if path is None:
+def load(options: Options):
+  """(step folder, Experiment) of --checkpoint, with the options that depend on it checked:
+  --evaluate against its data (`evaluation.wanted`), --num, --batch-size and --seed
+  (`generate.check_sampling`)."""
+  if options.checkpoint is None:
     raise ValueError("this study needs --checkpoint, a training workdir")
-  step_dir = checkpoint.find(path)
-  record = checkpoint.read_run(step_dir)
-  spec = record["data"]
-  built = experiment.Experiment.from_config(record["config"], experiment.DataSpec(
-      tuple(spec["shape"]), spec["num_classes"], spec["eight_bit"]))
+  step_dir, built = generate.load(options.checkpoint)
+  evaluation.wanted(built.run.data_source, options.evaluate)
+  generate.check_sampling(built, options.num, options.batch_size, options.seed)
   return step_dir, built
 
 
@@ -87,8 +87,7 @@ def judge(built, options: Options) -> Judge | None:
   so ("auto": for the digits), Inception with --inception-weights."""
   source = built.run.data_source
   data_options = {k: v for k, v in built.run.data_options.items() if k != "split"}
-  use_classifier = options.evaluate == "yes" or (options.evaluate == "auto"
-                                                 and source == "digits")
+  use_classifier = evaluation.wanted(source, options.evaluate)
   found = Judge(
       evaluation.reference(source, **data_options) if use_classifier else None,
       fid.reference(source, options.inception_weights, **built.run.data_options)
@@ -112,16 +111,14 @@ COLUMNS = ("images", "schedule", "sampler", "w", "nfe", "grid", "num", "frechet_
 def markdown(rows, held_out=None) -> str:
   """rows as a table (the COLUMNS they have), and the held-out real images' row."""
   columns = [c for c in COLUMNS if c in rows[0]]
-  cell = lambda row, c: (f"{row[c]:.4f} +- {row['kid_error']:.4f}" if c == "kid"
-                         else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]))
-  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-  lines += ["| " + " | ".join(cell(row, c) for c in columns) + " |" for row in rows]
+  cell = lambda row, c: f"{row[c]:.4f} +- {row['kid_error']:.4f}" if c == "kid" else row[c]
+  table = workdir.markdown_table(columns, [[cell(row, c) for c in columns] for row in rows])
   if held_out is not None:
-    lines.append(f"\nHeld-out real images: N = {held_out['num_samples']}, Frechet distance "
-                 f"{held_out['frechet_distance']:.3f}, KID {held_out['kid']:.4f} +- "
-                 f"{held_out['kid_error']:.4f} (the Frechet distance grows as N falls: compare "
-                 "rows of equal N).")
-  return "\n".join(lines) + "\n"
+    table += (f"\n\nHeld-out real images: N = {held_out['num_samples']}, Frechet distance "
+              f"{held_out['frechet_distance']:.3f}, KID {held_out['kid']:.4f} +- "
+              f"{held_out['kid_error']:.4f} (the Frechet distance grows as N falls: compare "
+              "rows of equal N).")
+  return table + "\n"
 
 
 def write_results(out: pathlib.Path, rows, **extra):

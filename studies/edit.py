@@ -20,15 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import conditional, data, evaluation, grids, plots
-from jaxdiff.train import sampling
-from jaxdiff.train.step import network_fn
+from jaxdiff.train import generate
 from studies import common
 
 SDEDIT_NOISE = (0.25, 0.5, 1.0)  # SDEdit's starting noise levels sigma / alpha (data in [-1, 1]).
 
 
 def prepare(options: common.Options):
-  step_dir, built = common.load(options.checkpoint)
+  step_dir, built = common.load(options)
   if not built.data.eight_bit or built.conditional:
     raise ValueError("the edit study takes an unconditional model of 8-bit images")
   return step_dir, built
@@ -42,8 +41,8 @@ def run(prepared, options: common.Options, out) -> str:
   num = min(options.num, len(held_out))
   y = jnp.asarray(data.to_model_space(np.stack([held_out[i]["image"] for i in range(num)])))
   labels = np.array([held_out[i]["label"] for i in range(num)])
-  params = sampling.load_params(step_dir, built, "ema")
-  denoise = built.objective.denoise_fn(network_fn(built.model, params))
+  params = generate.load_params(step_dir, built, "ema")
+  denoise = generate.denoise_fn(built, params)
   prediction = built.objective.prediction
   process = built.process
   height = built.data.shape[0]

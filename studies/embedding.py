@@ -14,34 +14,34 @@ Writes samples.png (a row of 10 samples per model, the same x_T).
 import jax
 import numpy as np
 
-from jaxdiff import data, diagnostics, plots
-from jaxdiff.train import sampling, step
+from jaxdiff import data, diagnostics, models, plots
+from jaxdiff.train import generate
 from studies import common, samplers
 
 
 def prepare(options: common.Options):
-  step_dir, built = common.load(options.checkpoint)
-  return step_dir, built, sampling.plan(built, options.sampler, options.nfe)
+  step_dir, built = common.load(options)
+  return step_dir, built, generate.plan(built, options.sampler, options.nfe)
 
 
 def run(prepared, options: common.Options, out) -> str:
   step_dir, built, sample_plan = prepared
   judge = common.judge(built, options)
-  healthy = sampling.load_params(step_dir, built, "ema")
-  models = {"trained": healthy,
-            "time embedding zeroed": diagnostics.zero_module(healthy, "time_embed")}
+  healthy = generate.load_params(step_dir, built, "ema")
+  variants = {"trained": healthy,
+              "time embedding zeroed": diagnostics.zero_module(healthy, "time_embed")}
   source = data.make_source(built.run.data_source, **built.run.data_options)
   x0, labels = data.model_arrays(source, options.num)
   labels = labels if built.conditional else None
 
   @jax.jit
   def sensitivity(params):
-    told_fn = built.objective.told_fn(step.network_fn(built.model, params))
+    told_fn = built.objective.told_fn(models.network_fn(built.model, params))
     return diagnostics.sensitivity(told_fn, built.process, x0, jax.random.PRNGKey(options.seed),
                                    labels, built.data.num_classes)
 
   rows, shown = [], []
-  for name, params in models.items():
+  for name, params in variants.items():
     found = {k: float(v) for k, v in sensitivity(params).items()}
     print(f"{name}: time sensitivity {found['time']:.3g}, class sensitivity "
           f"{found['class']:.3g}", flush=True)

@@ -21,16 +21,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxdiff import plots  # noqa: E402
-from jaxdiff.train import sampling  # noqa: E402
+from jaxdiff.train import generate  # noqa: E402
 from studies import common, samplers  # noqa: E402
 
 
 def prepare(options: common.Options):
-  step_dir, built = common.load(options.checkpoint)
+  step_dir, built = common.load(options)
   if not built.conditional:
     raise ValueError("the guidance study takes a class-conditional model (trained with "
                      "--config.model.conditional True); this one was trained without labels")
-  sample_plans = [sampling.plan(built, options.sampler, options.nfe, guidance_scale=w)
+  sample_plans = [generate.plan(built, options.sampler, options.nfe, guidance_scale=w)
                   for w in options.scales]
   return step_dir, built, sample_plans
 
@@ -38,8 +38,8 @@ def prepare(options: common.Options):
 def run(prepared, options: common.Options, out) -> str:
   step_dir, built, sample_plans = prepared
   judge = common.judge(built, options)
-  params = sampling.load_params(step_dir, built, "ema")
-  labels = sampling.default_labels(built, options.num)
+  params = generate.load_params(step_dir, built, "ema")
+  labels = generate.default_labels(built, options.num)
   score = lambda x_0: ({} if judge is None
                        else {**judge.scores(x_0), **judge.target_class(x_0, labels)})
 

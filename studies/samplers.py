@@ -21,34 +21,34 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxdiff import evaluation, plots  # noqa: E402
-from jaxdiff.train import sampling, sharding  # noqa: E402
+from jaxdiff.train import generate, sharding  # noqa: E402
 from studies import common  # noqa: E402
 
 
 def plans(built, options: common.Options):
   """Each sampler at each NFE, then DDPM at the reference NFE; every choice checked."""
   runs = [(name, nfe) for name in options.samplers for nfe in options.nfes]
-  return [sampling.plan(built, name, nfe)
+  return [generate.plan(built, name, nfe)
           for name, nfe in runs + [("ddpm", options.reference_nfe)]]
 
 
 def sample_rows(built, params, sample_plans, options: common.Options, score, *, labels=None,
                 guides=None, fields=None, on_row=lambda rows: None):
   """Each plan from one x_T (options.num samples, options.seed), spread over the devices, with
-  its guide of `guides` where given (`sampling.make_sample_fn`); returns the rows (each
+  its guide of `guides` where given (`generate.make_sample_fn`); returns the rows (each
   starting with its dict of `fields`, then score(samples)'s) and the first SHOWN samples of
   each."""
   key_noise, key_sampler = jax.random.split(jax.random.PRNGKey(options.seed))
-  x_T = sampling.prior_noise(built, sample_plans[0], key_noise, options.num)
+  x_T = generate.prior_noise(built, sample_plans[0], key_noise, options.num)
   if labels is None:
-    labels = sampling.default_labels(built, options.num)
+    labels = generate.default_labels(built, options.num)
   mesh = sharding.make_mesh({"data": -1})
   rows, shown = [], []
   for sample_plan, guide, given in zip(sample_plans, guides or [None] * len(sample_plans),
                                       fields or [{}] * len(sample_plans)):
     print(f"{sample_plan.describe()}: {options.num} samples", flush=True)
     start = time.perf_counter()
-    x_0, nfe = sampling.sample_in_batches(built, sample_plan, params, x_T, labels, key_sampler,
+    x_0, nfe = generate.sample_in_batches(built, sample_plan, params, x_T, labels, key_sampler,
                                           options.batch_size, mesh=mesh, guide=guide)
     row = {**given, "sampler": sample_plan.sampler, "nfe": nfe,
            "grid": sample_plan.grid_name, "num": len(x_0),
@@ -62,14 +62,14 @@ def sample_rows(built, params, sample_plans, options: common.Options, score, *, 
 
 def prepare(options: common.Options):
   """Everything checked before the study's folder is claimed."""
-  step_dir, built = common.load(options.checkpoint)
+  step_dir, built = common.load(options)
   return step_dir, built, plans(built, options)
 
 
 def run(prepared, options: common.Options, out) -> str:
   step_dir, built, sample_plans = prepared
   judge = common.judge(built, options)
-  params = sampling.load_params(step_dir, built, "ema")
+  params = generate.load_params(step_dir, built, "ema")
   rows, shown = sample_rows(
       built, params, sample_plans, options, lambda x_0: {} if judge is None else judge.scores(x_0),
       on_row=lambda rows: common.write_results(out, rows))

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxdiff import plots  # noqa: E402
-from jaxdiff.train import loop, sampling  # noqa: E402
+from jaxdiff.train import generate, loop  # noqa: E402
 from studies import common, samplers  # noqa: E402
 
 SCHEDULES = ("linear", "cosine")
@@ -49,7 +49,7 @@ def prepare(options: common.Options, config):
 
 def plans(built, options: common.Options):
   """Each sampler at each NFE on the GRID, its x0 prediction clipped to [-1, 1] (CLIP)."""
-  return [sampling.plan(built, name, nfe, grid=GRID, options=CLIP) for name in options.samplers
+  return [generate.plan(built, name, nfe, grid=GRID, options=CLIP) for name in options.samplers
           for nfe in options.nfes]
 
 
@@ -61,7 +61,7 @@ def run(prepared, options: common.Options, out) -> str:
     step_dir = common.train(variant, out / schedule)
     built = variant[0]
     judge = common.judge(built, options)
-    params = sampling.load_params(step_dir, built, "ema")
+    params = generate.load_params(step_dir, built, "ema")
     sample_plans = plans(built, options)
     score = lambda x_0: {} if judge is None else judge.scores(x_0)
     new_rows, new_shown = samplers.sample_rows(

@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 sys.path[:0] = [str(pathlib.Path(__file__).resolve().parents[1]),
                 str(pathlib.Path(__file__).resolve().parent)]
 from jaxdiff import data  # noqa: E402
-from jaxdiff.train import (bits_per_dim, checkpoint, experiment, loop, optim,  # noqa: E402
-                           sampling, sharding)
+from jaxdiff.train import (bits_per_dim, checkpoint, experiment, generate, loop,  # noqa: E402
+                           optim, sharding)
 from tiny_config import tiny_config  # noqa: E402
 
 NUM_STEPS = 6
@@ -123,10 +123,10 @@ def main(out):
   params = jax.tree.map(np.asarray, back.ema[next(iter(back.ema))])
   x_T = jax.random.normal(jax.random.PRNGKey(1), (20, *source.shape))
   for sampler in ("ddim", "ddpm"):
-    plan = sampling.plan(built, sampler, 4)
+    plan = generate.plan(built, sampler, 4)
     for name, mesh in (("one", sharding.make_mesh({"data": 1}, devices[:1])),
                        ("data8", sharding.make_mesh({"data": 8}))):
-      x_0, _ = sampling.sample_in_batches(built, plan, params, x_T, None, jax.random.PRNGKey(2),
+      x_0, _ = generate.sample_in_batches(built, plan, params, x_T, None, jax.random.PRNGKey(2),
                                           16, mesh=mesh, progress=False)
       states[f"samples_{sampler}/{name}"] = x_0
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxdiff import diagnostics, oracle, schedules
+from jaxdiff import diagnostics, models, oracle, schedules
 from jaxdiff.models.mlp import MLP
 from jaxdiff.train import step
 
@@ -81,7 +81,7 @@ def test_a_dead_embedding_under_edm_preconditioning_is_found(conditional_mlp):
 
   @jax.jit
   def run(params):
-    network = step.network_fn(model, params)
+    network = models.network_fn(model, params)
     measure = lambda fn: diagnostics.sensitivity(fn, objective.process, x0,
                                                  jax.random.PRNGKey(3))["time"]
     return (measure(objective.told_fn(network)),

@@ -151,3 +151,13 @@ def test_wrong_inputs_raise_clear_errors(ref, tmp_path):
     evaluation.reference("digits", model=Classifier(num_classes=5), cache_dir=tmp_path, log=quiet)
   with pytest.raises(ValueError, match="labelled 8-bit images"):
     evaluation.source_arrays(data.make_source("toy", num_points=10))
+
+
+def test_the_programs_judge_data_with_a_classifier_the_digits_by_default():
+  assert evaluation.wanted("digits", "auto") and evaluation.wanted("idx", "yes")
+  assert not evaluation.wanted("idx", "auto")  # Fashion-MNIST's classifier takes minutes.
+  assert not any(evaluation.wanted(source, "no") for source in ("digits", "idx", "toy"))
+  assert not evaluation.wanted("toy", "auto")
+  with pytest.raises(ValueError, match=r"--evaluate yes: no evaluation classifier for the data "
+                     r"source 'toy'; there is one for \['digits', 'idx'\]"):
+    evaluation.wanted("toy", "yes")

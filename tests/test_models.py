@@ -19,14 +19,16 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxdiff import guidance, parameterization, samplers, schedules
-from jaxdiff.models import (DIT_SIZES, DiT, UNet, compiler, compiler_options, denoise_fn,
-                            dit, num_params)
+from jaxdiff.models import (DIT_SIZES, DiT, UNet, compiler, compiler_options, dit,
+                            network_fn, num_params)
 from jaxdiff.models.dit import DiTBlock
 from jaxdiff.models.layers import Attention, LabelEmbedding, TimeEmbedding, timestep_embedding
 from jaxdiff.models.unet import AttnBlock, ResBlock
+from jaxdiff.train import state as train_state, step
 
 NUM_CLASSES = 10
 B = 4  # Every compiled forward pass sees batch 4 (guided calls: 2 x 2).
@@ -630,9 +632,9 @@ def test_guidance_is_independent_of_the_prediction_type():
 
 
 def test_guided_dit_drives_a_sampler_with_one_call_per_step():
-  # denoise_fn keeps the prediction half of the DiT's learned-sigma output.
+  # network_fn keeps the prediction half of the DiT's learned-sigma output.
   process = schedules.make_process("ddpm")
-  fn, calls = counting(denoise_fn(MODELS["dit"], perturbed_params("dit")))
+  fn, calls = counting(network_fn(MODELS["dit"], perturbed_params("dit")))
   guided = guidance.guided_denoise_fn(fn, 3.0, NUM_CLASSES)
   x_T = jax.random.normal(jax.random.PRNGKey(5), (2,) + SHAPES["dit"][1:])
   grid = jnp.array([1.0, 0.5, 0.001])
@@ -640,6 +642,27 @@ def test_guided_dit_drives_a_sampler_with_one_call_per_step():
                             cond=jnp.array([0, 9]))
   assert int(info["nfe"]) == 2 and calls == [4]  # Traced once inside the scan, batch 2B.
   assert x_0.shape == x_T.shape and bool(jnp.all(jnp.isfinite(x_0)))
+
+
+def test_the_train_step_fits_only_the_prediction_half_of_a_learned_sigma_dit():
+  # With one channel, a loss handed the DiT's 2C outputs would broadcast them against the
+  # target and silently train the variance half too; network_fn hands it the first C.
+  model = MODELS["dit"].clone(in_channels=1)
+  x, t, cond = inputs("dit")
+  x = x[..., :1]
+  params = perturb(jax.jit(lambda key: model.init(key, x, t, cond, deterministic=True)[
+      "params"])(jax.random.key(0, impl="rbg")))
+  objective = step.Objective(schedules.make_process("ddpm"))
+  optimizer = optax.sgd(1.0)
+  train_step = jax.jit(step.make_train_step(model, objective, optimizer, lambda _: 1.0, (0.5,),
+                                            conditional=True))
+  state = train_state.create(params, optimizer, (0.5,), jax.random.PRNGKey(1))
+  new_state, _ = train_step(state, {"image": x[None], "label": cond[None]})
+  # final_linear's columns are (patch row, patch column, channel): channel 1 is the variance.
+  moved = new_state.params["final_linear"]["kernel"] - params["final_linear"]["kernel"]
+  moved = moved.reshape(moved.shape[0], -1, 2)
+  assert float(jnp.max(jnp.abs(moved[..., 0]))) > 0
+  assert float(jnp.max(jnp.abs(moved[..., 1]))) == 0
 
 
 def test_guidance_sweep_shares_start_and_noise_across_scales():

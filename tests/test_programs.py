@@ -11,7 +11,8 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from configs import train_base
-from jaxdiff.train import experiment, loop, sharding
+from jaxdiff import data
+from jaxdiff.train import experiment, generate, loop, sharding
 from jaxdiff.train.writer import read_metrics
 from studies import classifier, common, embedding, guidance, schedules, training
 
@@ -50,6 +51,62 @@ def test_bpd_py_reports_the_discrete_bound_of_a_ddpm_beside_the_ode(trained_digi
   assert 0 < vlb["prior_bits_per_dim"] < 1e-6 and vlb["diffusion_bits_per_dim"] > 0
   table = (tmp_path / "bpd" / "results.md").read_text()
   assert "| PF-ODE |" in table and "| discrete VLB (beta_tilde) |" in table
+
+
+@pytest.fixture(scope="module")
+def trained_points(tmp_path_factory):
+  """The tiny MLP after 5 steps on 2-D points of the oracle's ring (shared, read only): data of
+  a shape other options change (dim) and that no evaluation classifier judges."""
+  workdir = tmp_path_factory.mktemp("points")
+  config = tiny_config(num_steps=5, log_every=5, checkpoint_every=5, sample_every=5,
+                       samples__num=0)
+  config.data.source, config.data.options = "oracle", {"num_points": 64}
+  source = data.make_source("oracle", num_points=64)
+  loop.train(experiment.Experiment.from_config(config, experiment.DataSpec.of(source)), source,
+             workdir, sharding.make_mesh({"data": -1}), show_progress=False)
+  return workdir
+
+
+def test_a_checkpoint_refuses_data_of_another_shape_and_counts_that_cannot_run(trained_points):
+  step_dir, built = generate.load(trained_points)
+  assert step_dir.name == "5" and built.data.shape == (2,)
+  generate.check_data(built, data.make_source("oracle", num_points=8, seed=1))
+  with pytest.raises(ValueError, match=r"oracle ring \(8 modes\) has records of shape \(3,\); "
+                     r"the checkpoint was trained on \(2,\)"):
+    generate.check_data(built, data.make_source("oracle", num_points=8, dim=3))
+  generate.check_sampling(built, 1000, 500, 2**32 - 1, available=16_000)  # 16 bytes a sample.
+  for (num, batch_size, seed), match in [
+      ((0, 500, 0), "--num must be a positive integer, got 0"),
+      ((10, 0, 0), "--batch-size must be a positive integer, got 0"),
+      ((10, -3, 0), "--batch-size must be a positive integer, got -3"),
+      ((10, 500, -1), r"--seed must be an integer in \[0, 2\*\*32\), got -1"),
+      ((10, 500, 2**32), r"--seed must be an integer in \[0, 2\*\*32\), got 4294967296"),
+      ((1001, 500, 0), "--num 1001 needs .* GiB on the host for x_T and the samples; .* GiB "
+       "are available: at most 1000 samples fit")]:
+    with pytest.raises(ValueError, match=match):
+      generate.check_sampling(built, num, batch_size, seed, available=16_000)
+  for w in (float("nan"), float("inf")):
+    with pytest.raises(ValueError, match="guidance w must be a finite number"):
+      generate.plan(built, "ddim", 2, guidance_scale=w)
+
+
+def test_sample_py_and_bpd_py_refuse_bad_flags_before_claiming_a_folder(trained_points,
+                                                                        tmp_path):
+  """Each refusal is one line naming the flag, and no output folder is claimed (--guidance and
+  --num are checked where --batch-size is: the test above shows what they refuse)."""
+  for program, flags, message in [
+      ("sample.py", ["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+      ("sample.py", ["--evaluate", "yes"], "--evaluate yes: no evaluation classifier for the "
+       "data source 'oracle'"),
+      ("bpd.py", ["--seed", "-1"], r"--seed must be an integer in [0, 2**32), got -1"),
+      ("bpd.py", ["--data-options", '{"dim": 3}'], "has records of shape (3,); the checkpoint "
+       "was trained on (2,)")]:
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(ROOT / program), "--checkpoint",
+                             str(trained_points), *flags, "--workdir", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and message in result.stderr, (flags, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr and not out.exists(), flags
 
 
 def test_study_py_samplers_runs_every_row_on_one_model(trained_digits, tmp_path):

@@ -23,7 +23,7 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from jaxdiff import data, diagnostics, losses, oracle, parameterization, schedules
-from jaxdiff.train import checkpoint, experiment, loop, optim, sampling, sharding, step
+from jaxdiff.train import checkpoint, experiment, generate, loop, optim, sharding, step
 from jaxdiff.train.writer import read_metrics
 
 
@@ -477,11 +477,11 @@ def test_sample_py_samples_a_checkpoint_reproducibly(trained_toy, tmp_path):
   # The checks behind the other flags, in-process.
   built = build(tiny_config(), data.make_source("toy", name="checkerboard", num_points=512))
   with pytest.raises(ValueError, match="guidance w = 3.0 needs a class-conditional model"):
-    sampling.plan(built, "unipc", 4, guidance_scale=3.0)
+    generate.plan(built, "unipc", 4, guidance_scale=3.0)
   with pytest.raises(ValueError, match="NFE must be 1 mod 2"):
-    sampling.plan(built, "heun", 4)
+    generate.plan(built, "heun", 4)
   with pytest.raises(ValueError, match=r"params must be 'raw', 'ema' or one of \['ema:0.9999'\]"):
-    sampling.load_params(checkpoint.find(trained_toy), built, "ema:0.5")
+    generate.load_params(checkpoint.find(trained_toy), built, "ema:0.5")
   with pytest.raises(FileNotFoundError, match="no complete checkpoint in"):
     checkpoint.find(tmp_path / "nothing-here")
 

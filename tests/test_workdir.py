@@ -86,3 +86,10 @@ def test_killed_run_can_be_resumed_and_its_rows_survive(tmp_path):
   assert not (out / workdir.MARKER).exists()
   lines = (out / workdir.ROWS).read_text().splitlines()
   assert len(lines) == 3 and json.loads(lines[2]) == {"i": 1, "x": [0, 1]}
+
+
+def test_markdown_table_writes_floats_to_four_significant_digits_and_the_rest_as_text():
+  table = workdir.markdown_table(["name", "value", "n"],
+                                 [["a", 0.123456, 3], ["b", 1e-7, None]])
+  assert table.splitlines() == ["| name | value | n |", "|---|---|---|", "| a | 0.1235 | 3 |",
+                                "| b | 1e-07 | None |"]

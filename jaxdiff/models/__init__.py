@@ -2,9 +2,10 @@
 MLP for points (`mlp`), shared layers.
 
 `make_model(name, **options)` builds one by its name in MODELS;
-`denoise_fn(model, params)` turns any into the (x, t, cond) -> prediction
-function that samplers and losses take; `compiler_options()` are the XLA
-options to jit them with (`compiler`).
+`network_fn(model, params)` turns any into the (x, t, cond) -> prediction
+function that the train step, samplers and losses take (the one place that
+calls a network: its dropout, DiT's learned-sigma channels);
+`compiler_options()` are the XLA options to jit them with (`compiler`).
 """
 
 import inspect
@@ -36,20 +37,25 @@ def make_model(name: str, **options):
   return MODELS[name](**options)
 
 
-def denoise_fn(model, params):
-  """(x [B, H, W, C], t [B], cond) -> prediction [B, H, W, C], dropout off.
+def network_fn(model, params, dropout_key=None):
+  """(x [B, ..., C], t [B], cond) -> prediction [B, ..., C]; dropout (and label dropout)
+  on when given a key, off otherwise.
 
   A DiT with learn_sigma outputs 2C channels (Peebles & Xie 2023, sec. 3.1:
-  the prediction, then the variance interpolation); the samplers take the
-  first C, the prediction.
+  the prediction, then the variance interpolation); only the first C, the
+  prediction, leave here: the losses and samplers know no variance output.
   """
 
   def fn(x, t, cond=None):
-    out = model.apply({"params": params}, x, t, cond, deterministic=True)
+    if dropout_key is None:
+      out = model.apply({"params": params}, x, t, cond, deterministic=True)
+    else:
+      out = model.apply({"params": params}, x, t, cond, deterministic=False,
+                        rngs={"dropout": dropout_key})
     return out[..., :x.shape[-1]] if getattr(model, "learn_sigma", False) else out
 
   return fn
 
 
-__all__ = ["DIT_SIZES", "DiT", "MLP", "MODELS", "UNet", "compiler_options", "denoise_fn", "dit",
-           "make_model", "num_params"]
+__all__ = ["DIT_SIZES", "DiT", "MLP", "MODELS", "UNet", "compiler_options", "dit", "make_model",
+           "network_fn", "num_params"]

@@ -29,9 +29,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from jaxdiff import data, likelihood, losses, models, schedules
-from jaxdiff.train import sharding
+from jaxdiff.train import generate, sharding
 from jaxdiff.train.experiment import Experiment
-from jaxdiff.train.step import network_fn
 
 EXACT_MAX_DIMS = 16
 VLB_TERMS = ("prior", "diffusion", "decoder", "total")
@@ -61,7 +60,7 @@ def make_batch_fn(experiment: Experiment, mesh, *, num_probes: int = 1,
 
   def score(params, records, key):
     records = jax.lax.with_sharding_constraint(records, rows)
-    denoise = built.objective.denoise_fn(network_fn(built.model, params))
+    denoise = generate.denoise_fn(built, params)
     labels = None if null is None else jnp.full((records.shape[0],), null, jnp.int32)
     key_data, key_probes, key_vlb = jax.random.split(key, 3)
     x = (likelihood.dequantize(records, key_data) if built.data.eight_bit

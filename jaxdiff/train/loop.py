@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdiff import data, diagnostics, models, plots
-from jaxdiff.train import (bits_per_dim, checkpoint, optim, sampling, sharding,
+from jaxdiff.train import (bits_per_dim, checkpoint, generate, optim, sharding,
                            state as train_state, step)
 from jaxdiff.train.experiment import DataSpec, Experiment, run_settings
 from jaxdiff.train.writer import MetricWriter
@@ -252,7 +252,7 @@ def _sensitivity_fn(experiment: Experiment, mesh):
   key = jax.random.fold_in(jax.random.PRNGKey(experiment.run.seed), 0xD1)  # Its own key.
 
   def measure(params, x0, labels):
-    told_fn = experiment.objective.told_fn(step.network_fn(experiment.model, params))
+    told_fn = experiment.objective.told_fn(models.network_fn(experiment.model, params))
     out = diagnostics.sensitivity(told_fn, experiment.process, x0, key, labels,
                                   experiment.data.num_classes)
     return {"time_sensitivity": out["time"], "class_sensitivity": out["class"]}
@@ -302,17 +302,17 @@ def _bpd_fn(experiment: Experiment, mesh, source, show_progress: bool):
 def _picture_fn(experiment: Experiment, mesh, save: bool):
   """(state, path) -> samples the EMA (fixed x_T and labels); writes their picture if save."""
   run = experiment.run
-  plan = sampling.plan(experiment, run.sample_sampler, run.sample_nfe,
+  plan = generate.plan(experiment, run.sample_sampler, run.sample_nfe,
                        guidance_scale=run.sample_guidance if experiment.conditional else 1.0)
-  sample = jax.jit(sampling.make_sample_fn(experiment, plan),
+  sample = jax.jit(generate.make_sample_fn(experiment, plan),
                    out_shardings=sharding.replicated(mesh),  # Whole in every process.
                    compiler_options=models.compiler_options())
   key_noise, key_sampler = jax.random.split(jax.random.fold_in(
       jax.random.PRNGKey(run.seed), 0x5A))  # Apart from the training keys.
   # Host values, the same in every process, which jit places on the mesh itself.
-  x_T = np.asarray(sampling.prior_noise(experiment, plan, key_noise, run.sample_num))
+  x_T = np.asarray(generate.prior_noise(experiment, plan, key_noise, run.sample_num))
   key_sampler = np.asarray(key_sampler)
-  labels = sampling.default_labels(experiment, run.sample_num)
+  labels = generate.default_labels(experiment, run.sample_num)
   labels = None if labels is None else np.asarray(labels)
   ema_name = train_state.ema_name(experiment.ema_decays[0])
 

@@ -85,18 +85,6 @@ class Objective:
                                  weighting=self.weighting, reduce=self.reduce, noise=noise)
 
 
-def network_fn(model, params, dropout_key=None):
-  """(x, t, cond) -> model output; dropout (and label dropout) on when given a key."""
-
-  def fn(x, t, cond=None):
-    if dropout_key is None:
-      return model.apply({"params": params}, x, t, cond, deterministic=True)
-    return model.apply({"params": params}, x, t, cond, deterministic=False,
-                       rngs={"dropout": dropout_key})
-
-  return fn
-
-
 def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, ema_decays, *,
                     ema_warmup: bool = True, conditional: bool = False, grad_accum: int = 1,
                     scan: bool | None = None):
@@ -129,7 +117,7 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
 
   def loss_fn(params, batch, noise, key_dropout):
     cond = batch["label"] if conditional else None
-    loss, _ = objective.loss(network_fn(model, params, key_dropout), batch["image"], None,
+    loss, _ = objective.loss(models.network_fn(model, params, key_dropout), batch["image"], None,
                              cond, noise)
     return jnp.mean(loss)
 

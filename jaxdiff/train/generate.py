@@ -1,14 +1,24 @@
-"""Samples of a trained network: its denoiser, a sampler of the zoo at an NFE, guidance.
+"""A trained network: its checkpoint loaded, its denoiser, samples by a sampler of the zoo.
 
-`make_sample_fn` returns a function (params, x_T, key, labels) -> (x_0, info)
-to jit once: the network (dropout off) wrapped by the experiment's objective
-(EDM preconditioning where trained with it), classifier-free guidance
+`load` rebuilds a checkpoint's Experiment from the config and DataSpec stored
+with it, and `load_params` restores its parameters: the one place where the
+programs that use a checkpoint (sample.py, bpd.py, study.py) read one.
+`check_data` compares data read for a checkpoint with the shape it was
+trained on, and `check_sampling` a run's counts with the host's memory.
+`denoise_fn` is a trained model's denoiser, the one that every program using a
+checkpoint calls (sampling, bits per dimension, the studies): the network
+(dropout off) wrapped by the experiment's objective (EDM preconditioning where
+trained with it). `make_sample_fn` returns a function (params, x_T, key,
+labels) -> (x_0, info) to jit once: that denoiser, classifier-free guidance
 (`guidance.guided_denoise_fn`, the null class num_classes) for a conditional
 model at w != 1, and the registered sampler on its grid for the NFE (by
 default `grids.default_for` the process), from x_T ~ N(0, sigma(grid[0])^2).
 """
 
 import dataclasses
+import math
+import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +28,84 @@ from tqdm import tqdm
 
 from jaxdiff import grids, guidance, models, samplers
 from jaxdiff.train import checkpoint, optim, sharding, state as train_state
-from jaxdiff.train.experiment import Experiment
-from jaxdiff.train.step import network_fn
+from jaxdiff.train.experiment import DataSpec, Experiment
+
+SEEDS = 2**32  # Seeds lie in [0, 2^32): jax.random.PRNGKey folds 2^32 + s onto s.
+
+
+def load(path, override=None) -> tuple[pathlib.Path, Experiment]:
+  """(step folder, Experiment) of a checkpoint: a training workdir or its checkpoints/ folder
+  (the latest complete step), or one <step>/ folder; the Experiment is rebuilt from the
+  config and DataSpec stored with it.
+
+  override: config (plain dict) -> the config to build instead (sample.py's --process);
+    None: the config as trained.
+
+  Raises:
+    FileNotFoundError saying what was looked for; ValueError from Experiment.from_config.
+  """
+  step_dir = checkpoint.find(path)
+  record = checkpoint.read_run(step_dir)
+  config = record["config"] if override is None else override(record["config"])
+  spec = record["data"]
+  return step_dir, Experiment.from_config(config, DataSpec(
+      tuple(spec["shape"]), spec["num_classes"], spec["eight_bit"]))
+
+
+def check_data(experiment: Experiment, source) -> None:
+  """Refuses a data source whose records have another shape than the checkpoint's data.
+
+  Raises:
+    ValueError naming both shapes.
+  """
+  shape = DataSpec.of(source).shape
+  if shape != experiment.data.shape:
+    raise ValueError(f"{getattr(source, 'origin', 'the data')} has records of shape {shape}; "
+                     f"the checkpoint was trained on {experiment.data.shape}")
+
+
+def check_seed(seed: int) -> None:
+  """Raises ValueError naming --seed unless it lies in [0, SEEDS)."""
+  if not 0 <= seed < SEEDS:
+    raise ValueError(f"--seed must be an integer in [0, 2**32), got {seed}")
+
+
+def host_memory_bytes() -> int:
+  """The memory the host can give without swapping: MemAvailable of /proc/meminfo, where
+  there is one, else its free physical pages."""
+  try:
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+      for line in meminfo:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_sampling(experiment: Experiment, num: int, batch_size: int, seed: int, *,
+                   available: int | None = None) -> None:
+  """Refuses a sampling run's counts before anything is written: num samples (at least 1, x_T
+  and the samples, float32 on the host, within the available memory), batch_size samples per
+  call (at least 1) and the seed (`check_seed`).
+
+  available: bytes the host can give; default `host_memory_bytes()`.
+
+  Raises:
+    ValueError naming the flag (--num, --batch-size, --seed, as sample.py and study.py call
+    them) and what would be right.
+  """
+  if num < 1:
+    raise ValueError(f"--num must be a positive integer, got {num}")
+  if batch_size < 1:
+    raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
+  check_seed(seed)
+  per_sample = 2 * 4 * math.prod(experiment.data.shape)  # x_T and its sample, float32.
+  available = host_memory_bytes() if available is None else available
+  if num * per_sample > available:
+    raise ValueError(f"--num {num} needs {num * per_sample / 2**30:.3g} GiB on the host for "
+                     f"x_T and the samples; {available / 2**30:.3g} GiB are available: at most "
+                     f"{available // per_sample} samples fit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +145,19 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
   grid_options = dict(grid_options or {})
   times = samplers.check_grid(grids.make_grid(experiment.process, grid, num_steps,
                                               **grid_options), experiment.process, num_steps)
+  if not math.isfinite(guidance_scale):
+    raise ValueError(f"guidance w must be a finite number, got {guidance_scale}")
   if guidance_scale != 1.0 and not experiment.conditional:
     raise ValueError(f"guidance w = {guidance_scale} needs a class-conditional model; this one "
                      "was trained without labels")
   return SamplePlan(sampler, nfe, grid, grid_options, times, float(guidance_scale), options)
+
+
+def denoise_fn(experiment: Experiment, params):
+  """(x_t [B, ...], t [B], cond) -> the trained model's prediction [B, ...] of type
+  experiment.objective.prediction: the network (`models.network_fn`, dropout off) inside
+  the objective's preconditioning (EDM's where trained with it)."""
+  return experiment.objective.denoise_fn(models.network_fn(experiment.model, params))
 
 
 def make_sample_fn(experiment: Experiment, sample_plan: SamplePlan, guide=None):
@@ -76,7 +171,7 @@ def make_sample_fn(experiment: Experiment, sample_plan: SamplePlan, guide=None):
   null_class = experiment.data.num_classes
 
   def sample(params, x_T, key, labels):
-    denoise = experiment.objective.denoise_fn(network_fn(experiment.model, params))
+    denoise = denoise_fn(experiment, params)
     if experiment.conditional and sample_plan.guidance_scale != 1.0:
       denoise = guidance.guided_denoise_fn(denoise, sample_plan.guidance_scale, null_class)
     if guide is not None:
