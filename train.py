@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
 from jaxdiff import cli, workdir
-from jaxdiff.train import host_memory, loop
+from jaxdiff.train import host_memory, trainer
 
 _CONFIG = cli.define_config("configs/digits.py", "Training configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training folder; default runs/train-<time>. "
@@ -93,10 +93,10 @@ def claimed_workdir(path, resume):
 
 
 def build(config):
-  """loop.prepare's (Experiment, data source, held-out source or None, mesh), or SystemExit
+  """trainer.prepare's (Experiment, data source, held-out source or None, mesh), or SystemExit
   naming what is wrong."""
   try:
-    return loop.prepare(config)
+    return trainer.prepare(config)
   except (ValueError, FileNotFoundError, KeyError) as error:
     raise SystemExit(f"invalid training configuration: {error} (nothing was written)") from None
 
@@ -104,7 +104,7 @@ def build(config):
 def earlier_run(path, built):
   """True when `path` holds an earlier run of this config; SystemExit when it holds one
   of another config."""
-  record = pathlib.Path(path or "") / loop.RECORD
+  record = pathlib.Path(path or "") / trainer.RECORD
   if not path or not record.is_file():
     return False
   saved = json.loads(record.read_text())["config"]
@@ -125,8 +125,8 @@ def main(argv):
   resume = earlier_run(_WORKDIR.value, built)
   with claimed_workdir(_WORKDIR.value, resume) as out:
     try:
-      summary = loop.train(built, source, out, mesh, held_out=held_out)
-    except (loop.ConfigMismatch, FloatingPointError) as error:
+      summary = trainer.train(built, source, out, mesh, held_out=held_out)
+    except (trainer.ConfigMismatch, FloatingPointError) as error:
       raise SystemExit(str(error)) from None
   if jax.process_index() != 0:
     return

@@ -8,7 +8,7 @@ import numpy as np
 
 from jaxdiff import evaluation, fid
 from jaxdiff.inception import BATCH as INCEPTION_BATCH
-from jaxdiff.train import checkpoint, experiment, loop
+from jaxdiff.train import checkpoint, experiment, trainer
 
 SHOWN = 10  # Samples per row of the pictures.
 
@@ -143,9 +143,9 @@ def shortened(config, train_steps: int | None, pictures: int = 5):
 
 
 def train(prepared, workdir: pathlib.Path):
-  """Trains loop.prepare's (Experiment, source, held-out, mesh) in a new folder; returns the
+  """Trains trainer.prepare's (Experiment, source, held-out, mesh) in a new folder; returns the
   checkpoint's step folder."""
   built, source, held_out, mesh = prepared
   workdir.mkdir()
-  loop.train(built, source, workdir, mesh, held_out=held_out)
+  trainer.train(built, source, workdir, mesh, held_out=held_out)
   return checkpoint.find(workdir)

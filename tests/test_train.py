@@ -23,7 +23,7 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from jaxdiff import data, diagnostics, losses, oracle, parameterization, schedules
-from jaxdiff.train import checkpoint, experiment, loop, optim, sampling, sharding, step
+from jaxdiff.train import checkpoint, experiment, optim, sampling, sharding, step, trainer
 from jaxdiff.train.writer import read_metrics
 
 
@@ -33,7 +33,7 @@ def build(config, source):
 
 def train(config, source, workdir, **kw):
   mesh = sharding.make_mesh({"data": -1})
-  return loop.train(build(config, source), source, workdir, mesh, show_progress=False, **kw)
+  return trainer.train(build(config, source), source, workdir, mesh, show_progress=False, **kw)
 
 
 def final_state(workdir, config, source):
@@ -178,8 +178,8 @@ def test_loss_falls_towards_the_oracle_minimum(tmp_path):
   config = tiny_config(num_steps=300, log_every=20, checkpoint_every=300, sample_every=300,
                        batch_size=64, samples__num=0, data__source="oracle", data__options={"num_points": 4096})
   built = build(config, source)
-  loop.train(built, source, tmp_path / "oracle", sharding.make_mesh({"data": -1}),
-             show_progress=False)
+  trainer.train(built, source, tmp_path / "oracle", sharding.make_mesh({"data": -1}),
+                show_progress=False)
   mixture = oracle.ring()
   x0 = mixture.sample(jax.random.PRNGKey(1), 100_000)
   minimum, _ = losses.diffusion_loss(mixture.denoise_fn(built.process, "eps"), built.process, x0,
@@ -204,7 +204,7 @@ def test_training_measures_the_dependence_on_t_and_warns_when_there_is_none(
   assert healthy["class_sensitivity"] == 0  # Unconditional.
   built = build(tiny_config(num_steps=10, samples__num=0, sample_every=10), toy_source)
   blind = dataclasses.replace(built, model=TimeBlind(built.model))
-  loop.train(blind, toy_source, tmp_path, sharding.make_mesh({"data": -1}), show_progress=False)
+  trainer.train(blind, toy_source, tmp_path, sharding.make_mesh({"data": -1}), show_progress=False)
   assert read_metrics(tmp_path)[-1]["time_sensitivity"] == 0
   assert "step 10: the EMA network's output barely depends on t" in capsys.readouterr().out
 
@@ -300,7 +300,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(train
 def test_checkpoint_of_another_config_is_refused_and_kept(trained_toy, toy_source, tmp_path):
   shutil.copytree(trained_toy / "checkpoints" / "10", tmp_path / "checkpoints" / "10")
   other = tiny_config(model__options={"features": 64, "num_blocks": 2})
-  with pytest.raises(loop.ConfigMismatch, match=r"model.options.features: 32 in the "
+  with pytest.raises(trainer.ConfigMismatch, match=r"model.options.features: 32 in the "
                      r"checkpoint, 64 now"):
     train(other, toy_source, tmp_path)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10"]
