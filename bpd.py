@@ -83,7 +83,7 @@ def main(argv):
     config, spec = record["config"], record["data"]
     built = experiment.Experiment.from_config(config, experiment.DataSpec(
         tuple(spec["shape"]), spec["num_classes"], spec["eight_bit"]))
-    kind, options = config["data"]["source"], config["data"]["options"]
+    kind, options = built.run.data.source, built.run.data.options
     if _DATA_OPTIONS.value is not None:
       options, held_out = {**options, **json.loads(_DATA_OPTIONS.value)}, "--data-options"
     else:

@@ -257,8 +257,8 @@ def sample_checkpoint():
     x_T, labels = checkpoint_inputs(built, plan)
     params = sampling.load_params(step_dir, built, _PARAMS.value)
     # The data's Inception statistics first: a bad weights file fails before sampling.
-    inception_ref = (fid.reference(built.run.data_source, _INCEPTION.value,
-                                   **built.run.data_options) if _INCEPTION.value else None)
+    inception_ref = (fid.reference(built.run.data.source, _INCEPTION.value,
+                                   **built.run.data.options) if _INCEPTION.value else None)
   except (ValueError, FileNotFoundError) as error:
     raise SystemExit(f"cannot sample: {error} (nothing was written)") from None
   print(f"sampling {step_dir}: {plan.describe()}, {_NUM.value} samples, params {_PARAMS.value}",
@@ -300,14 +300,14 @@ def evaluate(built, x_0):
   """{set name: jaxdiff.evaluation.quality} for the samples (all, and as many as the held-out
   split, since the Frechet distance depends on N), the held-out real images and noise; {}
   where the flag and the data say not to."""
-  source = built.run.data_source
+  source = built.run.data.source
   wanted = _EVALUATE.value == "yes" or (_EVALUATE.value == "auto" and source == "digits")
   if not wanted:
     return {}
   if source not in EVALUATED_SOURCES or not built.data.eight_bit:
     raise SystemExit(f"--evaluate yes: no evaluation classifier for the source {source!r}; "
                      f"it knows {list(EVALUATED_SOURCES)}")
-  options = {k: v for k, v in built.run.data_options.items() if k != "split"}
+  options = {k: v for k, v in built.run.data.options.items() if k != "split"}
   reference = evaluation.reference(source, **options)
   images = np.clip(x_0, -1.0, 1.0)  # As the PNGs (data.to_uint8) show them.
   rows = {f"samples ({len(x_0)})": evaluation.quality(images, reference)}

@@ -223,7 +223,7 @@ def jaxdiff_calls(exp, source, local_batches):
     iterator = data.make_iterator(source, batch_size=run.batch_size, seed=run.seed,
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count(),
-                                  random_flip=run.random_flip)
+                                  random_flip=run.data.random_flip)
 
     def full_pipeline():
       local = [next(iterator) for _ in range(run.steps_per_call)]
@@ -449,7 +449,7 @@ def pipeline_seconds(exp, source, steps=50):
   global_batch, blocked on), without the step."""
   run = exp.run
   iterator = data.make_iterator(source, batch_size=run.batch_size, seed=run.seed + 2,
-                                random_flip=run.random_flip)
+                                random_flip=run.data.random_flip)
   batch_sharding = sharding.batch_sharding(sharding.make_mesh({"data": 1}, jax.devices()[:1]))
   times = []
   for _ in range(steps + 1):

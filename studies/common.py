@@ -85,13 +85,13 @@ class Judge:
 def judge(built, options: Options) -> Judge | None:
   """The study's judge (None: nothing scores): the evaluation classifier where --evaluate says
   so ("auto": for the digits), Inception with --inception-weights."""
-  source = built.run.data_source
-  data_options = {k: v for k, v in built.run.data_options.items() if k != "split"}
+  source = built.run.data.source
+  data_options = {k: v for k, v in built.run.data.options.items() if k != "split"}
   use_classifier = options.evaluate == "yes" or (options.evaluate == "auto"
                                                  and source == "digits")
   found = Judge(
       evaluation.reference(source, **data_options) if use_classifier else None,
-      fid.reference(source, options.inception_weights, **built.run.data_options)
+      fid.reference(source, options.inception_weights, **built.run.data.options)
       if options.inception_weights else None)
   return found if found.classifier is not None or found.inception is not None else None
 

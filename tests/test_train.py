@@ -360,11 +360,46 @@ def test_bad_config_values_name_the_field(toy_source, overrides, message):
   assert message in str(error.value)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"model__label_dropout": 5.0}, "model.label_dropout must be a finite number in [0, 1), "
+     "got 5.0"),
+    ({"model__label_dropout": -1.0}, "model.label_dropout must be a finite number in [0, 1)"),
+    ({"optim__b1": 1.5}, "optim.b1 must be a finite number in [0, 1), got 1.5"),
+    ({"optim__b2": 1.0}, "optim.b2 must be a finite number in [0, 1), got 1.0"),
+    ({"optim__learning_rate": math.inf}, "optim.learning_rate must be a finite number in "
+     "(0, inf), got inf"),
+    ({"optim__learning_rate": math.nan}, "optim.learning_rate must be a finite number"),
+    ({"optim__learning_rate": 0.0}, "optim.learning_rate must be a finite number in (0, inf)"),
+    ({"optim__warmup_steps": -1}, "optim.warmup_steps must be an integer >= 0, got -1"),
+    ({"optim__grad_clip": 0.0}, "optim.grad_clip must be a finite number in (0, inf), got 0.0"),
+    ({"optim__weight_decay": -0.1}, "optim.weight_decay must be a finite number in [0, inf)"),
+    ({"optim__eps": 0.0}, "optim.eps must be a finite number in (0, inf), got 0.0"),
+    ({"optim__end_learning_rate": -1e-5}, "optim.end_learning_rate must be a finite number"),
+    ({"ema__decays": (1.0,)}, "ema.decays must be one or more numbers in (0, 1), got (1.0,)"),
+    ({"num_steps": 0}, "num_steps must be a positive integer, got 0"),
+    ({"log_every": 0}, "log_every must be a positive integer, got 0"),
+    ({"grad_accum": 0}, "grad_accum must be a positive integer, got 0"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints must be a positive integer, got 0"),
+    ({"seed": -1}, "seed must be an integer in [0, 4294967296), got -1"),
+    ({"seed": 2**32}, "seed must be an integer in [0, 4294967296), got 4294967296"),
+    ({"samples__nfe": 0}, "samples.nfe must be a positive integer, got 0"),
+    ({"samples__guidance": math.nan}, "samples.guidance must be a finite number"),
+    ({"bpd__batch_size": 0}, "bpd.batch_size must be a positive integer, got 0"),
+    ({"model__name": "vit"}, "model.name must be one of ['dit', 'mlp', 'unet'], got 'vit'"),
+    ({"optim__beta1": 0.9}, "unknown optim fields ['beta1']; optim has the fields"),
+])
+def test_numbers_out_of_range_are_refused_when_the_config_is_parsed(overrides, message):
+  """The cheap path: parsing alone, nothing built, traced or compiled."""
+  with pytest.raises(ValueError) as error:
+    experiment.Settings.from_config(tiny_config(**overrides))
+  assert message in str(error.value)
+
+
 def test_configs_written_before_grad_accum_and_bpd_still_load():
   config = tiny_config().to_dict()
   del config["grad_accum"], config["bpd"]
-  settings = experiment.run_settings(config)
-  assert (settings.grad_accum, settings.bpd_every) == (1, 0)
+  run = experiment.Settings.from_config(config).run
+  assert (run.grad_accum, run.bpd.every) == (1, 0)
 
 
 def test_a_missing_dataset_says_how_to_get_it(tmp_path):
