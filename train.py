@@ -4,8 +4,10 @@
   python3 train.py --config configs/toy2d.py --workdir runs/toy --config.num_steps 500
 
 Everything the config names (data, process, loss, model, optimizer, mesh) is
-built and checked before the workdir is claimed; a mistake exits with a
-one-line error and nothing written. The workdir (default runs/train-<time>)
+built and checked before the workdir is claimed (`trainer.prepare`: every range
+and seed, the batch against the mesh and the data, the network's shapes on the
+data, the sampler of the pictures); a mistake exits with a one-line error and
+nothing written. The workdir (default runs/train-<time>)
 then receives train_config.json (the config and the data's shape), the
 checkpoints (checkpoints/<step>/), metrics.jsonl and TensorBoard events
 (tensorboard/; with --config.bpd.every N also held-out bits/dim), and pictures
@@ -94,10 +96,10 @@ def claimed_workdir(path, resume):
 
 def build(config):
   """trainer.prepare's (Experiment, data source, held-out source or None, mesh), or SystemExit
-  naming what is wrong."""
+  naming what is wrong (a TypeError: a config value of the wrong type)."""
   try:
     return trainer.prepare(config)
-  except (ValueError, FileNotFoundError, KeyError) as error:
+  except (ValueError, TypeError, FileNotFoundError, KeyError) as error:
     raise SystemExit(f"invalid training configuration: {error} (nothing was written)") from None
 
 

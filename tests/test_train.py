@@ -395,6 +395,29 @@ def test_numbers_out_of_range_are_refused_when_the_config_is_parsed(overrides, m
   assert message in str(error.value)
 
 
+G3 = {"ch": 8, "ch_mult": (1,), "num_res_blocks": 1, "attn_resolutions": (), "num_groups": 3,
+      "dropout": 0.1}
+
+
+@pytest.mark.parametrize("kind, overrides, message", [
+    # The pictures' sampler plan, built as the loop builds it.
+    ("toy", {"samples__sampler": "nope"}, "samples (sampler 'nope', nfe 4): unknown sampler"),
+    ("toy", {"samples__sampler": "heun", "samples__nfe": 4}, "samples (sampler 'heun', nfe 4)"),
+    # The data against the batch.
+    ("toy", {"batch_size": 1024}, "data.source 'toy' with batch_size 1024: each process's "
+     "shard holds 512"),
+    # The network on the data's shape, traced: 3 groups of 8 channels.
+    ("digits", {"model__options": G3}, "model.options cannot take this data [8, 8, 1]: Number "
+     "of groups (3) does not divide"),
+    ("toy", {"seed": -3}, "seed must be an integer in [0, 4294967296), got -3"),
+])
+def test_what_a_run_would_fail_on_is_refused_by_prepare(kind, overrides, message):
+  """trainer.prepare, which train.py runs before it claims the workdir."""
+  with pytest.raises(ValueError) as error:
+    trainer.prepare(tiny_config(kind, **overrides))
+  assert message in str(error.value)
+
+
 def test_configs_written_before_grad_accum_and_bpd_still_load():
   config = tiny_config().to_dict()
   del config["grad_accum"], config["bpd"]
@@ -412,6 +435,8 @@ def test_a_missing_dataset_says_how_to_get_it(tmp_path):
     (("--config.num_steps", "abc"), "flag --config.num_steps=abc"),
     (("--config.steps_per_call", "2"), "invalid training configuration: log_every (5) must be "
      "a multiple of steps_per_call (2)"),
+    (("--config.samples.nfe", "3", "--config.samples.sampler", "unipc_x"),
+     "unknown sampler 'unipc_x'"),
 ])
 def test_bad_config_is_refused_before_anything_is_written(tmp_path, args, message):
   result = run_train("--workdir", str(tmp_path / "run"), *args)

@@ -114,8 +114,10 @@ class _Progress:
 
 def prepare(config):
   """(Experiment, data source, held-out source or None, mesh) of a training config: the
-  config parsed once, everything it names built and checked, the held-out source where
-  bpd.every > 0.
+  config parsed once, everything it names built, and everything a run can check checked
+  before anything is written: the ranges, the mesh against the batch, the data against the
+  batch, the network's shapes on the data (traced by jax.eval_shape, nothing compiled) and
+  the sampler plan of the pictures. The held-out source where bpd.every > 0.
 
   Raises:
     ValueError, FileNotFoundError or KeyError naming what is wrong.
@@ -126,6 +128,14 @@ def prepare(config):
   built = Experiment.build(settings, DataSpec.of(source))
   mesh = sharding.make_mesh(run.mesh)
   sharding.check_batch_size(mesh, run.batch_size, run.grad_accum)
+  try:
+    batches(built, source)  # Reads nothing.
+  except ValueError as error:
+    raise ValueError(f"data.source {run.data.source!r} with batch_size {run.batch_size}: "
+                     f"{error}") from None
+  check_network(built)
+  if run.samples.num:
+    picture_plan(built)
   held_out = held_out_source(built) if run.bpd.every else None
   return built, source, held_out, mesh
 
@@ -141,6 +151,22 @@ def batches(experiment: Experiment, source):
                             process_index=jax.process_index(),
                             process_count=jax.process_count(),
                             random_flip=run.data.random_flip)
+
+
+def check_network(experiment: Experiment):
+  """Traces the step-0 TrainState, the network applied to the data's shape included
+  (jax.eval_shape: nothing compiled or allocated).
+
+  Raises:
+    ValueError where the network cannot take the data, naming both.
+  """
+  optimizer = optim.make_optimizer(experiment.optimizer, experiment.run.num_steps)
+  try:
+    jax.eval_shape(experiment.init_fn(optimizer))
+  except (ValueError, TypeError) as error:
+    shape = ", ".join(map(str, experiment.data.shape))
+    raise ValueError(f"the network of model.name and model.options cannot take this data "
+                     f"[{shape}]: {error}") from None
 
 
 def picture_plan(experiment: Experiment):
