@@ -85,7 +85,7 @@ def main(argv):
                        f"{_ATOL.value}")
     generate.check_seed(_SEED.value)
     step_dir, built = generate.load(_CHECKPOINT.value)
-    kind, options = built.config["data"]["source"], built.config["data"]["options"]
+    kind, options = built.run.data.source, built.run.data.options
     if _DATA_OPTIONS.value is not None:
       options, held_out = {**options, **json.loads(_DATA_OPTIONS.value)}, "--data-options"
     else:

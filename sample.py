@@ -121,11 +121,11 @@ def sample_checkpoint():
                          grid_options=json.loads(_GRID_OPTIONS.value),
                          guidance_scale=_GUIDANCE.value, options=json.loads(_OPTIONS.value))
     x_T, labels = checkpoint_inputs(built, plan)
-    judged = evaluation.wanted(built.run.data_source, _EVALUATE.value)
+    judged = evaluation.wanted(built.run.data.source, _EVALUATE.value)
     params = generate.load_params(step_dir, built, _PARAMS.value)
     # The data's Inception statistics first: a bad weights file fails before sampling.
-    inception_ref = (fid.reference(built.run.data_source, _INCEPTION.value,
-                                   **built.run.data_options) if _INCEPTION.value else None)
+    inception_ref = (fid.reference(built.run.data.source, _INCEPTION.value,
+                                   **built.run.data.options) if _INCEPTION.value else None)
   except (ValueError, FileNotFoundError) as error:
     raise SystemExit(f"cannot sample: {error} (nothing was written)") from None
   print(f"sampling {step_dir}: {plan.describe()}, {_NUM.value} samples, params {_PARAMS.value}",
@@ -166,8 +166,8 @@ def sample_checkpoint():
 def evaluate(built, x_0):
   """{set name: jaxdiff.evaluation.quality} for the samples (all, and as many as the held-out
   split, since the Frechet distance depends on N), the held-out real images and noise."""
-  options = {k: v for k, v in built.run.data_options.items() if k != "split"}
-  reference = evaluation.reference(built.run.data_source, **options)
+  options = {k: v for k, v in built.run.data.options.items() if k != "split"}
+  reference = evaluation.reference(built.run.data.source, **options)
   images = np.clip(x_0, -1.0, 1.0)  # As the PNGs (data.to_uint8) show them.
   rows = {f"samples ({len(x_0)})": evaluation.quality(images, reference)}
   held_out = len(reference.heldout_images)

@@ -4,8 +4,10 @@
   python3 train.py --config configs/toy2d.py --workdir runs/toy --config.num_steps 500
 
 Everything the config names (data, process, loss, model, optimizer, mesh) is
-built and checked before the workdir is claimed; a mistake exits with a
-one-line error and nothing written. The workdir (default runs/train-<time>)
+built and checked before the workdir is claimed (`trainer.prepare`: every range
+and seed, the batch against the mesh and the data, the network's shapes on the
+data, the sampler of the pictures); a mistake exits with a one-line error and
+nothing written. The workdir (default runs/train-<time>)
 then receives train_config.json (the config and the data's shape), the
 checkpoints (checkpoints/<step>/), metrics.jsonl and TensorBoard events
 (tensorboard/; with --config.bpd.every N also held-out bits/dim), and pictures
@@ -36,7 +38,7 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
 from jaxdiff import cli, workdir
-from jaxdiff.train import host_memory, loop
+from jaxdiff.train import host_memory, trainer
 
 _CONFIG = cli.define_config("configs/digits.py", "Training configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training folder; default runs/train-<time>. "
@@ -93,18 +95,18 @@ def claimed_workdir(path, resume):
 
 
 def build(config):
-  """loop.prepare's (Experiment, data source, held-out source or None, mesh), or SystemExit
-  naming what is wrong."""
+  """trainer.prepare's (Experiment, data source, held-out source or None, mesh), or SystemExit
+  naming what is wrong (a TypeError: a config value of the wrong type)."""
   try:
-    return loop.prepare(config)
-  except (ValueError, FileNotFoundError, KeyError) as error:
+    return trainer.prepare(config)
+  except (ValueError, TypeError, FileNotFoundError, KeyError) as error:
     raise SystemExit(f"invalid training configuration: {error} (nothing was written)") from None
 
 
 def earlier_run(path, built):
   """True when `path` holds an earlier run of this config; SystemExit when it holds one
   of another config."""
-  record = pathlib.Path(path or "") / loop.RECORD
+  record = pathlib.Path(path or "") / trainer.RECORD
   if not path or not record.is_file():
     return False
   saved = json.loads(record.read_text())["config"]
@@ -125,8 +127,8 @@ def main(argv):
   resume = earlier_run(_WORKDIR.value, built)
   with claimed_workdir(_WORKDIR.value, resume) as out:
     try:
-      summary = loop.train(built, source, out, mesh, held_out=held_out)
-    except (loop.ConfigMismatch, FloatingPointError) as error:
+      summary = trainer.train(built, source, out, mesh, held_out=held_out)
+    except (trainer.ConfigMismatch, FloatingPointError) as error:
       raise SystemExit(str(error)) from None
   if jax.process_index() != 0:
     return

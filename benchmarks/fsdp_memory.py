@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from configs import cifar10_ddpm, cifar10_dit  # noqa: E402
 from jaxdiff import models  # noqa: E402
-from jaxdiff.train import experiment, loop, sharding  # noqa: E402
+from jaxdiff.train import experiment, sharding, trainer  # noqa: E402
 
 GOAL_SLACK = 0.05
 
@@ -51,7 +51,7 @@ def measure(name, fsdp):
   config.mesh = {"data": 1, "fsdp": fsdp}
   built = experiment.Experiment.from_config(config, spec)
   mesh = sharding.make_mesh(built.run.mesh)
-  init, state_sharding, train_step = loop.step_parts(built, mesh)
+  init, state_sharding, train_step = trainer.step_parts(built, mesh)
   shapes = jax.eval_shape(init)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           shapes, state_sharding)

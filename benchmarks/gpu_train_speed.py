@@ -4,7 +4,7 @@
   python3 benchmarks/gpu_train_speed.py --model dit --batch 512 --steps 50
   python3 benchmarks/gpu_train_speed.py --model unet --batch 8 --steps 2   # a CPU smoke run
 
-Models, each the step train.py runs (`loop.step_parts`: clip, AdamW, EMA; the
+Models, each the step train.py runs (`trainer.step_parts`: clip, AdamW, EMA; the
 state donated) over a data-parallel mesh of every device, on a fixed random batch:
   unet  configs/cifar10_ddpm.py: Ho et al.'s 35.7M-parameter CIFAR-10 U-Net,
         32x32x3, default batch 128;
@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from benchmarks import train_speed  # noqa: E402
 from configs import cifar10_ddpm, cifar10_dit  # noqa: E402
 from jaxdiff import models  # noqa: E402
-from jaxdiff.train import experiment, loop, sharding  # noqa: E402
+from jaxdiff.train import experiment, sharding, trainer  # noqa: E402
 
 # Dense bfloat16 peak per device, in TFLOP/s, by a substring of device_kind (vendors' sheets).
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4": 275.0,
@@ -77,7 +77,7 @@ def measure(name, args):
   built, spec = build(name, batch_size, args.dtype)
   mesh = sharding.make_mesh({"data": -1})
   sharding.check_batch_size(mesh, batch_size)
-  init, state_sharding, train_step = loop.step_parts(built, mesh)
+  init, state_sharding, train_step = trainer.step_parts(built, mesh)
   state = jax.jit(init, out_shardings=state_sharding)()
   rng = np.random.default_rng(0)
   local = {"image": rng.uniform(-1, 1, (1, batch_size, *spec.shape)).astype(np.float32),

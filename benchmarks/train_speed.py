@@ -22,7 +22,7 @@ step, the median block, and each ratio as the median over rounds of its ratio wi
 round:
   bare gradient  jax.grad of the objective's mean loss, dropout on, jitted with the same
                  `models.compiler_options()`, on a fixed batch: the floor of any step;
-  full step      the step train.py runs (`jaxdiff.train.loop.step_parts`: clip, AdamW,
+  full step      the step train.py runs (`jaxdiff.train.trainer.step_parts`: clip, AdamW,
                  EMA, metrics; the state donated and rebound every call) on the same
                  fixed batch;
   full, pipeline (digits) the same step fed as train.py feeds it: data.make_iterator ->
@@ -100,7 +100,7 @@ import ml_collections  # noqa: E402
 import numpy as np
 
 from jaxdiff import data, models, parameterization, peers, schedules
-from jaxdiff.train import experiment, host_memory, loop, optim, sharding
+from jaxdiff.train import experiment, host_memory, optim, sharding, trainer
 
 # configs/ and benchmarks/ are not installed with jaxdiff: import them from this checkout.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -175,11 +175,11 @@ def build(name):
 
 def jaxdiff_calls(exp, source, local_batches):
   """{"bare gradient", "full step"[, "full, pipeline"][, "full, mesh"]: (fn, sync)}, built
-  as loop.train builds its step; prints the parameter count and the first calls' times."""
+  as trainer.train builds its step; prints the parameter count and the first calls' times."""
   run = exp.run
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   sharding.check_batch_size(mesh, run.batch_size)
-  init, state_sharding, train_step = loop.step_parts(exp, mesh)  # As loop.train.
+  init, state_sharding, train_step = trainer.step_parts(exp, mesh)  # As trainer.train.
   batch_sharding = sharding.batch_sharding(mesh)
   state = jax.jit(init, out_shardings=state_sharding)()
   fixed = sharding.global_batch(local_batches, batch_sharding)  # [k, B, ...]
@@ -219,11 +219,11 @@ def jaxdiff_calls(exp, source, local_batches):
   calls = {"bare gradient": (lambda: grad_fn(params, batch0, key), jax.block_until_ready),
            "full step": (full_fixed, jax.block_until_ready)}
   if source is not None:
-    # As loop.train: the run's iterator, k batches stacked, assembled over the mesh.
+    # As trainer.train: the run's iterator, k batches stacked, assembled over the mesh.
     iterator = data.make_iterator(source, batch_size=run.batch_size, seed=run.seed,
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count(),
-                                  random_flip=run.random_flip)
+                                  random_flip=run.data.random_flip)
 
     def full_pipeline():
       local = [next(iterator) for _ in range(run.steps_per_call)]
@@ -239,10 +239,10 @@ def jaxdiff_calls(exp, source, local_batches):
 
 
 def mesh_call(exp, local_batches):
-  """(fn, sync) of the full step on --mesh's simulated devices, as loop.train builds it."""
+  """(fn, sync) of the full step on --mesh's simulated devices, as trainer.train builds it."""
   mesh = sharding.make_mesh(MESH)
   sharding.check_batch_size(mesh, exp.run.batch_size)
-  init, state_sharding, train_step = loop.step_parts(exp, mesh)
+  init, state_sharding, train_step = trainer.step_parts(exp, mesh)
   holder = [jax.jit(init, out_shardings=state_sharding)()]
   fixed = sharding.global_batch(local_batches, sharding.batch_sharding(mesh))
   start = time.perf_counter()
@@ -358,7 +358,7 @@ def forward_convolutions(exp, local_batches):
   """({(lhs shape, rhs shape, params): count}, their FLOPs) of the convolutions in one loss
   evaluation of exp's network on batch 0 (jax.make_jaxpr, nested jaxprs included)."""
   batch = jax.tree.map(lambda b: jnp.asarray(b[0]), local_batches)
-  init, _, _ = loop.step_parts(exp, sharding.make_mesh({"data": 1}, jax.devices()[:1]))
+  init, _, _ = trainer.step_parts(exp, sharding.make_mesh({"data": 1}, jax.devices()[:1]))
   params = jax.eval_shape(init).params
 
   def loss(params):
@@ -445,11 +445,11 @@ def _torch_convolution(kw, x, w, g, torch, threads, expected):
 
 
 def pipeline_seconds(exp, source, steps=50):
-  """Median host time of one call's input as loop.train makes it (iterator -> stack ->
+  """Median host time of one call's input as trainer.train makes it (iterator -> stack ->
   global_batch, blocked on), without the step."""
   run = exp.run
   iterator = data.make_iterator(source, batch_size=run.batch_size, seed=run.seed + 2,
-                                random_flip=run.random_flip)
+                                random_flip=run.data.random_flip)
   batch_sharding = sharding.batch_sharding(sharding.make_mesh({"data": 1}, jax.devices()[:1]))
   times = []
   for _ in range(steps + 1):

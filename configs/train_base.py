@@ -22,7 +22,9 @@ default of train.py, trains the same network as EDM). Fields:
   samples: the picture of EMA samples written every sample_every steps;
   bpd: held-out bits/dim every bpd.every steps (0: never).
 A restarted run may change num_steps, the cadences, the mesh, grad_accum and
-bpd, nothing else.
+bpd, nothing else. jaxdiff.train.experiment.Settings parses these once, each
+section into a frozen dataclass that checks its ranges (a seed in [0, 2**32),
+label_dropout and Adam's b1, b2 in [0, 1), ...).
 """
 
 import ml_collections

@@ -42,8 +42,8 @@ def prepare(options: common.Options):
 def run(prepared, options: common.Options, out) -> str:
   step_dir, built, sample_plan = prepared
   run_settings, process = built.run, built.process
-  x0, labels = data.model_arrays(data.make_source(run_settings.data_source,
-                                                  **run_settings.data_options))
+  x0, labels = data.model_arrays(data.make_source(run_settings.data.source,
+                                                  **run_settings.data.options))
   model = NoisyClassifier(num_classes=built.data.num_classes)
   steps = options.train_steps or TRAIN_STEPS
   print(f"training the noise-conditional classifier: {steps} steps at batch {BATCH_SIZE}",
@@ -52,9 +52,9 @@ def run(prepared, options: common.Options, out) -> str:
                                                 batch_size=BATCH_SIZE,
                                                 learning_rate=LEARNING_RATE, seed=options.seed)
   log_prob_fn = classifier_guidance.classifier_log_prob_fn(model, params, process)
-  held_out_options, held_out = data.held_out_options(run_settings.data_source,
-                                                     run_settings.data_options)
-  test_x0, test_labels = data.model_arrays(data.make_source(run_settings.data_source,
+  held_out_options, held_out = data.held_out_options(run_settings.data.source,
+                                                     run_settings.data.options)
+  test_x0, test_labels = data.model_arrays(data.make_source(run_settings.data.source,
                                                             **held_out_options))
   accuracy = held_out_accuracy(log_prob_fn, process, test_x0, test_labels, options.seed)
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from jaxdiff import evaluation, fid, workdir
 from jaxdiff.inception import BATCH as INCEPTION_BATCH
-from jaxdiff.train import checkpoint, generate, loop
+from jaxdiff.train import checkpoint, generate, trainer
 
 SHOWN = 10  # Samples per row of the pictures.
 
@@ -41,7 +41,7 @@ def load(options: Options):
   if options.checkpoint is None:
     raise ValueError("this study needs --checkpoint, a training workdir")
   step_dir, built = generate.load(options.checkpoint)
-  evaluation.wanted(built.run.data_source, options.evaluate)
+  evaluation.wanted(built.run.data.source, options.evaluate)
   generate.check_sampling(built, options.num, options.batch_size, options.seed)
   return step_dir, built
 
@@ -85,12 +85,12 @@ class Judge:
 def judge(built, options: Options) -> Judge | None:
   """The study's judge (None: nothing scores): the evaluation classifier where --evaluate says
   so ("auto": for the digits), Inception with --inception-weights."""
-  source = built.run.data_source
-  data_options = {k: v for k, v in built.run.data_options.items() if k != "split"}
+  source = built.run.data.source
+  data_options = {k: v for k, v in built.run.data.options.items() if k != "split"}
   use_classifier = evaluation.wanted(source, options.evaluate)
   found = Judge(
       evaluation.reference(source, **data_options) if use_classifier else None,
-      fid.reference(source, options.inception_weights, **built.run.data_options)
+      fid.reference(source, options.inception_weights, **built.run.data.options)
       if options.inception_weights else None)
   return found if found.classifier is not None or found.inception is not None else None
 
@@ -140,9 +140,9 @@ def shortened(config, train_steps: int | None, pictures: int = 5):
 
 
 def train(prepared, workdir: pathlib.Path):
-  """Trains loop.prepare's (Experiment, source, held-out, mesh) in a new folder; returns the
+  """Trains trainer.prepare's (Experiment, source, held-out, mesh) in a new folder; returns the
   checkpoint's step folder."""
   built, source, held_out, mesh = prepared
   workdir.mkdir()
-  loop.train(built, source, workdir, mesh, held_out=held_out)
+  trainer.train(built, source, workdir, mesh, held_out=held_out)
   return checkpoint.find(workdir)

@@ -35,8 +35,8 @@ def prepare(options: common.Options):
 
 def run(prepared, options: common.Options, out) -> str:
   step_dir, built = prepared
-  source = built.run.data_source
-  data_options = {k: v for k, v in built.run.data_options.items() if k != "split"}
+  source = built.run.data.source
+  data_options = {k: v for k, v in built.run.data.options.items() if k != "split"}
   held_out = data.make_source(source, split="test", **data_options)
   num = min(options.num, len(held_out))
   y = jnp.asarray(data.to_model_space(np.stack([held_out[i]["image"] for i in range(num)])))

@@ -30,7 +30,7 @@ def run(prepared, options: common.Options, out) -> str:
   healthy = generate.load_params(step_dir, built, "ema")
   variants = {"trained": healthy,
               "time embedding zeroed": diagnostics.zero_module(healthy, "time_embed")}
-  source = data.make_source(built.run.data_source, **built.run.data_options)
+  source = data.make_source(built.run.data.source, **built.run.data.options)
   x0, labels = data.model_arrays(source, options.num)
   labels = labels if built.conditional else None
 

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxdiff import plots  # noqa: E402
-from jaxdiff.train import generate, loop  # noqa: E402
+from jaxdiff.train import generate, trainer  # noqa: E402
 from studies import common, samplers  # noqa: E402
 
 SCHEDULES = ("linear", "cosine")
@@ -42,7 +42,7 @@ def prepare(options: common.Options, config):
   for schedule in SCHEDULES:
     variant = common.shortened(config, options.train_steps)
     variant.process_options.schedule = schedule
-    variants[schedule] = loop.prepare(variant)
+    variants[schedule] = trainer.prepare(variant)
     plans(variants[schedule][0], options)  # Checked now, before anything is trained.
   return None, variants
 

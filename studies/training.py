@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from configs import toy2d  # noqa: E402
-from jaxdiff.train import loop  # noqa: E402
+from jaxdiff.train import trainer  # noqa: E402
 from studies import common  # noqa: E402
 
 PICTURES = 5
@@ -29,7 +29,7 @@ PICTURES = 5
 
 def prepare(options: common.Options, config):
   configs = {"toy": toy2d.get_config(), "digits": config}
-  return None, {name: loop.prepare(common.shortened(c, options.train_steps, PICTURES))
+  return None, {name: trainer.prepare(common.shortened(c, options.train_steps, PICTURES))
                 for name, c in configs.items()}
 
 

@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 sys.path[:0] = [str(pathlib.Path(__file__).resolve().parents[1]),
                 str(pathlib.Path(__file__).resolve().parent)]
 from jaxdiff import data  # noqa: E402
-from jaxdiff.train import (bits_per_dim, checkpoint, experiment, generate, loop,  # noqa: E402
-                           optim, sharding)
+from jaxdiff.train import (bits_per_dim, checkpoint, experiment, generate, optim,  # noqa: E402
+                           sharding, trainer)
 from tiny_config import tiny_config  # noqa: E402
 
 NUM_STEPS = 6
@@ -80,7 +80,7 @@ def main(out):
     workdir.mkdir()
     built = build(cfg, source)
     mesh = sharding.make_mesh(mesh_axes, mesh_devices)
-    loop.train(built, source, workdir, mesh, show_progress=False)
+    trainer.train(built, source, workdir, mesh, show_progress=False)
     state = checkpoint.restore_state(checkpoint.find(workdir), abstract_state(built, mesh))
     states.update({f"{name}/{k}": v for k, v in leaves(state).items()})
     report[f"{name}/sharded_leaves"] = sum(
@@ -135,7 +135,7 @@ def main(out):
   # at each of its 1000 steps, where an adaptive solver's accuracy depends on where its
   # steps fall).
   continuous = build(config(process="vp", process_options={}), source)
-  held_out = loop.held_out_source(continuous)
+  held_out = trainer.held_out_source(continuous)
   points = np.stack([held_out[i]["image"] for i in range(16)])
   for name, mesh in (("one", sharding.make_mesh({"data": 1}, devices[:1])),
                      ("data8", sharding.make_mesh({"data": 8}))):
@@ -145,8 +145,8 @@ def main(out):
 
   # Resumed on another mesh: the 2 x 4 run's step-3 checkpoint continued on 1 device.
   shutil.rmtree(step_dir)
-  loop.train(built, source, out / "fsdp2x4", sharding.make_mesh({"data": 1}, devices[:1]),
-             show_progress=False)
+  trainer.train(built, source, out / "fsdp2x4", sharding.make_mesh({"data": 1}, devices[:1]),
+                show_progress=False)
   state = checkpoint.restore_state(checkpoint.find(out / "fsdp2x4"),
                                    abstract_state(built, sharding.make_mesh({"data": 1},
                                                                             devices[:1])))
@@ -155,7 +155,7 @@ def main(out):
   # The compiled 1 x 8 step's per-device argument bytes against the shardings' count.
   mesh = sharding.make_mesh({"fsdp": 8})
   abstract = abstract_state(built, mesh)
-  _, _, train_step = loop.step_parts(built, mesh)
+  _, _, train_step = trainer.step_parts(built, mesh)
   batch = {"image": jax.ShapeDtypeStruct((1, built.run.batch_size, *source.shape), np.float32,
                                          sharding=sharding.batch_sharding(mesh)),
            "label": jax.ShapeDtypeStruct((1, built.run.batch_size), np.int32,

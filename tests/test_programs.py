@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, tiny_config
 from configs import train_base
 from jaxdiff import data
-from jaxdiff.train import experiment, generate, loop, sharding
+from jaxdiff.train import experiment, generate, sharding, trainer
 from jaxdiff.train.writer import read_metrics
 from studies import classifier, common, embedding, guidance, schedules, training
 
@@ -23,8 +23,8 @@ def trained_digits(tmp_path_factory, digits_train):
   workdir = tmp_path_factory.mktemp("digits")
   config = tiny_config("digits", num_steps=100, log_every=20, checkpoint_every=100,
                        sample_every=100, batch_size=32, samples__num=0)
-  loop.train(experiment.Experiment.from_config(config, experiment.DataSpec.of(digits_train)),
-             digits_train, workdir, sharding.make_mesh({"data": -1}), show_progress=False)
+  trainer.train(experiment.Experiment.from_config(config, experiment.DataSpec.of(digits_train)),
+                digits_train, workdir, sharding.make_mesh({"data": -1}), show_progress=False)
   return workdir
 
 
@@ -62,7 +62,7 @@ def trained_points(tmp_path_factory):
                        samples__num=0)
   config.data.source, config.data.options = "oracle", {"num_points": 64}
   source = data.make_source("oracle", num_points=64)
-  loop.train(experiment.Experiment.from_config(config, experiment.DataSpec.of(source)), source,
+  trainer.train(experiment.Experiment.from_config(config, experiment.DataSpec.of(source)), source,
              workdir, sharding.make_mesh({"data": -1}), show_progress=False)
   return workdir
 
@@ -188,8 +188,8 @@ def trained_conditional_digits(tmp_path_factory, digits_train):
   workdir = tmp_path_factory.mktemp("digits-conditional")
   config = tiny_config("digits", num_steps=10, log_every=10, checkpoint_every=10,
                        sample_every=10, batch_size=32, samples__num=0, model__conditional=True)
-  loop.train(experiment.Experiment.from_config(config, experiment.DataSpec.of(digits_train)),
-             digits_train, workdir, sharding.make_mesh({"data": -1}), show_progress=False)
+  trainer.train(experiment.Experiment.from_config(config, experiment.DataSpec.of(digits_train)),
+                digits_train, workdir, sharding.make_mesh({"data": -1}), show_progress=False)
   return workdir
 
 

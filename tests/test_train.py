@@ -23,7 +23,7 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from jaxdiff import data, diagnostics, losses, oracle, parameterization, schedules
-from jaxdiff.train import checkpoint, experiment, generate, loop, optim, sharding, step
+from jaxdiff.train import checkpoint, experiment, generate, optim, sharding, step, trainer
 from jaxdiff.train.writer import read_metrics
 
 
@@ -33,7 +33,7 @@ def build(config, source):
 
 def train(config, source, workdir, **kw):
   mesh = sharding.make_mesh({"data": -1})
-  return loop.train(build(config, source), source, workdir, mesh, show_progress=False, **kw)
+  return trainer.train(build(config, source), source, workdir, mesh, show_progress=False, **kw)
 
 
 def final_state(workdir, config, source):
@@ -178,8 +178,8 @@ def test_loss_falls_towards_the_oracle_minimum(tmp_path):
   config = tiny_config(num_steps=300, log_every=20, checkpoint_every=300, sample_every=300,
                        batch_size=64, samples__num=0, data__source="oracle", data__options={"num_points": 4096})
   built = build(config, source)
-  loop.train(built, source, tmp_path / "oracle", sharding.make_mesh({"data": -1}),
-             show_progress=False)
+  trainer.train(built, source, tmp_path / "oracle", sharding.make_mesh({"data": -1}),
+                show_progress=False)
   mixture = oracle.ring()
   x0 = mixture.sample(jax.random.PRNGKey(1), 100_000)
   minimum, _ = losses.diffusion_loss(mixture.denoise_fn(built.process, "eps"), built.process, x0,
@@ -204,7 +204,7 @@ def test_training_measures_the_dependence_on_t_and_warns_when_there_is_none(
   assert healthy["class_sensitivity"] == 0  # Unconditional.
   built = build(tiny_config(num_steps=10, samples__num=0, sample_every=10), toy_source)
   blind = dataclasses.replace(built, model=TimeBlind(built.model))
-  loop.train(blind, toy_source, tmp_path, sharding.make_mesh({"data": -1}), show_progress=False)
+  trainer.train(blind, toy_source, tmp_path, sharding.make_mesh({"data": -1}), show_progress=False)
   assert read_metrics(tmp_path)[-1]["time_sensitivity"] == 0
   assert "step 10: the EMA network's output barely depends on t" in capsys.readouterr().out
 
@@ -300,7 +300,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(train
 def test_checkpoint_of_another_config_is_refused_and_kept(trained_toy, toy_source, tmp_path):
   shutil.copytree(trained_toy / "checkpoints" / "10", tmp_path / "checkpoints" / "10")
   other = tiny_config(model__options={"features": 64, "num_blocks": 2})
-  with pytest.raises(loop.ConfigMismatch, match=r"model.options.features: 32 in the "
+  with pytest.raises(trainer.ConfigMismatch, match=r"model.options.features: 32 in the "
                      r"checkpoint, 64 now"):
     train(other, toy_source, tmp_path)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10"]
@@ -360,11 +360,69 @@ def test_bad_config_values_name_the_field(toy_source, overrides, message):
   assert message in str(error.value)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"model__label_dropout": 5.0}, "model.label_dropout must be a finite number in [0, 1), "
+     "got 5.0"),
+    ({"model__label_dropout": -1.0}, "model.label_dropout must be a finite number in [0, 1)"),
+    ({"optim__b1": 1.5}, "optim.b1 must be a finite number in [0, 1), got 1.5"),
+    ({"optim__b2": 1.0}, "optim.b2 must be a finite number in [0, 1), got 1.0"),
+    ({"optim__learning_rate": math.inf}, "optim.learning_rate must be a finite number in "
+     "(0, inf), got inf"),
+    ({"optim__learning_rate": math.nan}, "optim.learning_rate must be a finite number"),
+    ({"optim__learning_rate": 0.0}, "optim.learning_rate must be a finite number in (0, inf)"),
+    ({"optim__warmup_steps": -1}, "optim.warmup_steps must be an integer >= 0, got -1"),
+    ({"optim__grad_clip": 0.0}, "optim.grad_clip must be a finite number in (0, inf), got 0.0"),
+    ({"optim__weight_decay": -0.1}, "optim.weight_decay must be a finite number in [0, inf)"),
+    ({"optim__eps": 0.0}, "optim.eps must be a finite number in (0, inf), got 0.0"),
+    ({"optim__end_learning_rate": -1e-5}, "optim.end_learning_rate must be a finite number"),
+    ({"ema__decays": (1.0,)}, "ema.decays must be one or more numbers in (0, 1), got (1.0,)"),
+    ({"num_steps": 0}, "num_steps must be a positive integer, got 0"),
+    ({"log_every": 0}, "log_every must be a positive integer, got 0"),
+    ({"grad_accum": 0}, "grad_accum must be a positive integer, got 0"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints must be a positive integer, got 0"),
+    ({"seed": -1}, "seed must be an integer in [0, 4294967296), got -1"),
+    ({"seed": 2**32}, "seed must be an integer in [0, 4294967296), got 4294967296"),
+    ({"samples__nfe": 0}, "samples.nfe must be a positive integer, got 0"),
+    ({"samples__guidance": math.nan}, "samples.guidance must be a finite number"),
+    ({"bpd__batch_size": 0}, "bpd.batch_size must be a positive integer, got 0"),
+    ({"model__name": "vit"}, "model.name must be one of ['dit', 'mlp', 'unet'], got 'vit'"),
+    ({"optim__beta1": 0.9}, "unknown optim fields ['beta1']; optim has the fields"),
+])
+def test_numbers_out_of_range_are_refused_when_the_config_is_parsed(overrides, message):
+  """The cheap path: parsing alone, nothing built, traced or compiled."""
+  with pytest.raises(ValueError) as error:
+    experiment.Settings.from_config(tiny_config(**overrides))
+  assert message in str(error.value)
+
+
+G3 = {"ch": 8, "ch_mult": (1,), "num_res_blocks": 1, "attn_resolutions": (), "num_groups": 3,
+      "dropout": 0.1}
+
+
+@pytest.mark.parametrize("kind, overrides, message", [
+    # The pictures' sampler plan, built as the loop builds it.
+    ("toy", {"samples__sampler": "nope"}, "samples (sampler 'nope', nfe 4): unknown sampler"),
+    ("toy", {"samples__sampler": "heun", "samples__nfe": 4}, "samples (sampler 'heun', nfe 4)"),
+    # The data against the batch.
+    ("toy", {"batch_size": 1024}, "data.source 'toy' with batch_size 1024: each process's "
+     "shard holds 512"),
+    # The network on the data's shape, traced: 3 groups of 8 channels.
+    ("digits", {"model__options": G3}, "model.options cannot take this data [8, 8, 1]: Number "
+     "of groups (3) does not divide"),
+    ("toy", {"seed": -3}, "seed must be an integer in [0, 4294967296), got -3"),
+])
+def test_what_a_run_would_fail_on_is_refused_by_prepare(kind, overrides, message):
+  """trainer.prepare, which train.py runs before it claims the workdir."""
+  with pytest.raises(ValueError) as error:
+    trainer.prepare(tiny_config(kind, **overrides))
+  assert message in str(error.value)
+
+
 def test_configs_written_before_grad_accum_and_bpd_still_load():
   config = tiny_config().to_dict()
   del config["grad_accum"], config["bpd"]
-  settings = experiment.run_settings(config)
-  assert (settings.grad_accum, settings.bpd_every) == (1, 0)
+  run = experiment.Settings.from_config(config).run
+  assert (run.grad_accum, run.bpd.every) == (1, 0)
 
 
 def test_a_missing_dataset_says_how_to_get_it(tmp_path):
@@ -377,6 +435,8 @@ def test_a_missing_dataset_says_how_to_get_it(tmp_path):
     (("--config.num_steps", "abc"), "flag --config.num_steps=abc"),
     (("--config.steps_per_call", "2"), "invalid training configuration: log_every (5) must be "
      "a multiple of steps_per_call (2)"),
+    (("--config.samples.nfe", "3", "--config.samples.sampler", "unipc_x"),
+     "unknown sampler 'unipc_x'"),
 ])
 def test_bad_config_is_refused_before_anything_is_written(tmp_path, args, message):
   result = run_train("--workdir", str(tmp_path / "run"), *args)

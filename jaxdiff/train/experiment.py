@@ -1,10 +1,16 @@
 """A training run's configuration, read in one place and checked before anything runs.
 
-`Experiment.from_config` is the only code that reads a training config
-(configs/train_base.py lists every field); everything downstream receives the
-objects and numbers it builds. train.py builds it with the data source's
-`DataSpec`; sample.py --checkpoint rebuilds the same model and objective from
-the config and DataSpec stored with a checkpoint, without the data.
+`Settings.from_config` is the only code that reads a training config
+(configs/train_base.py lists every field): it parses it once into frozen
+dataclasses, one per section (RunSettings holding DataSettings, SampleSettings
+and BpdSettings; ModelSettings; optim.OptimizerConfig; EmaSettings), each
+range-checking its own fields as it is made (`ranges`). `Experiment.build`
+turns the settings and the data's `DataSpec` into the process, objective and
+network; everything downstream receives these objects and numbers, never the
+dict. train.py parses the config, makes the data source, then builds;
+sample.py --checkpoint rebuilds the same model and objective with
+`Experiment.from_config` from the config and DataSpec stored with a
+checkpoint, without the data.
 """
 
 import dataclasses
@@ -14,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxdiff import models, schedules
-from jaxdiff.train import optim, state as train_state
+from jaxdiff.train import optim, ranges, state as train_state
 from jaxdiff.train.step import Objective
 
 # Fields a restarted run may change: how long, how often and on what devices, not what is
@@ -24,6 +30,11 @@ RUN_FIELDS = ("num_steps", "checkpoint_every", "log_every", "sample_every", "kee
 # What configs written before a field existed meant by its absence.
 ABSENT = {"grad_accum": 1, "bpd": {"every": 0, "num": 128, "batch_size": 64, "num_probes": 1}}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The top-level numbers of RunSettings, and every top-level field of a training config.
+RUN_NUMBERS = ("num_steps", "batch_size", "seed", "checkpoint_every", "log_every",
+               "sample_every", "keep_checkpoints", "steps_per_call", "grad_accum")
+TOP_LEVEL = (*RUN_NUMBERS, "mesh", "data", "samples", "bpd", "process", "process_options",
+             "loss", "model", "optim", "ema")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +52,51 @@ class DataSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataSettings:
+  """The config's `data`: a source of jaxdiff.data.SOURCES, its options, left-right flips."""
+
+  source: str
+  options: dict
+  random_flip: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+  """The config's `samples`: the picture of EMA samples written every sample_every steps."""
+
+  num: int  # 0: no pictures.
+  sampler: str  # Of jaxdiff.samplers, at nfe evaluations (`generate.plan` checks both).
+  nfe: int
+  guidance: float  # Classifier-free guidance w of a conditional model.
+
+  def __post_init__(self):
+    ranges.integer("samples.num", self.num, 0, note="0: no pictures")
+    ranges.integer("samples.nfe", self.nfe)
+    ranges.number("samples.guidance", self.guidance, "(-inf, inf)")
+
+
+@dataclasses.dataclass(frozen=True)
+class BpdSettings:
+  """The config's `bpd`: held-out bits/dim of the first EMA every `every` steps."""
+
+  every: int  # 0: never.
+  num: int
+  batch_size: int
+  num_probes: int
+
+  def __post_init__(self):
+    ranges.integer("bpd.every", self.every, 0, note="0: never")
+    for field in ("num", "batch_size", "num_probes"):
+      ranges.integer(f"bpd.{field}", getattr(self, field))
+
+
+@dataclasses.dataclass(frozen=True)
 class RunSettings:
-  """How long, how often, on what: the config's top-level fields, data, mesh and samples."""
+  """How long, how often, on what: the config's top-level numbers, mesh, data, samples, bpd."""
 
   num_steps: int
   batch_size: int
-  seed: int
+  seed: int  # Of every key of the run: jax.random.PRNGKey(seed), the data's shuffle.
   checkpoint_every: int
   log_every: int
   sample_every: int
@@ -54,17 +104,114 @@ class RunSettings:
   steps_per_call: int
   grad_accum: int
   mesh: dict
-  data_source: str
-  data_options: dict
-  random_flip: bool
-  sample_num: int
-  sample_sampler: str
-  sample_nfe: int
-  sample_guidance: float
-  bpd_every: int  # 0: never.
-  bpd_num: int
-  bpd_batch_size: int
-  bpd_num_probes: int
+  data: DataSettings
+  samples: SampleSettings
+  bpd: BpdSettings
+
+  def __post_init__(self):
+    for field in ("num_steps", "batch_size", "checkpoint_every", "log_every", "sample_every",
+                  "keep_checkpoints", "steps_per_call", "grad_accum"):
+      ranges.integer(field, getattr(self, field))
+    ranges.integer("seed", self.seed, 0, 2**32)  # A PRNGKey's 32 bits.
+    k = self.steps_per_call
+    for field, value in (("checkpoint_every", self.checkpoint_every),
+                         ("log_every", self.log_every), ("sample_every", self.sample_every),
+                         ("num_steps", self.num_steps), ("bpd.every", self.bpd.every)):
+      if value % k:
+        raise ValueError(f"{field} ({value}) must be a multiple of steps_per_call ({k}): the "
+                         "state exists only between calls")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+  """The config's `model`: a network of jaxdiff.models.MODELS and how it is trained."""
+
+  name: str
+  options: dict  # Its options; the data's channels or dimension and classes are added.
+  conditional: bool  # On the data's labels.
+  label_dropout: float  # The null class's probability (classifier-free guidance).
+  dtype: str  # Of the computation; parameters stay float32.
+
+  def __post_init__(self):
+    if self.name not in models.MODELS:
+      raise ValueError(f"model.name must be one of {sorted(models.MODELS)}, got {self.name!r}")
+    ranges.number("model.label_dropout", self.label_dropout, "[0, 1)")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"model.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmaSettings:
+  """The config's `ema`: the decays of the parameters' moving averages (`optim.ema_decay`)."""
+
+  decays: tuple
+  warmup: bool
+
+  def __post_init__(self):
+    if not self.decays or not all(isinstance(d, (int, float)) and 0 < d < 1
+                                  for d in self.decays):
+      raise ValueError(f"ema.decays must be one or more numbers in (0, 1), got {self.decays!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """A training config parsed and range-checked once; everything downstream reads these."""
+
+  config: dict  # The config as given, plain data: stored with every checkpoint.
+  run: RunSettings
+  process: str  # jaxdiff.schedules.make_process(process, **process_options).
+  process_options: dict
+  loss: dict  # The fields of step.Objective.
+  model: ModelSettings
+  optimizer: optim.OptimizerConfig
+  ema: EmaSettings
+
+  @classmethod
+  def from_config(cls, config) -> "Settings":
+    """The settings of a training config (a ConfigDict or plain dict), checked; a field a
+    config written before it existed lacks takes its ABSENT value.
+
+    Raises:
+      ValueError naming the offending field, its value and what it accepts.
+    """
+    config = ml_collections.ConfigDict(config).to_dict()
+    given = {**ABSENT, **config}
+    unknown = sorted(set(given) - set(TOP_LEVEL))
+    if unknown:
+      raise ValueError(f"unknown config fields {unknown}; a training config has the fields "
+                       f"{list(TOP_LEVEL)} (configs/train_base.py)")
+    missing = [field for field in TOP_LEVEL if field not in given]
+    if missing:
+      raise ValueError(f"the config lacks the fields {missing} (configs/train_base.py)")
+    run = RunSettings(**{field: given[field] for field in RUN_NUMBERS},
+                      mesh=dict(given["mesh"]),
+                      data=_section(DataSettings, "data", given["data"]),
+                      samples=_section(SampleSettings, "samples", given["samples"]),
+                      bpd=_section(BpdSettings, "bpd", given["bpd"]))
+    ema = dict(given["ema"])
+    ema["decays"] = tuple(ema.get("decays", ()))
+    return cls(config, run, given["process"], dict(given["process_options"]),
+               dict(given["loss"]), _section(ModelSettings, "model", given["model"]),
+               _section(optim.OptimizerConfig, "optim", given["optim"]),
+               _section(EmaSettings, "ema", ema))
+
+
+def _section(cls, name: str, values: dict, **given):
+  """cls(**given, **values): the fields of the config's section `name`.
+
+  Raises:
+    ValueError naming an unknown or missing field.
+  """
+  fields = [f for f in dataclasses.fields(cls) if f.name not in given]
+  unknown = sorted(set(values) - {f.name for f in fields})
+  if unknown:
+    raise ValueError(f"unknown {name} fields {unknown}; {name} has the fields "
+                     f"{[f.name for f in fields]}")
+  missing = [f.name for f in fields if f.name not in values
+             and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+  if missing:
+    raise ValueError(f"{name} lacks the fields {missing}")
+  return cls(**given, **values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,42 +231,42 @@ class Experiment:
 
   @classmethod
   def from_config(cls, config, data: DataSpec) -> "Experiment":
-    """Builds and checks everything the config names.
+    """`build` of the config's Settings: a config as train.py reads it, or as a checkpoint
+    stored it.
 
     Raises:
       ValueError naming the offending field and what it accepts.
     """
-    config = ml_collections.ConfigDict(config).to_dict()
-    run = run_settings(config)
-    process = schedules.make_process(config["process"], **config["process_options"])
-    objective = Objective(process, **config["loss"])
-    model_config = dict(config["model"])
-    conditional = bool(model_config.pop("conditional"))
-    label_dropout = model_config.pop("label_dropout")
-    if conditional and not data.num_classes:
+    return cls.build(Settings.from_config(config), data)
+
+  @classmethod
+  def build(cls, settings: Settings, data: DataSpec) -> "Experiment":
+    """Builds the process, objective and network of the settings for data.
+
+    Raises:
+      ValueError naming the offending field and what it accepts.
+    """
+    process = schedules.make_process(settings.process, **settings.process_options)
+    objective = _section(Objective, "loss", settings.loss, process=process)
+    model = settings.model
+    if model.conditional and not data.num_classes:
       raise ValueError("model.conditional needs a labelled data source; this one has no classes")
-    options = dict(model_config.pop("options"))
-    dtype = model_config.pop("dtype")
-    if dtype not in DTYPES:
-      raise ValueError(f"model.dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    name = model_config.pop("name")
-    if model_config:
-      raise ValueError(f"unknown model fields {sorted(model_config)}")
-    options.update(_data_options(name, data), dtype=DTYPES[dtype],
-                   num_classes=data.num_classes if conditional else None)
-    if conditional:
-      options["class_dropout"] = label_dropout
+    options = {**model.options, **_data_options(model.name, data),
+               "dtype": DTYPES[model.dtype],
+               "num_classes": data.num_classes if model.conditional else None}
+    if model.conditional:
+      options["class_dropout"] = model.label_dropout
     if options.get("learn_sigma"):
       raise ValueError("DiT's learn_sigma needs the hybrid loss L_vlb (Nichol & Dhariwal 2021), "
                        "which train.py does not implement: set model.options.learn_sigma = False")
-    model = models.make_model(name, **options)
-    optimizer = optim.OptimizerConfig(**config["optim"])
-    ema = config["ema"]
-    decays = tuple(float(d) for d in ema["decays"])
-    if not decays or not all(0 < d < 1 for d in decays):
-      raise ValueError(f"ema.decays must be one or more numbers in (0, 1), got {ema['decays']!r}")
-    return cls(config, run, data, process, objective, model, conditional, optimizer, decays,
-               bool(ema["warmup"]))
+    try:
+      network = models.make_model(model.name, **options)
+    except TypeError as error:  # An option given twice, e.g. DiT's patch_size beside its size.
+      raise ValueError(f"model.options {model.options} do not fit model {model.name!r}: "
+                       f"{error}") from None
+    return cls(settings.config, settings.run, data, process, objective, network,
+               model.conditional, settings.optimizer,
+               tuple(float(d) for d in settings.ema.decays), bool(settings.ema.warmup))
 
   def init_fn(self, optimizer):
     """() -> the TrainState at step 0, parameters drawn from the seed's first key."""
@@ -151,51 +298,6 @@ def _data_options(name: str, data: DataSpec) -> dict:
     raise ValueError(f"the {name} model takes images [H, W, C]; this data has shape "
                      f"{data.shape}: use the mlp model")
   return {"in_channels" if name == "dit" else "channels": data.shape[-1]}
-
-
-def run_settings(config: dict) -> RunSettings:
-  """The RunSettings of a config (plain dict), checked.
-
-  Raises:
-    ValueError naming the offending field.
-  """
-  config = {**ABSENT, **config}
-  bpd = config["bpd"]
-  fields = {**{field: config[field] for field in (
-      "num_steps", "batch_size", "checkpoint_every", "log_every", "sample_every",
-      "keep_checkpoints", "steps_per_call", "grad_accum")},
-            **{f"bpd.{field}": bpd[field] for field in ("num", "batch_size", "num_probes")}}
-  for field, value in fields.items():
-    if not _count(value) or value < 1:
-      raise ValueError(f"{field} must be a positive integer, got {value!r}")
-  if not _count(bpd["every"]) or bpd["every"] < 0:
-    raise ValueError(f"bpd.every must be an integer >= 0 (0: never), got {bpd['every']!r}")
-  k = config["steps_per_call"]
-  for field, value in (*((f, config[f]) for f in ("checkpoint_every", "log_every",
-                                                   "sample_every", "num_steps")),
-                       ("bpd.every", bpd["every"])):
-    if value % k:
-      raise ValueError(f"{field} ({value}) must be a multiple of steps_per_call ({k}): the "
-                       "state exists only between calls")
-  data, samples = config["data"], config["samples"]
-  if not isinstance(samples["num"], int) or samples["num"] < 0:
-    raise ValueError(f"samples.num must be an integer >= 0 (0: no pictures), got "
-                     f"{samples['num']!r}")
-  return RunSettings(
-      num_steps=config["num_steps"], batch_size=config["batch_size"], seed=int(config["seed"]),
-      checkpoint_every=config["checkpoint_every"], log_every=config["log_every"],
-      sample_every=config["sample_every"], keep_checkpoints=config["keep_checkpoints"],
-      steps_per_call=k, grad_accum=config["grad_accum"], mesh=dict(config["mesh"]), data_source=data["source"],
-      data_options=dict(data["options"]), random_flip=bool(data["random_flip"]),
-      sample_num=int(samples["num"]), sample_sampler=samples["sampler"],
-      sample_nfe=int(samples["nfe"]), sample_guidance=float(samples["guidance"]),
-      bpd_every=bpd["every"], bpd_num=bpd["num"], bpd_batch_size=bpd["batch_size"],
-      bpd_num_probes=bpd["num_probes"])
-
-
-def _count(value) -> bool:
-  """Whether value is an integer (not a bool)."""
-  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _differences(new, old, prefix="") -> list[str]:

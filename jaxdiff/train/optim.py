@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdiff.train import ranges
+
 SCHEDULES = ("constant", "cosine")
 
 
@@ -41,12 +43,15 @@ class OptimizerConfig:
   def __post_init__(self):
     if self.schedule not in SCHEDULES:
       raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-    if not self.learning_rate > 0:
-      raise ValueError(f"optim.learning_rate must be positive, got {self.learning_rate!r}")
-    if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
-      raise ValueError(f"optim.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
-    if self.grad_clip is not None and not self.grad_clip > 0:
-      raise ValueError(f"optim.grad_clip must be positive or None, got {self.grad_clip!r}")
+    ranges.number("optim.learning_rate", self.learning_rate, "(0, inf)")
+    ranges.integer("optim.warmup_steps", self.warmup_steps, 0)
+    ranges.number("optim.end_learning_rate", self.end_learning_rate, "[0, inf)")
+    ranges.number("optim.b1", self.b1, "[0, 1)")  # Adam's moment decays.
+    ranges.number("optim.b2", self.b2, "[0, 1)")
+    ranges.number("optim.eps", self.eps, "(0, inf)")
+    ranges.number("optim.weight_decay", self.weight_decay, "[0, inf)")
+    if self.grad_clip is not None:
+      ranges.number("optim.grad_clip", self.grad_clip, "(0, inf)")  # None: no clipping.
 
 
 def learning_rate_schedule(config: OptimizerConfig, num_steps: int):

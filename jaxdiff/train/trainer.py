@@ -34,14 +34,13 @@ import pathlib
 import time
 
 import jax
-import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 from jaxdiff import data, diagnostics, models, plots
 from jaxdiff.train import (bits_per_dim, checkpoint, generate, optim, sharding,
                            state as train_state, step)
-from jaxdiff.train.experiment import DataSpec, Experiment, run_settings
+from jaxdiff.train.experiment import DataSpec, Experiment, Settings
 from jaxdiff.train.writer import MetricWriter
 
 
@@ -114,19 +113,75 @@ class _Progress:
 
 
 def prepare(config):
-  """(Experiment, data source, held-out source or None, mesh) of a training config: everything
-  it names built and checked, the held-out source where run.bpd_every > 0.
+  """(Experiment, data source, held-out source or None, mesh) of a training config: the
+  config parsed once, everything it names built, and everything a run can check checked
+  before anything is written: the ranges, the mesh against the batch, the data against the
+  batch, the network's shapes on the data (traced by jax.eval_shape, nothing compiled) and
+  the sampler plan of the pictures. The held-out source where bpd.every > 0.
 
   Raises:
     ValueError, FileNotFoundError or KeyError naming what is wrong.
   """
-  settings = run_settings(ml_collections.ConfigDict(config).to_dict())
-  source = data.make_source(settings.data_source, **settings.data_options)
-  built = Experiment.from_config(config, DataSpec.of(source))
-  held_out = held_out_source(built) if settings.bpd_every else None
-  mesh = sharding.make_mesh(built.run.mesh)
-  sharding.check_batch_size(mesh, built.run.batch_size, built.run.grad_accum)
+  settings = Settings.from_config(config)
+  run = settings.run
+  source = data.make_source(run.data.source, **run.data.options)
+  built = Experiment.build(settings, DataSpec.of(source))
+  mesh = sharding.make_mesh(run.mesh)
+  sharding.check_batch_size(mesh, run.batch_size, run.grad_accum)
+  try:
+    batches(built, source)  # Reads nothing.
+  except ValueError as error:
+    raise ValueError(f"data.source {run.data.source!r} with batch_size {run.batch_size}: "
+                     f"{error}") from None
+  check_network(built)
+  if run.samples.num:
+    picture_plan(built)
+  held_out = held_out_source(built) if run.bpd.every else None
   return built, source, held_out, mesh
+
+
+def batches(experiment: Experiment, source):
+  """This process's endless iterator of the run's batches (`data.make_iterator`).
+
+  Raises:
+    ValueError where the data cannot fill a batch.
+  """
+  run = experiment.run
+  return data.make_iterator(source, batch_size=run.batch_size, seed=run.seed,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count(),
+                            random_flip=run.data.random_flip)
+
+
+def check_network(experiment: Experiment):
+  """Traces the step-0 TrainState, the network applied to the data's shape included
+  (jax.eval_shape: nothing compiled or allocated).
+
+  Raises:
+    ValueError where the network cannot take the data, naming both.
+  """
+  optimizer = optim.make_optimizer(experiment.optimizer, experiment.run.num_steps)
+  try:
+    jax.eval_shape(experiment.init_fn(optimizer))
+  except (ValueError, TypeError) as error:
+    shape = ", ".join(map(str, experiment.data.shape))
+    raise ValueError(f"the network of model.name and model.options cannot take this data "
+                     f"[{shape}]: {error}") from None
+
+
+def picture_plan(experiment: Experiment):
+  """The `generate.plan` of the config's samples block, as the pictures sample.
+
+  Raises:
+    ValueError naming a bad samples.sampler or samples.nfe.
+  """
+  samples = experiment.run.samples
+  try:
+    return generate.plan(experiment, samples.sampler, samples.nfe,
+                         guidance_scale=samples.guidance if experiment.conditional else 1.0)
+  except ValueError as error:
+    raise ValueError(f"samples (sampler {samples.sampler!r}, nfe {samples.nfe}): "
+                     f"{error}") from None
 
 
 def step_parts(experiment: Experiment, mesh):
@@ -153,8 +208,9 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None,
           show_progress: bool = True):
   """Trains to experiment.run.num_steps in `workdir` (claimed by the caller).
 
-  held_out is the source of the periodic bits/dim (run.bpd_every > 0); by default
-  `data.held_out_options` of the training source.
+  The mesh must split the batch (`prepare` checks it). held_out is the source of the
+  periodic bits/dim (run.bpd.every > 0); by default `data.held_out_options` of the training
+  source.
 
   Returns:
     a Summary.
@@ -165,13 +221,10 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None,
   """
   run = experiment.run
   workdir = pathlib.Path(workdir)
-  sharding.check_batch_size(mesh, run.batch_size, run.grad_accum)
   init, state_sharding, train_step = step_parts(experiment, mesh)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           jax.eval_shape(init), state_sharding)
-  iterator = data.make_iterator(source, batch_size=run.batch_size, seed=run.seed,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count(), random_flip=run.random_flip)
+  iterator = batches(experiment, source)
 
   def check_run(record):
     differences = experiment.differences(record["config"])
@@ -202,7 +255,7 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, he
   writes = jax.process_index() == 0
   start_step = current = int(state.step)
   # Every process samples (the network is spread over all of them); process 0 saves.
-  picture = _picture_fn(experiment, mesh, save=writes) if run.sample_num else None
+  picture = _picture_fn(experiment, mesh, save=writes) if run.samples.num else None
   sensitivity = _sensitivity_fn(experiment, mesh)
   held_out_bpd = _bpd_fn(experiment, mesh, held_out, show_progress=writes and show_progress)
   writer = MetricWriter(workdir, start_step) if writes else None
@@ -231,7 +284,7 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, he
                      f"(time sensitivity {progress.extra['time_sensitivity']:.1e} < "
                      f"{diagnostics.DEAD}; jaxdiff.diagnostics): is its time embedding "
                      "connected?")
-      if held_out_bpd is not None and (current % run.bpd_every == 0 or done):
+      if held_out_bpd is not None and (current % run.bpd.every == 0 or done):
         progress.extra.update(held_out_bpd(state))
       if current % run.checkpoint_every == 0 or done:
         progress.settle(*pending)  # Nothing non-finite goes into a checkpoint.
@@ -271,25 +324,26 @@ def _sensitivity_fn(experiment: Experiment, mesh):
 def held_out_source(experiment: Experiment):
   """The source of the periodic bits/dim: `data.held_out_options` of the training data."""
   run = experiment.run
-  options, _ = data.held_out_options(run.data_source, run.data_options)
-  return data.make_source(run.data_source, **options)
+  options, _ = data.held_out_options(run.data.source, run.data.options)
+  return data.make_source(run.data.source, **options)
 
 
 def _bpd_fn(experiment: Experiment, mesh, source, show_progress: bool):
   """state -> {"bits_per_dim", and "vlb_bits_per_dim" where there is a discrete bound} of the
-  first EMA on held-out records; None where run.bpd_every is 0."""
-  run = experiment.run
-  if not run.bpd_every:
+  first EMA on held-out records; None where bpd.every is 0."""
+  bpd = experiment.run.bpd
+  if not bpd.every:
     return None
   source = held_out_source(experiment) if source is None else source
-  num = min(run.bpd_num, len(source))
-  batch_fn = bits_per_dim.make_batch_fn(experiment, mesh, num_probes=run.bpd_num_probes)
-  key = jax.random.fold_in(jax.random.PRNGKey(run.seed), 0xB9D)  # The same records and noise.
+  num = min(bpd.num, len(source))
+  batch_fn = bits_per_dim.make_batch_fn(experiment, mesh, num_probes=bpd.num_probes)
+  # The same records and noise at every evaluation.
+  key = jax.random.fold_in(jax.random.PRNGKey(experiment.run.seed), 0xB9D)
   ema_name = train_state.ema_name(experiment.ema_decays[0])
 
   def evaluate(state):
     row = bits_per_dim.evaluate(experiment, state.ema[ema_name], source, num, key, mesh,
-                                batch_size=run.bpd_batch_size, num_probes=run.bpd_num_probes,
+                                batch_size=bpd.batch_size, num_probes=bpd.num_probes,
                                 batch_fn=batch_fn, progress=show_progress)
     out = {"bits_per_dim": row["bits_per_dim"]}
     if "vlb" in row:
@@ -302,17 +356,16 @@ def _bpd_fn(experiment: Experiment, mesh, source, show_progress: bool):
 def _picture_fn(experiment: Experiment, mesh, save: bool):
   """(state, path) -> samples the EMA (fixed x_T and labels); writes their picture if save."""
   run = experiment.run
-  plan = generate.plan(experiment, run.sample_sampler, run.sample_nfe,
-                       guidance_scale=run.sample_guidance if experiment.conditional else 1.0)
+  plan = picture_plan(experiment)
   sample = jax.jit(generate.make_sample_fn(experiment, plan),
                    out_shardings=sharding.replicated(mesh),  # Whole in every process.
                    compiler_options=models.compiler_options())
   key_noise, key_sampler = jax.random.split(jax.random.fold_in(
       jax.random.PRNGKey(run.seed), 0x5A))  # Apart from the training keys.
   # Host values, the same in every process, which jit places on the mesh itself.
-  x_T = np.asarray(generate.prior_noise(experiment, plan, key_noise, run.sample_num))
+  x_T = np.asarray(generate.prior_noise(experiment, plan, key_noise, run.samples.num))
   key_sampler = np.asarray(key_sampler)
-  labels = generate.default_labels(experiment, run.sample_num)
+  labels = generate.default_labels(experiment, run.samples.num)
   labels = None if labels is None else np.asarray(labels)
   ema_name = train_state.ema_name(experiment.ema_decays[0])
 
