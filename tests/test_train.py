@@ -568,3 +568,15 @@ def test_bpd_py_scores_held_out_draws_as_training_did(trained_toy, tmp_path):
        "--workdir", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "--rtol and --atol must be positive" in bad.stderr
   assert not (tmp_path / "bad").exists()
+
+
+def test_dit_refused_with_its_default_learn_sigma():
+  """DiT's learn_sigma defaults to True (its paper's checkpoints); train.py has no L_vlb for
+  the variance half, so a config that leaves the option out is refused, not trained with 2C
+  output channels."""
+  images = experiment.DataSpec((8, 8, 1), 0, True)
+  config = tiny_config(model__name="dit", model__options={"size": "S/2"})
+  with pytest.raises(ValueError, match="learn_sigma"):
+    experiment.Experiment.from_config(config.to_dict(), images)
+  config.model.options.learn_sigma = False
+  assert experiment.Experiment.from_config(config.to_dict(), images).model.learn_sigma is False

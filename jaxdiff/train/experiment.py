@@ -256,14 +256,16 @@ class Experiment:
                "num_classes": data.num_classes if model.conditional else None}
     if model.conditional:
       options["class_dropout"] = model.label_dropout
-    if options.get("learn_sigma"):
-      raise ValueError("DiT's learn_sigma needs the hybrid loss L_vlb (Nichol & Dhariwal 2021), "
-                       "which train.py does not implement: set model.options.learn_sigma = False")
     try:
       network = models.make_model(model.name, **options)
     except TypeError as error:  # An option given twice, e.g. DiT's patch_size beside its size.
       raise ValueError(f"model.options {model.options} do not fit model {model.name!r}: "
                        f"{error}") from None
+    # DiT's default too (True, as its paper's checkpoints): the built network says.
+    if getattr(network, "learn_sigma", False):
+      raise ValueError("DiT's learn_sigma (its default) needs the hybrid loss L_vlb (Nichol & "
+                       "Dhariwal 2021), which train.py does not implement: set "
+                       "model.options.learn_sigma = False")
     return cls(settings.config, settings.run, data, process, objective, network,
                model.conditional, settings.optimizer,
                tuple(float(d) for d in settings.ema.decays), bool(settings.ema.warmup))
