@@ -85,7 +85,8 @@ def main(argv):
         tuple(spec["shape"]), spec["num_classes"], spec["eight_bit"]))
     kind, options = config["data"]["source"], config["data"]["options"]
     if _DATA_OPTIONS.value is not None:
-      options, held_out = {**options, **json.loads(_DATA_OPTIONS.value)}, "--data-options"
+      options, held_out = ({**options, **cli.json_object(_DATA_OPTIONS, data.SOURCES.get(kind))},
+                           "--data-options")
     else:
       options, held_out = data.held_out_options(kind, options)
     source = data.make_source(kind, **options)

@@ -216,7 +216,8 @@ def load_experiment(path):
   if _PROCESS.value:
     trained = (config["process"], config["process_options"])
     config = {**config, "process": _PROCESS.value,
-              "process_options": json.loads(_PROCESS_OPTIONS.value)}
+              "process_options": cli.json_object(_PROCESS_OPTIONS,
+                                                  schedules.PROCESSES.get(_PROCESS.value))}
     warnings.warn(f"sampling with the process {_PROCESS.value} {config['process_options']}; the "
                   f"network was trained with {trained[0]} {trained[1]}")
   spec = record["data"]
@@ -252,8 +253,9 @@ def sample_checkpoint():
   try:
     step_dir, built = load_experiment(_CHECKPOINT.value)
     plan = sampling.plan(built, _SAMPLER.value, _NFE.value, grid=_GRID.value,
-                         grid_options=json.loads(_GRID_OPTIONS.value),
-                         guidance_scale=_GUIDANCE.value, options=json.loads(_OPTIONS.value))
+                         grid_options=cli.json_object(_GRID_OPTIONS, grids.GRIDS.get(_GRID.value)),
+                         guidance_scale=_GUIDANCE.value,
+                         options=cli.json_object(_OPTIONS, samplers.get_sampler(_SAMPLER.value).fn))
     x_T, labels = checkpoint_inputs(built, plan)
     params = sampling.load_params(step_dir, built, _PARAMS.value)
     # The data's Inception statistics first: a bad weights file fails before sampling.
