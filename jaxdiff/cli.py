@@ -11,12 +11,22 @@ file) and again when the flags are parsed; a key the configuration lacks, a
 config file that does not exist and one that fails to load each raise a bare
 traceback there, which `define_config` and `parse_flags` turn into one line
 naming the flag or the file.
+
+Ctrl-C while XLA compiles (the first step of every program) interrupts only
+the Python thread that waits for the compile; the compile goes on in XLA's
+thread pool and, finishing after the interpreter has begun to tear the
+client down, dies in a segmentation fault (exit 139) after the traceback.
+`exit_on_interrupt` ends a program at once instead, with one line and the
+shell's status for SIGINT, 130, once the run's own clean-up (the workdir's
+INCOMPLETE line, pending checkpoint writes) has run.
 """
 
+import functools
 import inspect
 import json
 import os
 import pathlib
+import signal
 import sys
 
 from absl import flags
@@ -160,3 +170,25 @@ def json_object(flag, like=None) -> dict:
       raise ValueError(f"--{flag.name}: option {name!r} must be {expected[name]}, got "
                        f"{json.dumps(item)}; {hint}")
   return value
+
+
+def exit_on_interrupt(main):
+  """`main` for app.run, ending the process with one line and exit status 130 on Ctrl-C.
+
+  The KeyboardInterrupt first unwinds `main` (so `finally` blocks and the workdir's marker
+  run); then os._exit skips the interpreter's shutdown, during which a compile still running
+  on XLA's threads would crash.
+  """
+
+  @functools.wraps(main)
+  def run(argv):
+    try:
+      return main(argv)
+    except KeyboardInterrupt:
+      print("interrupted (Ctrl-C): finished work is kept; the output folder's INCOMPLETE says "
+            "where the run stopped", file=sys.stderr)
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(128 + signal.SIGINT)
+
+  return run

@@ -1,5 +1,6 @@
 """The programs' shared flags: --config found from anywhere, JSON-object flags named in errors."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -66,3 +67,30 @@ def test_train_py_reads_configs_from_another_folder_or_says_which_file(tmp_path,
   assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr[-2000:]
   assert message in result.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_during_a_compile_ends_with_one_line_not_a_crash(tmp_path):
+  """SIGINT while XLA compiles on its own threads: exit 130 with one line (the interpreter's
+  shutdown under the running compile ended in a segmentation fault, 139)."""
+  script = tmp_path / "program.py"
+  script.write_text(
+      "import os, signal, threading\n"
+      "import jax, jax.numpy as jnp\n"
+      "from jaxdiff import cli\n"
+      "def unrolled(x):  # Seconds of compile for microseconds of work.\n"
+      "  for i in range(300):\n"
+      "    x = jnp.sin(x @ x + i)\n"
+      "  return x\n"
+      "@cli.exit_on_interrupt\n"
+      "def main(argv):\n"
+      "  try:\n"
+      "    threading.Timer(1, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
+      "    jax.jit(unrolled)(jnp.ones((4, 4)))\n"
+      "  finally:\n"
+      "    print('cleaned up', flush=True)\n"
+      "main([])\n")
+  result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+  assert result.returncode == 130, result.stderr[-2000:]
+  assert result.stdout == "cleaned up\n"
+  assert result.stderr.startswith("interrupted (Ctrl-C)") and result.stderr.count("\n") == 1
