@@ -153,8 +153,9 @@ def json_object(flag, like=None) -> dict:
   defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
   expected = {p.name: _kind(p.default) or _ANNOTATED.get(p.annotation) for p in parameters
               if p.default is not p.empty}
-  shown = [(name, value) for name, value in defaults.items()
-           if _kind(value) in ("a number", "a string")][:1]
+  shown = sorted(((name, value) for name, value in defaults.items()
+                 if _kind(value) in ("a number", "a string")),
+                key=lambda item: _kind(item[1]) != "a number")[:1]  # A number if there is one.
   example = json.dumps(dict(shown)) if shown else '{"name": 1.5, "other": "text"}'
   hint = f"e.g. --{flag.name} '{example}'"
   try:

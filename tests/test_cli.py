@@ -31,7 +31,7 @@ def test_json_object_flags_name_the_flag_and_show_a_right_value():
   with pytest.raises(ValueError, match=r"^--grid-options: option 'rho' must be a number, got \"5\""):
     cli.json_object(flag('{"rho": "5"}'), grids.GRIDS["karras"])
   with pytest.raises(ValueError, match=r"^--process-options: option 'schedule' must be a string, "
-                                       r"got 1; e.g. --process-options '\{\"schedule\": "):
+                                       r"got 1; e.g. --process-options '\{\"num_steps\": 1000\}'"):
     cli.json_object(flag('{"schedule": 1}', "process-options"), schedules.PROCESSES["ddpm"])
   # Names the function lacks are its own to refuse.
   assert cli.json_object(flag('{"rh": "5"}'), grids.GRIDS["karras"]) == {"rh": "5"}
