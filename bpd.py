@@ -87,7 +87,8 @@ def main(argv):
     step_dir, built = generate.load(_CHECKPOINT.value)
     kind, options = built.run.data.source, built.run.data.options
     if _DATA_OPTIONS.value is not None:
-      options, held_out = {**options, **json.loads(_DATA_OPTIONS.value)}, "--data-options"
+      options, held_out = ({**options, **cli.json_object(_DATA_OPTIONS, data.SOURCES.get(kind))},
+                           "--data-options")
     else:
       options, held_out = data.held_out_options(kind, options)
     source = data.make_source(kind, **options)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from jaxdiff import cli, evaluation, fid, plots, workdir
+from jaxdiff import cli, evaluation, fid, grids, plots, samplers, schedules, workdir
 from jaxdiff.benchmark import problems
 from jaxdiff.train import generate, sharding
 
@@ -83,7 +83,7 @@ def load_experiment(path):
 
   def with_process(config):
     trained = (config["process"], config["process_options"])
-    options = json.loads(_PROCESS_OPTIONS.value)
+    options = cli.json_object(_PROCESS_OPTIONS, schedules.PROCESSES.get(_PROCESS.value))
     warnings.warn(f"sampling with the process {_PROCESS.value} {options}; the network was "
                   f"trained with {trained[0]} {trained[1]}")
     return {**config, "process": _PROCESS.value, "process_options": options}
@@ -118,8 +118,9 @@ def sample_checkpoint():
   try:
     step_dir, built = load_experiment(_CHECKPOINT.value)
     plan = generate.plan(built, _SAMPLER.value, _NFE.value, grid=_GRID.value,
-                         grid_options=json.loads(_GRID_OPTIONS.value),
-                         guidance_scale=_GUIDANCE.value, options=json.loads(_OPTIONS.value))
+                         grid_options=cli.json_object(_GRID_OPTIONS, grids.GRIDS.get(_GRID.value)),
+                         guidance_scale=_GUIDANCE.value,
+                         options=cli.json_object(_OPTIONS, samplers.get_sampler(_SAMPLER.value).fn))
     x_T, labels = checkpoint_inputs(built, plan)
     judged = evaluation.wanted(built.run.data.source, _EVALUATE.value)
     params = generate.load_params(step_dir, built, _PARAMS.value)

@@ -25,6 +25,7 @@ of `jaxdiff.oracle`. `image_size` crops and resizes images as ADM does
 (Dhariwal & Nichol 2021, `image_datasets.py` center_crop_arr).
 """
 
+import collections
 import dataclasses
 import functools
 import gzip
@@ -32,6 +33,7 @@ import inspect
 import pathlib
 import struct
 import sys
+import zlib
 from typing import Any, Callable
 
 import grain
@@ -206,14 +208,25 @@ def digits_source(split: str = "train"):
 
 
 def read_idx(path) -> np.ndarray:
-  """The uint8 array in an IDX file (LeCun's MNIST format), gzipped if its name ends in .gz."""
+  """The uint8 array in an IDX file (LeCun's MNIST format), gzipped if its name ends in .gz.
+
+  Raises:
+    ValueError naming the file when it is not a whole gzip stream or not an IDX file.
+  """
   path = pathlib.Path(path)
-  with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-    data = f.read()
+  try:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+      data = f.read()
+  except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+    raise ValueError(f"{path} cannot be read as gzip ({error}); download it again (a file "
+                     "that is not gzipped must not end in .gz)") from None
   if len(data) < 4 or data[:3] != b"\0\0\x08":
     raise ValueError(f"{path} is not an IDX file of unsigned bytes: its magic number is "
                      f"{data[:4].hex()}, expected 000008 followed by the number of dimensions")
   ndim = data[3]
+  if len(data) < 4 + 4 * ndim:
+    raise ValueError(f"{path}: the IDX header of {ndim} dimensions is cut off after "
+                     f"{len(data)} bytes; download the file again")
   shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
   if len(data) - 4 - 4 * ndim != np.prod(shape):
     raise ValueError(f"{path}: header says {shape} = {np.prod(shape)} bytes, the file holds "
@@ -267,15 +280,56 @@ def npz_source(path):
   return ArraySource(images, labels, num_classes, eight_bit=True, origin=f"npz {path}")
 
 
+# PIL modes of 8-bit images: each converts to RGB or L keeping its range.
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def _image_header(path) -> tuple[tuple[int, int], str]:
+  """(width, height) and PIL mode of an image file, from its header alone."""
+  try:
+    with PIL.Image.open(path) as pil:
+      return pil.size, pil.mode
+  except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
+    raise ValueError(f"{path} is not an image PIL can read ({error}); replace or remove "
+                     "it") from None
+
+
 def _read_image_file(paths, labels, mode, index):
-  with PIL.Image.open(paths[index]) as pil:
-    image = np.asarray(pil.convert(mode))
+  try:
+    with PIL.Image.open(paths[index]) as pil:
+      image = np.asarray(pil.convert(mode))
+  except (OSError, SyntaxError, ValueError) as error:  # A header that reads, data that does not.
+    raise ValueError(f"cannot decode the image {paths[index]} ({error}); replace or remove "
+                     "it") from None
   return image.reshape(*image.shape[:2], -1), labels[index], str(paths[index])
+
+
+def _check_headers(path, headers: dict, same_size: bool):
+  """Raises ValueError naming a file that is not an 8-bit image or, with same_size, whose
+  size differs from most others'."""
+  for file, (_, mode) in headers.items():
+    if mode not in EIGHT_BIT_MODES:
+      raise ValueError(f"{file} is a {mode} image, not 8-bit ({EIGHT_BIT_MODES}); convert it, "
+                       "e.g. to 8-bit RGB or grayscale")
+  sizes = collections.Counter(size for size, _ in headers.values())
+  if same_size and len(sizes) > 1:
+    (width, height), count = sizes.most_common(1)[0]
+    odd = [f"{file} is {w}x{h}" for file, ((w, h), _) in headers.items()
+           if (w, h) != (width, height)]
+    raise ValueError(f"folder {path}: images differ in shape (width x height): {count} of "
+                     f"{len(headers)} are {width}x{height}, but {', '.join(odd[:3])}"
+                     f"{f' and {len(odd) - 3} more' if len(odd) > 3 else ''}; pass "
+                     "image_size=S to crop and resize all to [S, S]")
 
 
 def folder_source(path, grayscale: bool = False, image_size: int | None = None):
   """Images in `path`/<class>/<file>, one subfolder per class in sorted order, read with PIL.
 
+  Files at the top level, hidden files and folders (".name") and files of no image type are
+  not records. Every file's header (PIL reads no pixels) is checked once when the source is
+  built, so that a file PIL cannot identify, an image that is not 8-bit or (without
+  image_size) one of another size is named before training starts, not midway; pixels that
+  fail to decode later are named by path too.
   Images are RGB ([H, W, 3]) or, with grayscale, L ([H, W, 1]); all the same size unless
   image_size crops and resizes them.
   """
@@ -283,13 +337,20 @@ def folder_source(path, grayscale: bool = False, image_size: int | None = None):
   if not path.is_dir():
     raise FileNotFoundError(f"no folder {path}; expected {path}/<class>/<image file>")
   extensions = PIL.Image.registered_extensions()
-  classes = sorted(d for d in path.iterdir() if d.is_dir())
-  files = [(f, label) for label, d in enumerate(classes)
-           for f in sorted(d.iterdir()) if f.suffix.lower() in extensions]
-  if not files:
+  classes = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+  images = {d: [f for f in sorted(d.iterdir()) if f.suffix.lower() in extensions
+                and not f.name.startswith(".") and f.is_file()] for d in classes}
+  if not any(images.values()):
     raise FileNotFoundError(f"no image files in subfolders of {path}; expected one subfolder per "
                             f"class: {path}/<class>/<image file>")
+  empty = [d.name for d in classes if not images[d]]
+  if empty:
+    raise ValueError(f"folder {path}: the class folders {empty} hold no image files; each "
+                     "subfolder is a class: add its images, or move the folder out of "
+                     f"{path}")
+  files = [(f, label) for label, d in enumerate(classes) for f in images[d]]
   paths, labels = zip(*files)
+  _check_headers(path, {f: _image_header(f) for f in paths}, same_size=image_size is None)
   read = functools.partial(_read_image_file, paths, labels, "L" if grayscale else "RGB")
   return LazyImageSource(read, len(paths), len(classes), f"folder {path}", image_size)
 

@@ -6,7 +6,10 @@ it did not claim:
     runs/<prefix>-<time> gets -2, -3, ... when another run took it first (two
     runs started in the same second keep both results);
   * an existing folder is claimed only when empty, by creating its marker
-    file `INCOMPLETE` exclusively; a folder that holds files is refused.
+    file `INCOMPLETE` exclusively; a folder that holds files is refused,
+    naming the program whose unfinished run it holds, except one that holds
+    nothing but the marker of a failed start of the same program (no live
+    run holds it), which that program takes back.
 While the run works it holds a lock on the marker; the marker records the
 command and, if the run fails or is interrupted, why; it is removed when the
 run finishes. So a folder with `INCOMPLETE` and no live run is an unfinished
@@ -21,6 +24,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import sys
 import time
 
@@ -30,14 +34,53 @@ MARKER = "INCOMPLETE"
 ROWS = "results.jsonl"
 
 
+# How each program that can take up its unfinished runs does so.
+RESUMES = {"bench.py": "bench.py finishes it with the same flags plus --resume",
+           "train.py": "train.py resumes it with the same --config"}
+
+
+def _program(path: pathlib.Path) -> str:
+  """The program (e.g. "train.py") whose run `path`/INCOMPLETE records."""
+  text = (path / MARKER).read_text(encoding="utf-8", errors="replace")
+  command = re.search(r" (?:started|resumed) \(pid \d+\): (\S+)", text)
+  return os.path.basename(command.group(1)) if command else "an unknown program"
+
+
+def _running(path: pathlib.Path) -> bool:
+  """Whether a live run holds the lock on path/INCOMPLETE."""
+  with open(path / MARKER, encoding="utf-8") as marker:
+    try:
+      fcntl.flock(marker, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return True
+  return False
+
+
+def _failed_start(path: pathlib.Path) -> bool:
+  """Whether `path` holds nothing but the INCOMPLETE of a run that is no longer alive, and that
+  was started by this program: a start that failed before writing anything."""
+  return ([p.name for p in path.iterdir()] == [MARKER] and not _running(path)
+          and _program(path) == os.path.basename(sys.argv[0]))
+
+
 def _refusal(path: pathlib.Path) -> str:
   files = sorted(p.name for p in path.iterdir())
-  if MARKER in files:
-    return (f"workdir {path} holds an unfinished run (its {MARKER} file says which command "
-            f"and why it stopped; finished rows are in {ROWS}); bench.py finishes it with the "
-            "same flags plus --resume, or pass a new --workdir (nothing was written)")
-  shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
-  return (f"workdir {path} already holds files ({shown}); pass a new --workdir "
+  if MARKER not in files:
+    shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
+    return (f"workdir {path} already holds files ({shown}); pass a new --workdir "
+            "(nothing was written)")
+  program = _program(path)
+  if _running(path):
+    return (f"another run of {program} is working in {path} (it holds {path / MARKER}); wait "
+            "for it or pass a new --workdir (nothing was written)")
+  if files == [MARKER]:
+    return (f"workdir {path} holds only the {MARKER} of a failed start of {program} (it says "
+            f"why); {program} can take it back, or delete the folder, or pass a new --workdir "
+            "(nothing was written)")
+  rows = f"; finished rows are in {ROWS}" if ROWS in files else ""
+  return (f"workdir {path} holds an unfinished run of {program} (its {MARKER} file says "
+          f"which command and why it stopped{rows}); "
+          f"{RESUMES.get(program, f'{program} cannot take it up')}; or pass a new --workdir "
           "(nothing was written)")
 
 
@@ -61,14 +104,16 @@ def claim(path, prefix: str, *, resume: bool = False, parent="runs"):
     path: the folder, or None for a new <parent>/<prefix>-<time>[-n].
     prefix: the default name's prefix ("sample", "bench").
     resume: take up an earlier run's folder (it must exist; no live run may
-      hold it); the caller decides that it is one of its own.
+      hold it); the caller decides that it is one of its own. Without resume,
+      a folder that holds only the marker of a failed start of this program
+      (sys.argv[0]) is taken back, saying so on stderr.
 
   Raises:
     SystemExit naming the folder and what to do, before anything is written,
     when it holds files (or, with resume, does not exist), is a file, cannot
     be created, or another run holds it.
   """
-  default_prefix = None if path else prefix
+  default_prefix, taken_back = (None if path else prefix), False
   path = pathlib.Path(path or pathlib.Path(parent) / time.strftime(f"{prefix}-%Y%m%d-%H%M%S"))
   try:
     if path.exists() and not path.is_dir():
@@ -79,11 +124,12 @@ def claim(path, prefix: str, *, resume: bool = False, parent="runs"):
     if default_prefix is not None:
       path = _create_unique(path)
     elif not resume:
-      if path.is_dir() and any(path.iterdir()):
+      taken_back = path.is_dir() and _failed_start(path)
+      if not taken_back and path.is_dir() and any(path.iterdir()):
         raise SystemExit(_refusal(path))
       if not path.is_dir():
         path.mkdir(parents=True)  # Exclusive: FileExistsError if another run made it.
-    marker = open(path / MARKER, "a" if resume else "x", encoding="utf-8")
+    marker = open(path / MARKER, "a" if resume or taken_back else "x", encoding="utf-8")
   except FileExistsError:
     raise SystemExit(f"workdir {path} was claimed by another run just now; pass a new "
                      "--workdir (nothing was written)") from None
@@ -96,6 +142,11 @@ def claim(path, prefix: str, *, resume: bool = False, parent="runs"):
     except BlockingIOError:
       raise SystemExit(f"another run is working in {path} (it holds {path / MARKER}); "
                        "wait for it or pass a new --workdir") from None
+    if taken_back:
+      if [p.name for p in path.iterdir()] != [MARKER]:  # Another run took it back first.
+        raise SystemExit(_refusal(path))
+      print(f"taking back {path}: it holds only the {MARKER} of a failed start of "
+            f"{os.path.basename(sys.argv[0])}", file=sys.stderr)
     _note(marker, f"{'resumed' if resume else 'started'} (pid {os.getpid()}): "
           f"{' '.join(sys.argv)}")
     try:

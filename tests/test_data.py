@@ -285,6 +285,63 @@ def test_folder_classes_sizes_and_crop(tmp_path):
     data.make_source("folder", path=tmp_path / "a")
 
 
+def test_folder_ignores_what_is_no_class_and_names_every_bad_file(tmp_path):
+  """Every file is checked when the source is built; what cannot be read is named by path."""
+  for name in ("a/0.png", "a/1.png", "b/0.png", "top.png", ".cache/0.png"):
+    write_png(tmp_path / name, np.full((6, 5, 3), 90, np.uint8))
+  (tmp_path / "notes.txt").write_text("not a class")
+  (tmp_path / "a" / "._0.png").write_bytes(b"macOS metadata, not a PNG")
+  source = data.make_source("folder", path=tmp_path)
+  assert len(source) == 3 and source.num_classes == 2 and source.shape == (6, 5, 3)
+
+  (tmp_path / "c").mkdir()
+  (tmp_path / "c" / "notes.txt").write_text("")
+  with pytest.raises(ValueError, match=r"the class folders \['c'\] hold no image files"):
+    data.make_source("folder", path=tmp_path)
+  (tmp_path / "c" / "notes.txt").unlink()
+  (tmp_path / "c").rmdir()
+
+  bad = tmp_path / "b" / "9.png"
+  bad.write_bytes(b"not a PNG")
+  with pytest.raises(ValueError, match=f"^{bad} is not an image PIL can read"):
+    data.make_source("folder", path=tmp_path)
+  PIL.Image.fromarray(np.zeros((6, 5), np.uint16)).save(bad)
+  with pytest.raises(ValueError, match=f"^{bad} is a I;16 image, not 8-bit"):
+    data.make_source("folder", path=tmp_path)
+  write_png(bad, np.zeros((7, 5, 3), np.uint8))
+  with pytest.raises(ValueError, match=f"images differ in shape \\(width x height\\): 3 of 4 "
+                                       f"are 5x6, but {bad} is 5x7; pass image_size=S"):
+    data.make_source("folder", path=tmp_path)
+
+  # A header that reads and data cut off: found when the record is read (here after the
+  # records the source decodes when built), named by path.
+  for i in range(1, 8):
+    write_png(tmp_path / "b" / f"{i}.png", np.full((6, 5, 3), 90, np.uint8))
+  write_png(bad, np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8))
+  bad.write_bytes(bad.read_bytes()[:60])
+  source = data.make_source("folder", path=tmp_path)
+  assert [source[i]["label"] for i in (0, 9)] == [0, 1]
+  with pytest.raises(ValueError, match=f"^cannot decode the image {bad} \\(image file is "
+                                       "truncated"):
+    source[10]
+
+
+def test_idx_names_a_cut_off_or_wrong_file(tmp_path):
+  write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((6, 3, 2)))
+  write_idx(tmp_path / "train-labels-idx1-ubyte", np.arange(6))
+  images = tmp_path / "train-images-idx3-ubyte.gz"
+  images.write_bytes(images.read_bytes()[:-12])
+  with pytest.raises(ValueError, match=f"^{images} cannot be read as gzip \\(Compressed file "
+                                       "ended before the end-of-stream marker was reached\\)"):
+    data.make_source("idx", directory=tmp_path)
+  images.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 6]))  # Not gzipped, and cut off.
+  with pytest.raises(ValueError, match=f"^{images} cannot be read as gzip \\(Not a gzipped"):
+    data.make_source("idx", directory=tmp_path)
+  images.rename(tmp_path / "train-images-idx3-ubyte")
+  with pytest.raises(ValueError, match="the IDX header of 3 dimensions is cut off after 8 bytes"):
+    data.make_source("idx", directory=tmp_path)
+
+
 class NoTensorFlow(importlib.abc.MetaPathFinder):
   """Makes any import of TensorFlow fail, as if it were not installed."""
 

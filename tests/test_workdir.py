@@ -56,7 +56,7 @@ def test_refusals_write_nothing(tmp_path):
   # An empty folder is claimed; a second claim while the first runs is refused.
   (tmp_path / "empty").mkdir()
   with workdir.claim(tmp_path / "empty", "x"):
-    with pytest.raises(SystemExit, match="unfinished run.*--resume"):
+    with pytest.raises(SystemExit, match="another run of .* is working in"):
       with workdir.claim(tmp_path / "empty", "x"):
         pass
     with pytest.raises(SystemExit, match="another run is working in"):
@@ -93,3 +93,51 @@ def test_markdown_table_writes_floats_to_four_significant_digits_and_the_rest_as
                                  [["a", 0.123456, 3], ["b", 1e-7, None]])
   assert table.splitlines() == ["| name | value | n |", "|---|---|---|", "| a | 0.1235 | 3 |",
                                 "| b | 1e-07 | None |"]
+
+
+def failed_start(path, monkeypatch, program):
+  """A start of `program` that fails before writing anything but the marker."""
+  monkeypatch.setattr(sys, "argv", [f"/repo/{program}", "--workdir", str(path)])
+  with pytest.raises(ValueError):
+    with workdir.claim(path, "x"):
+      raise ValueError("bad seed")
+
+
+def test_a_failed_start_is_taken_back_by_its_own_program_only(tmp_path, monkeypatch, capsys):
+  failed_start(tmp_path / "run", monkeypatch, "train.py")
+  assert os.listdir(tmp_path / "run") == [workdir.MARKER]
+  monkeypatch.setattr(sys, "argv", ["bench.py", "--workdir", str(tmp_path / "run")])
+  with pytest.raises(SystemExit, match=r"holds only the INCOMPLETE of a failed start of "
+                                       r"train.py \(it says why\); train.py can take it back"):
+    with workdir.claim(tmp_path / "run", "x"):
+      pass
+
+  monkeypatch.setattr(sys, "argv", ["train.py", "--workdir", str(tmp_path / "run")])
+  with workdir.claim(tmp_path / "run", "x") as out:
+    assert capsys.readouterr().err == (f"taking back {out}: it holds only the INCOMPLETE of a "
+                                       "failed start of train.py\n")
+    (out / "result").write_text("done")
+  assert os.listdir(out) == ["result"]
+
+  # Killed during its start (no 'stopped:' line, no live process): taken back as well; while a
+  # run holds it, refused.
+  (tmp_path / "killed").mkdir()
+  (tmp_path / "killed" / workdir.MARKER).write_text(
+      "2026-01-01 00:00:00 started (pid 99999999): /elsewhere/train.py --workdir killed\n")
+  with workdir.claim(tmp_path / "killed", "x"):
+    with pytest.raises(SystemExit, match="another run of train.py is working in"):
+      with workdir.claim(tmp_path / "killed", "x"):
+        pass
+
+
+def test_an_unfinished_run_is_refused_naming_its_program(tmp_path, monkeypatch):
+  for program, advice in [("bench.py", "bench.py finishes it with the same flags plus --resume"),
+                          ("sample.py", "sample.py cannot take it up")]:
+    failed_start(tmp_path / program, monkeypatch, program)
+    workdir.append_row(tmp_path / program, {"i": 0})
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    with pytest.raises(SystemExit, match=f"holds an unfinished run of {program} .*finished rows "
+                                         f"are in results.jsonl\\); {advice}; or pass a new"):
+      with workdir.claim(tmp_path / program, "x"):
+        pass
+    assert sorted(os.listdir(tmp_path / program)) == [workdir.MARKER, workdir.ROWS]
