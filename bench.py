@@ -356,4 +356,4 @@ def run_oracle_job(config, process, mixture, denoise_fn, sampler_runs, out):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(cli.exit_on_interrupt(main), flags_parser=cli.parse_flags)

@@ -196,4 +196,4 @@ def quality_table(quality):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(cli.exit_on_interrupt(main), flags_parser=cli.parse_flags)

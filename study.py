@@ -114,4 +114,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(cli.exit_on_interrupt(main), flags_parser=cli.parse_flags)
