@@ -7,7 +7,8 @@ from step 0) to run.num_steps:
     call's metrics only after the next call is queued, so the device never
     waits for it;
   * a NaN or inf loss stops the run with a FloatingPointError naming the step,
-    before any checkpoint holds it; the last good checkpoint stays;
+    before any checkpoint holds it, and so does a NaN or inf in the state at a
+    checkpoint (`checkpoint.save`); the last good checkpoint stays;
   * every log_every steps: the loss (mean over the window), gradient norm,
     learning rate, EMA decays, steps/s and images/s go to metrics.jsonl and
     TensorBoard (`writer`); a tqdm bar shows loss, steps/s and the ETA;
@@ -89,9 +90,8 @@ class _Progress:
     if not np.all(np.isfinite(losses)):
       bad = end_step - len(losses) + int(np.argmin(np.isfinite(losses))) + 1
       raise FloatingPointError(
-          f"the loss is {losses[~np.isfinite(losses)][0]} at step {bad}; training stopped. The "
-          f"last good checkpoint ({self.checkpoints.latest_step()}) is kept in "
-          f"{self.checkpoints.directory}")
+          f"the loss is {losses[~np.isfinite(losses)][0]} at step {bad}; training stopped. "
+          f"{checkpoint.kept(self.checkpoints)}")
     if self.window_start is None:  # The first call, compilation included, is not timed.
       self.window_start, self.window_step = time.perf_counter(), end_step
     self.window.extend(losses.tolist())
