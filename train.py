@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
 from jaxdiff import cli, workdir
-from jaxdiff.train import host_memory, loop
+from jaxdiff.train import checkpoint, host_memory, loop
 
 _CONFIG = cli.define_config("configs/digits.py", "Training configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training folder; default runs/train-<time>. "
@@ -131,7 +131,7 @@ def main(argv):
     try:
       summary = loop.train(built, source, out, mesh, held_out=held_out,
                            progress_seconds=_PROGRESS_SECONDS.value)
-    except (loop.ConfigMismatch, FloatingPointError) as error:
+    except (loop.ConfigMismatch, FloatingPointError, checkpoint.WriteError) as error:
       raise SystemExit(str(error)) from None
   if jax.process_index() != 0:
     return

@@ -1,9 +1,12 @@
 """Checkpoints that are good: no NaN or inf is ever saved, every array is verified against
 its checksum when read, and a damaged or truncated checkpoint is passed over for the one
-before (set aside by training, skipped by the tools that only read)."""
+before (set aside by training, skipped by the tools that only read); a write that fails
+stops the run with one line."""
 
 import json
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -131,3 +134,27 @@ def test_a_checkpoint_saved_before_checksums_restores_unverified(run, tmp_path):
   record.write_text(json.dumps(old))
   garble(tmp_path / "20")  # Undetectable without checksums: restored as before.
   assert checkpoint.find(tmp_path / "20") == tmp_path / "20"
+
+
+def test_a_full_disk_stops_the_run_with_one_line(tmp_path):
+  """A file size limit (RLIMIT_FSIZE: writes past it fail with EFBIG, as a full disk's fail
+  with ENOSPC) that the first checkpoint's arrays exceed: the run stops naming the folder
+  and the error, and nothing half-written looks like a checkpoint."""
+
+  def limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Fail the write instead of killing.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+
+  result = subprocess.run(
+      [sys.executable, "train.py", "--config", "tests/tiny_config.py", "--workdir",
+       str(tmp_path / "run"), "--config.samples.num", "0"], cwd=ROOT, capture_output=True,
+      text=True, timeout=600, preexec_fn=limit_file_size, check=False)
+  assert result.returncode == 1
+  # Orbax's and TensorStore's threads still log their own tracebacks (in any order).
+  ours = [line for line in result.stderr.splitlines() if line.startswith("cannot write")]
+  assert len(ours) == 1, result.stderr[-3000:]
+  assert ours[0].startswith(f"cannot write a checkpoint in {tmp_path / 'run' / 'checkpoints'}: ")
+  assert "File too large" in ours[0] and ours[0].endswith("No checkpoint was written.")
+  assert "train.py" not in result.stderr  # No traceback of the program itself.
+  assert "Exception ignored" not in result.stderr  # Orbax's writers were waited for.
+  assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]

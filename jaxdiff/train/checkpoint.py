@@ -41,6 +41,10 @@ class ChecksumMismatch(ValueError):
   """Arrays read from a checkpoint differ from those that were saved."""
 
 
+class WriteError(OSError):
+  """A checkpoint could not be written (a full disk, a quota): its one-line reason."""
+
+
 def manager(workdir, *, keep: int, asynchronous: bool = True) -> ocp.CheckpointManager:
   """The CheckpointManager of <workdir>/checkpoints, keeping the last `keep`."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep,
@@ -55,6 +59,7 @@ def save(checkpoints: ocp.CheckpointManager, step: int, state, iterator, run: di
 
   Raises:
     FloatingPointError naming the arrays that hold a NaN or inf: nothing is written.
+    WriteError when the previous checkpoint's asynchronous write failed.
   """
   finite, checksums = fingerprint(state)
   bad = [name for name, ok in finite.items() if not ok]
@@ -63,9 +68,35 @@ def save(checkpoints: ocp.CheckpointManager, step: int, state, iterator, run: di
         f"the training state holds NaN or inf at step {step} (in {', '.join(bad[:3])}"
         f"{f' and {len(bad) - 3} more arrays' if len(bad) > 3 else ''}); training stopped "
         f"without saving it. {kept(checkpoints)}")
-  checkpoints.save(step, args=ocp.args.Composite(**{
-      STATE: ocp.args.StandardSave(state), DATA: grain.checkpoint.CheckpointSave(iterator),
-      RUN: ocp.args.JsonSave({**run, CHECKSUMS: checksums})}))
+  try:
+    checkpoints.save(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(state), DATA: grain.checkpoint.CheckpointSave(iterator),
+        RUN: ocp.args.JsonSave({**run, CHECKSUMS: checksums})}))
+  except (OSError, ValueError, RuntimeError) as error:  # Orbax re-raises a failed write here.
+    raise _write_error(checkpoints, error) from None
+
+
+def finish(checkpoints: ocp.CheckpointManager):
+  """Waits for the last checkpoint's write and closes the manager.
+
+  Raises:
+    WriteError when the write failed.
+  """
+  try:
+    checkpoints.wait_until_finished()
+  except (OSError, ValueError, RuntimeError) as error:
+    raise _write_error(checkpoints, error) from None
+  finally:
+    checkpoints.close()
+
+
+def _write_error(checkpoints, error) -> WriteError:
+  written = sorted(int(p.name) for p in pathlib.Path(checkpoints.directory).glob("*")
+                   if p.name.isdigit())
+  return WriteError(f"cannot write a checkpoint in {checkpoints.directory}: "
+                    f"{str(error).splitlines()[0]}; training stopped. "
+                    + (f"The last complete checkpoint ({written[-1]}) is kept." if written
+                       else "No checkpoint was written."))
 
 
 def kept(checkpoints: ocp.CheckpointManager) -> str:

@@ -194,8 +194,7 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None,
     return _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, held_out,
                 show_progress, progress_seconds)
   finally:
-    checkpoints.wait_until_finished()
-    checkpoints.close()
+    checkpoint.finish(checkpoints)
 
 
 def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, held_out,
