@@ -38,7 +38,7 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
 from jaxdiff import cli, workdir
-from jaxdiff.train import host_memory, trainer
+from jaxdiff.train import checkpoint, host_memory, trainer
 
 _CONFIG = cli.define_config("configs/digits.py", "Training configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training folder; default runs/train-<time>. "
@@ -49,6 +49,10 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Start jax.distributed, d
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0's coordinator.")
 _NUM_PROCESSES = flags.DEFINE_integer("num-processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process-id", None, "This process's index, from 0.")
+_PROGRESS_SECONDS = flags.DEFINE_float(
+    "progress-seconds", 30.0, "Where standard error is not a terminal (a batch job's log), "
+    "write a progress line (step, loss, steps/s, ETA) every this many seconds instead of a bar.",
+    lower_bound=0.0)
 _HEARTBEAT = flags.DEFINE_integer("heartbeat-timeout", 100, "Seconds without a heartbeat "
                                   "after which the processes give up on a lost one.")
 
@@ -127,8 +131,9 @@ def main(argv):
   resume = earlier_run(_WORKDIR.value, built)
   with claimed_workdir(_WORKDIR.value, resume) as out:
     try:
-      summary = trainer.train(built, source, out, mesh, held_out=held_out)
-    except (trainer.ConfigMismatch, FloatingPointError) as error:
+      summary = trainer.train(built, source, out, mesh, held_out=held_out,
+                              progress_seconds=_PROGRESS_SECONDS.value)
+    except (trainer.ConfigMismatch, FloatingPointError, checkpoint.WriteError) as error:
       raise SystemExit(str(error)) from None
   if jax.process_index() != 0:
     return

@@ -23,7 +23,9 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from jaxdiff import data, diagnostics, losses, oracle, parameterization, schedules
-from jaxdiff.train import checkpoint, experiment, generate, optim, sharding, step, trainer
+from jaxdiff.models.mlp import MLP
+from jaxdiff.train import (checkpoint, experiment, generate, optim, sharding,
+                           state as train_state, step, trainer)
 from jaxdiff.train.writer import read_metrics
 
 
@@ -580,3 +582,77 @@ def test_dit_refused_with_its_default_learn_sigma():
     experiment.Experiment.from_config(config.to_dict(), images)
   config.model.options.learn_sigma = False
   assert experiment.Experiment.from_config(config.to_dict(), images).model.learn_sigma is False
+
+
+# --------------------------------------------------------------------------
+# The train step against a reference: accumulated gradients, dropout keys.
+# --------------------------------------------------------------------------
+
+
+def one_step(model, objective, batch, *, grad_accum=1, conditional=False, key=0):
+  """(metrics, state) of one SGD step (learning rate 0.1, no clipping) from perturbed
+  initial parameters (the zero output layer would hide what the network sees)."""
+  optimizer = optax.sgd(0.1)
+  cond = batch["label"][0][:1] if conditional else None
+  params = model.init(jax.random.PRNGKey(0), batch["image"][0][:1], jnp.ones((1,)), cond,
+                      deterministic=True)["params"]
+  params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(1), p.shape),
+                        params)
+  state = train_state.create(params, optimizer, (0.9,), jax.random.PRNGKey(key))
+  fn = jax.jit(step.make_train_step(model, objective, optimizer, lambda s: 0.1, (0.9,),
+                                    conditional=conditional, grad_accum=grad_accum))
+  state, metrics = fn(state, batch)
+  return jax.tree.map(np.asarray, metrics), jax.tree.map(np.asarray, state)
+
+
+def test_grad_accum_averages_the_micro_batch_gradients(toy_source):
+  """k micro-batches give the gradient of the whole batch: the same grad_norm and the same
+  SGD update (a sum would make both k times larger)."""
+  built = build(tiny_config(), toy_source)
+  batch = jax.tree.map(lambda b: b[None], next(data.make_iterator(toy_source, batch_size=32,
+                                                                  seed=0)))
+  whole, whole_state = one_step(built.model, built.objective, batch)
+  accumulated, accumulated_state = one_step(built.model, built.objective, batch, grad_accum=4)
+  for name in ("loss", "grad_norm"):
+    np.testing.assert_allclose(accumulated[name], whole[name], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(accumulated_state.params), jax.tree.leaves(whole_state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # Sums in another order.
+
+
+def test_the_train_step_gives_the_network_its_dropout_key():
+  """Dropout and label dropout act in training: dropout changes the loss, and label dropout 1
+  trains the null class (what classifier-free guidance samples with)."""
+  objective = step.Objective(schedules.VP())
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(1, 32, 2)).astype(np.float32),
+           "label": rng.integers(0, 4, size=(1, 32)).astype(np.int32)}
+  with_dropout, _ = one_step(MLP(features=32, num_blocks=2, dropout=0.5), objective, batch)
+  without, _ = one_step(MLP(features=32, num_blocks=2), objective, batch)
+  assert abs(with_dropout["loss"][0] - without["loss"][0]) > 1e-3 * without["loss"][0]
+  conditional = dict(features=32, num_blocks=2, num_classes=4)
+  all_dropped, _ = one_step(MLP(**conditional, class_dropout=1.0), objective, batch,
+                            conditional=True)
+  null = {"image": batch["image"], "label": np.full_like(batch["label"], 4)}
+  null_class, _ = one_step(MLP(**conditional, class_dropout=0.0), objective, null,
+                           conditional=True)
+  labelled, _ = one_step(MLP(**conditional, class_dropout=0.0), objective, batch,
+                         conditional=True)
+  for name in ("loss", "grad_norm"):
+    np.testing.assert_allclose(all_dropped[name], null_class[name], rtol=1e-6)
+  assert abs(labelled["loss"][0] - null_class["loss"][0]) > 1e-3 * null_class["loss"][0]
+
+
+@pytest.mark.parametrize("every_seconds, lines", [(0.0, 20), (1e9, 2)])
+def test_a_log_file_gets_plain_progress_lines(toy_source, tmp_path, capsys, every_seconds,
+                                              lines):
+  """Standard error not a terminal (here pytest's capture): no bar and no carriage return,
+  one line at the first step, every every_seconds, and at the last step."""
+  mesh = sharding.make_mesh({"data": -1})
+  trainer.train(build(tiny_config(samples__num=0), toy_source), toy_source, tmp_path, mesh,
+                progress_seconds=every_seconds)
+  err = capsys.readouterr().err
+  assert "\r" not in err
+  progress = [line for line in err.splitlines() if line.startswith("step ")]
+  assert len(progress) == lines
+  assert progress[0].startswith("step 1/20  loss ")
+  assert progress[-1].startswith("step 20/20  loss ") and "steps/s  ETA 00:00" in progress[-1]

@@ -12,6 +12,14 @@ arrays are written); a process killed mid-write leaves only that temporary
 folder, which Orbax ignores and later replaces. A complete-looking checkpoint
 that cannot be read is moved to <workdir>/checkpoints-unreadable/ (kept, not
 deleted) with a warning, and the previous one is used.
+
+What is saved is checked: a state holding a NaN or inf is never saved (the run
+stops, naming the array), and the run record holds a checksum of every array
+(`fingerprint`: one device computation at save time), compared on every
+restore. A checkpoint whose bytes were garbled, or that was cut short, counts
+as unreadable: training sets it aside; `find` (sample.py, bpd.py, the studies)
+skips it with a warning, moving nothing, for the newest one that reads. A
+checkpoint written before checksums existed restores unverified.
 """
 
 import pathlib
@@ -21,10 +29,20 @@ import warnings
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 STATE, DATA, RUN = "state", "data", "run"
 DIRECTORY = "checkpoints"
+CHECKSUMS = "checksums"  # The run record's {array name: checksum}; absent in older ones.
+
+
+class ChecksumMismatch(ValueError):
+  """Arrays read from a checkpoint differ from those that were saved."""
+
+
+class WriteError(OSError):
+  """A checkpoint could not be written (a full disk, a quota): its one-line reason."""
 
 
 def manager(workdir, *, keep: int, asynchronous: bool = True) -> ocp.CheckpointManager:
@@ -36,10 +54,104 @@ def manager(workdir, *, keep: int, asynchronous: bool = True) -> ocp.CheckpointM
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state, iterator, run: dict):
-  """Starts writing checkpoint `step` (returns before the arrays are on disk)."""
-  checkpoints.save(step, args=ocp.args.Composite(**{
-      STATE: ocp.args.StandardSave(state), DATA: grain.checkpoint.CheckpointSave(iterator),
-      RUN: ocp.args.JsonSave(run)}))
+  """Starts writing checkpoint `step` (returns before the arrays are on disk), the checksum of
+  every array added to its run record.
+
+  Raises:
+    FloatingPointError naming the arrays that hold a NaN or inf: nothing is written.
+    WriteError when the previous checkpoint's asynchronous write failed.
+  """
+  finite, checksums = fingerprint(state)
+  bad = [name for name, ok in finite.items() if not ok]
+  if bad:
+    raise FloatingPointError(
+        f"the training state holds NaN or inf at step {step} (in {', '.join(bad[:3])}"
+        f"{f' and {len(bad) - 3} more arrays' if len(bad) > 3 else ''}); training stopped "
+        f"without saving it. {kept(checkpoints)}")
+  try:
+    checkpoints.save(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(state), DATA: grain.checkpoint.CheckpointSave(iterator),
+        RUN: ocp.args.JsonSave({**run, CHECKSUMS: checksums})}))
+  except (OSError, ValueError, RuntimeError) as error:  # Orbax re-raises a failed write here.
+    raise _write_error(checkpoints, error) from None
+
+
+def finish(checkpoints: ocp.CheckpointManager):
+  """Waits for the last checkpoint's write and closes the manager.
+
+  Raises:
+    WriteError when the write failed.
+  """
+  try:
+    checkpoints.wait_until_finished()
+  except (OSError, ValueError, RuntimeError) as error:
+    raise _write_error(checkpoints, error) from None
+  finally:
+    checkpoints.close()
+
+
+def _write_error(checkpoints, error) -> WriteError:
+  written = sorted(int(p.name) for p in pathlib.Path(checkpoints.directory).glob("*")
+                   if p.name.isdigit())
+  return WriteError(f"cannot write a checkpoint in {checkpoints.directory}: "
+                    f"{str(error).splitlines()[0]}; training stopped. "
+                    + (f"The last complete checkpoint ({written[-1]}) is kept." if written
+                       else "No checkpoint was written."))
+
+
+def kept(checkpoints: ocp.CheckpointManager) -> str:
+  """What a stopped run leaves: its last checkpoint (every saved one is finite), or none."""
+  step = checkpoints.latest_step()
+  if step is None:
+    return f"No checkpoint was written in {checkpoints.directory}."
+  return f"The last good checkpoint ({step}) is kept in {checkpoints.directory}."
+
+
+def fingerprint(tree) -> tuple[dict, dict]:
+  """({name: all finite}, {name: checksum}) of every array in a pytree, named by its path
+  ("params/dense_out/kernel"), from one jitted computation on the arrays where they are."""
+  names = [_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  finite, checksums = jax.device_get(_fingerprint(tree))
+  return dict(zip(names, finite.tolist())), dict(zip(names, checksums.tolist()))
+
+
+@jax.jit
+def _fingerprint(tree):
+  leaves = jax.tree.leaves(tree)
+  return (jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]),
+          jnp.stack([_checksum(x) for x in leaves]))
+
+
+def _checksum(x) -> jax.Array:
+  """sum_i w_i word_i mod 2^32 over the array's bytes read as words, with an odd weight w_i
+  per position: a change of any one word changes it, and it does not depend on how the
+  array is split over devices (integer sums in any order agree)."""
+  if x.dtype == jnp.bool_:
+    words = x.astype(jnp.uint32)
+  else:
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+  words = words.ravel()
+  weights = (2 * jnp.arange(words.size, dtype=jnp.uint32) + 1) * jnp.uint32(0x9E3779B1)
+  return jnp.sum(words * weights, dtype=jnp.uint32)
+
+
+def _name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                  for k in path)
+
+
+def _verify(step_dir, state, run: dict):
+  """ChecksumMismatch unless every array of `state` is the one checkpoint step_dir saved."""
+  recorded = run.get(CHECKSUMS)
+  if recorded is None:  # Saved before checksums existed.
+    return
+  checksums = fingerprint(state)[1]
+  bad = [name for name, value in recorded.items() if checksums.get(name) != value]
+  if bad:
+    raise ChecksumMismatch(
+        f"{len(bad)} of the {len(recorded)} arrays read from {step_dir} differ from those "
+        f"saved (their checksums; first {bad[0]}): its files were damaged after writing")
 
 
 def restore_latest(workdir, checkpoints: ocp.CheckpointManager, abstract_state, iterator,
@@ -65,6 +177,7 @@ def restore_latest(workdir, checkpoints: ocp.CheckpointManager, abstract_state, 
       restored = checkpoints.restore(step, args=ocp.args.Composite(**{
           STATE: ocp.args.StandardRestore(abstract_state),
           DATA: grain.checkpoint.CheckpointRestore(iterator)}))
+      _verify(pathlib.Path(checkpoints.directory) / str(step), restored[STATE], run)
     except Exception as error:  # pylint: disable=broad-except  # Any unreadable checkpoint.
       _set_aside(workdir, checkpoints, step, error)
       continue
@@ -84,22 +197,36 @@ def _set_aside(workdir, checkpoints, step, error):
 
 def find(path) -> pathlib.Path:
   """The checkpoint a path names: a training workdir or its checkpoints/ folder (the
-  latest complete step), or one step's folder.
+  latest complete step that reads whole), or one step's folder. Each one tried is read
+  and verified (`restore_state`); one that fails is skipped with a warning, left where
+  it is.
 
   Raises:
-    FileNotFoundError saying what was looked for.
+    FileNotFoundError saying what was looked for, or why no checkpoint there reads.
   """
   path = pathlib.Path(path).absolute()
   if (path / RUN).is_dir() and (path / STATE).is_dir():
-    return path
-  folder = path / DIRECTORY if (path / DIRECTORY).is_dir() else path
-  steps = sorted((int(p.name) for p in folder.glob("*") if p.name.isdigit()
-                  and (p / RUN).is_dir() and (p / STATE).is_dir()), reverse=True)
-  if not steps:
+    candidates = [path]
+  else:
+    folder = path / DIRECTORY if (path / DIRECTORY).is_dir() else path
+    steps = sorted((int(p.name) for p in folder.glob("*") if p.name.isdigit()
+                    and (p / RUN).is_dir() and (p / STATE).is_dir()), reverse=True)
+    candidates = [folder / str(step) for step in steps]
+  if not candidates:
     raise FileNotFoundError(f"no complete checkpoint in {path}: expected a training workdir "
                             f"(with {DIRECTORY}/<step>/), its {DIRECTORY}/ folder, or one "
                             "<step>/ folder holding state/ and run/")
-  return folder / str(steps[0])
+  problems = []
+  for step_dir in candidates:
+    try:
+      restore_state(step_dir)
+      return step_dir
+    except Exception as error:  # pylint: disable=broad-except  # Any unreadable checkpoint.
+      problems.append(f"{step_dir} ({type(error).__name__}: {str(error)[:300]})")
+      if step_dir != candidates[-1]:
+        warnings.warn(f"checkpoint {problems[-1]} cannot be read; skipping it (left as it "
+                      "is) for the one before")
+  raise FileNotFoundError(f"no checkpoint in {path} can be read: {'; '.join(problems)}")
 
 
 def read_run(step_dir) -> dict:
@@ -113,12 +240,25 @@ def read_run(step_dir) -> dict:
                             f"{error}") from error
 
 
-def restore_state(step_dir, abstract_state):
-  """The TrainState of one checkpoint folder, onto abstract_state's structure and shardings;
-  leaves without a sharding go to this process's first device (whatever mesh saved them)."""
+def restore_state(step_dir, abstract_state=None):
+  """The TrainState of one checkpoint folder, verified against the checksums its run record
+  holds, onto abstract_state's structure and shardings; leaves without a sharding go to this
+  process's first device (whatever mesh saved them). abstract_state None: the arrays as
+  saved (a tree of dicts), from the checkpoint's metadata.
+
+  Raises:
+    ChecksumMismatch when an array read differs from the one saved; whatever Orbax raises
+    when the folder cannot be read.
+  """
+  path = pathlib.Path(step_dir).absolute() / STATE
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract_state = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)
-                                     or device), abstract_state)
   with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(pathlib.Path(step_dir).absolute() / STATE, abstract_state)
+    if abstract_state is None:
+      abstract_state = checkpointer.metadata(path).item_metadata
+    abstract_state = jax.tree.map(  # (The metadata's sharding is the saving mesh's.)
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=(
+            a.sharding if isinstance(a, jax.ShapeDtypeStruct) else None) or device),
+        abstract_state)
+    state = checkpointer.restore(path, abstract_state)
+  _verify(step_dir, state, read_run(step_dir))
+  return state

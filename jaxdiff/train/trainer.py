@@ -7,10 +7,13 @@ from step 0) to run.num_steps:
     call's metrics only after the next call is queued, so the device never
     waits for it;
   * a NaN or inf loss stops the run with a FloatingPointError naming the step,
-    before any checkpoint holds it; the last good checkpoint stays;
+    before any checkpoint holds it, and so does a NaN or inf in the state at a
+    checkpoint (`checkpoint.save`); the last good checkpoint stays;
   * every log_every steps: the loss (mean over the window), gradient norm,
     learning rate, EMA decays, steps/s and images/s go to metrics.jsonl and
-    TensorBoard (`writer`); a tqdm bar shows loss, steps/s and the ETA;
+    TensorBoard (`writer`); a tqdm bar shows loss, steps/s and the ETA, or
+    where standard error is not a terminal a plain line every
+    progress_seconds (`writer.progress_bar`);
   * every sample_every steps: a picture of samples.num samples from the first
     EMA with a fixed x_T and fixed labels (samples/step-<n>.png), so progress
     is visible (samples.num = 0: none), and how much the first EMA's output
@@ -41,7 +44,7 @@ from jaxdiff import data, diagnostics, models, plots
 from jaxdiff.train import (bits_per_dim, checkpoint, generate, optim, sharding,
                            state as train_state, step)
 from jaxdiff.train.experiment import DataSpec, Experiment, Settings
-from jaxdiff.train.writer import MetricWriter
+from jaxdiff.train.writer import MetricWriter, progress_bar
 
 
 RECORD = "train_config.json"  # The run record, readable without Orbax.
@@ -88,15 +91,14 @@ class _Progress:
     if not np.all(np.isfinite(losses)):
       bad = end_step - len(losses) + int(np.argmin(np.isfinite(losses))) + 1
       raise FloatingPointError(
-          f"the loss is {losses[~np.isfinite(losses)][0]} at step {bad}; training stopped. The "
-          f"last good checkpoint ({self.checkpoints.latest_step()}) is kept in "
-          f"{self.checkpoints.directory}")
+          f"the loss is {losses[~np.isfinite(losses)][0]} at step {bad}; training stopped. "
+          f"{checkpoint.kept(self.checkpoints)}")
     if self.window_start is None:  # The first call, compilation included, is not timed.
       self.window_start, self.window_step = time.perf_counter(), end_step
     self.window.extend(losses.tolist())
     self.final_loss = float(losses[-1])
-    self.bar.update(len(losses))
     self.bar.set_postfix(loss=f"{np.mean(self.window):.4f}")
+    self.bar.update(len(losses))
     if end_step % self.run.log_every == 0 or end_step == self.run.num_steps:
       seconds = time.perf_counter() - self.window_start
       steps_per_s = (end_step - self.window_step) / seconds if seconds > 0 else float("nan")
@@ -205,12 +207,13 @@ def step_parts(experiment: Experiment, mesh):
 
 
 def train(experiment: Experiment, source, workdir, mesh, *, held_out=None,
-          show_progress: bool = True):
+          show_progress: bool = True, progress_seconds: float = 30.0):
   """Trains to experiment.run.num_steps in `workdir` (claimed by the caller).
 
   The mesh must split the batch (`prepare` checks it). held_out is the source of the
   periodic bits/dim (run.bpd.every > 0); by default `data.held_out_options` of the training
-  source.
+  source. progress_seconds: the interval of the progress lines written where standard error
+  is not a terminal.
 
   Returns:
     a Summary.
@@ -242,14 +245,13 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None,
     state = (restored[0] if restored is not None
              else jax.jit(init, out_shardings=state_sharding)())
     return _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, held_out,
-                show_progress)
+                show_progress, progress_seconds)
   finally:
-    checkpoints.wait_until_finished()
-    checkpoints.close()
+    checkpoint.finish(checkpoints)
 
 
 def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, held_out,
-         show_progress):
+         show_progress, progress_seconds):
   """The loop itself, from the state's step to num_steps."""
   run = experiment.run
   writes = jax.process_index() == 0
@@ -259,8 +261,8 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, he
   sensitivity = _sensitivity_fn(experiment, mesh)
   held_out_bpd = _bpd_fn(experiment, mesh, held_out, show_progress=writes and show_progress)
   writer = MetricWriter(workdir, start_step) if writes else None
-  bar = tqdm(total=run.num_steps, initial=start_step, unit="step", dynamic_ncols=True,
-             disable=not (writes and show_progress))
+  bar = progress_bar(run.num_steps, start_step, enabled=writes and show_progress,
+                     every_seconds=progress_seconds)
   progress = _Progress(run, start_step, writer, bar, checkpoints)
   started, pending = time.perf_counter(), None
   try:

@@ -1,0 +1,160 @@
+"""Checkpoints that are good: no NaN or inf is ever saved, every array is verified against
+its checksum when read, and a damaged or truncated checkpoint is passed over for the one
+before (set aside by training, skipped by the tools that only read); a write that fails
+stops the run with one line."""
+
+import json
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, tiny_config
+from jaxdiff import data
+from jaxdiff.train import checkpoint, experiment, sharding, trainer
+
+
+def train(config, source, workdir):
+  built = experiment.Experiment.from_config(config, experiment.DataSpec.of(source))
+  return trainer.train(built, source, workdir, sharding.make_mesh({"data": -1}),
+                    show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, toy_source):
+  """A toy run of 20 steps with checkpoints at 10 and 20 (read only: tests copy it)."""
+  workdir = tmp_path_factory.mktemp("run")
+  train(tiny_config(samples__num=0), toy_source, workdir)
+  return workdir
+
+
+def garble(step_dir):
+  """Flips one byte in the middle of the checkpoint's largest array file."""
+  files = [f for f in (step_dir / "state").rglob("*") if f.is_file() and f.parent.name == "d"]
+  largest = max(files, key=lambda f: f.stat().st_size)
+  content = bytearray(largest.read_bytes())
+  content[len(content) // 2] ^= 0x5A
+  largest.write_bytes(bytes(content))
+
+
+def truncate(path):
+  path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("checkpoint_every, message", [
+    (1, r"the training state holds NaN or inf at step 1 \(in params/"),  # Before the loss shows it.
+    (10, r"the loss is nan at step 2")])
+def test_an_infinite_learning_rate_stops_before_any_checkpoint(toy_source, tmp_path,
+                                                              checkpoint_every, message):
+  config = tiny_config(samples__num=0, optim__learning_rate=float("inf"),
+                       checkpoint_every=checkpoint_every)
+  with pytest.raises(FloatingPointError, match=message + ".* No checkpoint was written in"):
+    train(config, toy_source, tmp_path)
+  assert not list((tmp_path / "checkpoints").iterdir())
+
+
+def test_a_state_holding_nan_is_not_saved_and_the_last_good_one_is_named(run, toy_source,
+                                                                        tmp_path):
+  shutil.copytree(run / "checkpoints", tmp_path / "checkpoints")
+  state = checkpoint.restore_state(tmp_path / "checkpoints" / "20")
+  state["ema"]["0.9999"]["dense_out"]["bias"] = np.full_like(
+      state["ema"]["0.9999"]["dense_out"]["bias"], np.nan)
+  checkpoints = checkpoint.manager(tmp_path, keep=5)
+  iterator = data.make_iterator(toy_source, batch_size=32, seed=0)
+  with pytest.raises(FloatingPointError, match=r"at step 30 \(in ema/0.9999/dense_out/bias\); "
+                     r"training stopped without saving it. The last good checkpoint \(20\)"):
+    checkpoint.save(checkpoints, 30, state, iterator, {})
+  checkpoints.wait_until_finished()
+  assert checkpoints.all_steps() == [10, 20]
+  checkpoints.close()
+
+
+def test_the_run_record_holds_each_arrays_checksum(run):
+  record = checkpoint.read_run(run / "checkpoints" / "20")
+  state = checkpoint.restore_state(run / "checkpoints" / "20")
+  assert record[checkpoint.CHECKSUMS] == checkpoint.fingerprint(state)[1]
+  assert len(record[checkpoint.CHECKSUMS]) == len(jax.tree.leaves(state))
+  assert "params/dense_out/kernel" in record[checkpoint.CHECKSUMS]
+  # Any one word changed changes its array's checksum, wherever it is.
+  x = np.arange(1000, dtype=np.float32)
+  base = checkpoint.fingerprint({"x": x})[1]["x"]
+  for i in (0, 499, 999):
+    changed = x.copy()
+    changed.view(np.uint32)[i] ^= 1 << (i % 32)
+    assert checkpoint.fingerprint({"x": changed})[1]["x"] != base
+
+
+def test_garbled_bytes_are_found_and_the_one_before_is_used(run, toy_source, tmp_path):
+  shutil.copytree(run, tmp_path / "run")
+  garble(tmp_path / "run" / "checkpoints" / "20")
+  with pytest.raises(checkpoint.ChecksumMismatch, match="differ from those saved"):
+    checkpoint.restore_state(tmp_path / "run" / "checkpoints" / "20")
+  # The tools that read (sample.py, bpd.py, the studies) skip it, leaving it in place.
+  with pytest.warns(UserWarning, match=r"checkpoints/20 \(ChecksumMismatch: .*\) cannot be "
+                    r"read; skipping it .* for the one before"):
+    assert checkpoint.find(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "10"
+  result = subprocess.run(
+      [sys.executable, "sample.py", "--checkpoint", str(tmp_path / "run"), "--num", "4",
+       "--nfe", "4", "--workdir", str(tmp_path / "samples")], cwd=ROOT, capture_output=True,
+      text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "checkpoints/20 (ChecksumMismatch" in result.stderr
+  row = json.loads((tmp_path / "samples" / "results.json").read_text())["rows"][0]
+  assert row["checkpoint"] == str(tmp_path / "run" / "checkpoints" / "10")
+  assert (tmp_path / "run" / "checkpoints" / "20").is_dir()
+  # Training sets it aside and resumes from the one before.
+  with pytest.warns(UserWarning, match=r"checkpoint 20 cannot be read \(ChecksumMismatch"):
+    summary = train(tiny_config(samples__num=0), toy_source, tmp_path / "run")
+  assert (summary.start_step, summary.step) == (10, 20)
+  assert len(list((tmp_path / "run" / "checkpoints-unreadable").iterdir())) == 1
+
+
+def test_a_truncated_checkpoint_is_skipped_or_named_when_none_is_left(run, tmp_path):
+  shutil.copytree(run / "checkpoints", tmp_path / "checkpoints")
+  truncate(tmp_path / "checkpoints" / "20" / "state" / "_METADATA")
+  with pytest.warns(UserWarning, match="checkpoints/20 .* cannot be read; skipping it"):
+    assert checkpoint.find(tmp_path) == tmp_path / "checkpoints" / "10"
+  truncate(tmp_path / "checkpoints" / "10" / "run" / "metadata")
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint in .* can be read: .*checkpoints/"
+                     r"20 \(JSONDecodeError.*checkpoints/10 \(FileNotFoundError: cannot read "
+                     "the run record"), pytest.warns(UserWarning):
+    checkpoint.find(tmp_path)
+
+
+def test_a_checkpoint_saved_before_checksums_restores_unverified(run, tmp_path):
+  shutil.copytree(run / "checkpoints" / "20", tmp_path / "20")
+  record = tmp_path / "20" / "run" / "metadata"
+  old = json.loads(record.read_text())
+  del old[checkpoint.CHECKSUMS]
+  record.write_text(json.dumps(old))
+  garble(tmp_path / "20")  # Undetectable without checksums: restored as before.
+  assert checkpoint.find(tmp_path / "20") == tmp_path / "20"
+
+
+def test_a_full_disk_stops_the_run_with_one_line(tmp_path):
+  """A file size limit (RLIMIT_FSIZE: writes past it fail with EFBIG, as a full disk's fail
+  with ENOSPC) that the first checkpoint's arrays exceed: the run stops naming the folder
+  and the error, and nothing half-written looks like a checkpoint."""
+
+  def limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Fail the write instead of killing.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+
+  result = subprocess.run(
+      [sys.executable, "train.py", "--config", "tests/tiny_config.py", "--workdir",
+       str(tmp_path / "run"), "--config.samples.num", "0"], cwd=ROOT, capture_output=True,
+      text=True, timeout=600, preexec_fn=limit_file_size, check=False)
+  assert result.returncode == 1
+  # Orbax's and TensorStore's threads still log their own tracebacks (in any order).
+  ours = [line for line in result.stderr.splitlines() if line.startswith("cannot write")]
+  assert len(ours) == 1, result.stderr[-3000:]
+  assert ours[0].startswith(f"cannot write a checkpoint in {tmp_path / 'run' / 'checkpoints'}: ")
+  assert "File too large" in ours[0] and ours[0].endswith("No checkpoint was written.")
+  assert "train.py" not in result.stderr  # No traceback of the program itself.
+  assert "Exception ignored" not in result.stderr  # Orbax's writers were waited for.
+  assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
