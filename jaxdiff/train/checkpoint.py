@@ -248,7 +248,8 @@ def read_newest(path, build=lambda run: run, restore=lambda step_dir, built: Non
 
 
 def _problem(step_dir, error, found) -> str:
-  """"<step folder> (<error>)", warned about unless it is the last one to try."""
+  """The step folder and why it cannot be read, in one line; a warning unless it is the last
+  one to try (then FileNotFoundError names it)."""
   problem = f"{step_dir} ({type(error).__name__}: {str(error)[:300]})"
   if step_dir != found[-1]:
     warnings.warn(f"checkpoint {problem} cannot be read; skipping it (left as it is) for the "
