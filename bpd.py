@@ -84,7 +84,7 @@ def main(argv):
       raise ValueError(f"--rtol and --atol must be positive, got {_RTOL.value} and "
                        f"{_ATOL.value}")
     generate.check_seed(_SEED.value)
-    step_dir, built = generate.load(_CHECKPOINT.value)
+    step_dir, built, params = generate.load(_CHECKPOINT.value, _PARAMS.value)
     kind, options = built.run.data.source, built.run.data.options
     if _DATA_OPTIONS.value is not None:
       options, held_out = ({**options, **cli.json_object(_DATA_OPTIONS, data.SOURCES.get(kind))},
@@ -96,7 +96,6 @@ def main(argv):
     num = min(len(source), 1000) if _NUM.value is None else _NUM.value
     if not 1 <= num <= len(source):
       raise ValueError(f"--num must lie in [1, {len(source)}] (the held-out records), got {num}")
-    params = generate.load_params(step_dir, built, _PARAMS.value)
   except (ValueError, FileNotFoundError, KeyError) as error:
     raise SystemExit(f"cannot score: {error} (nothing was written)") from None
 

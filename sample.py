@@ -78,8 +78,9 @@ def main(argv):
   sample_checkpoint()
 
 
-def load_experiment(path):
-  """(checkpoint folder, Experiment) of --checkpoint, with --process applied (warned)."""
+def load_checkpoint(path):
+  """(checkpoint folder, Experiment, parameters) of --checkpoint: the --params, with --process
+  applied (warned)."""
 
   def with_process(config):
     trained = (config["process"], config["process_options"])
@@ -88,7 +89,7 @@ def load_experiment(path):
                   f"trained with {trained[0]} {trained[1]}")
     return {**config, "process": _PROCESS.value, "process_options": options}
 
-  return generate.load(path, with_process if _PROCESS.value else None)
+  return generate.load(path, _PARAMS.value, with_process if _PROCESS.value else None)
 
 
 def checkpoint_inputs(built, plan):
@@ -116,14 +117,13 @@ def checkpoint_inputs(built, plan):
 def sample_checkpoint():
   """Samples a trained model as the flags say; writes the new output folder."""
   try:
-    step_dir, built = load_experiment(_CHECKPOINT.value)
+    step_dir, built, params = load_checkpoint(_CHECKPOINT.value)
     plan = generate.plan(built, _SAMPLER.value, _NFE.value, grid=_GRID.value,
                          grid_options=cli.json_object(_GRID_OPTIONS, grids.GRIDS.get(_GRID.value)),
                          guidance_scale=_GUIDANCE.value,
                          options=cli.json_object(_OPTIONS, samplers.get_sampler(_SAMPLER.value).fn))
     x_T, labels = checkpoint_inputs(built, plan)
     judged = evaluation.wanted(built.run.data.source, _EVALUATE.value)
-    params = generate.load_params(step_dir, built, _PARAMS.value)
     # The data's Inception statistics first: a bad weights file fails before sampling.
     inception_ref = (fid.reference(built.run.data.source, _INCEPTION.value,
                                    **built.run.data.options) if _INCEPTION.value else None)

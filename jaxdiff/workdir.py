@@ -168,7 +168,7 @@ def append_row(workdir, row: dict):
   # A line cut off by a kill is closed first, so that it stays one bad line.
   cut_off = path.exists() and path.stat().st_size and path.read_bytes()[-1:] != b"\n"
   with open(path, "a", encoding="utf-8") as f:
-    f.write("\n" * bool(cut_off) + json.dumps(row, default=_json_default) + "\n")
+    f.write("\n" * bool(cut_off) + json.dumps(row, default=json_default) + "\n")
     f.flush()
     os.fsync(f.fileno())
 
@@ -196,7 +196,7 @@ def markdown_table(header, rows) -> str:
   return "\n".join(lines)
 
 
-def _json_default(value):
+def json_default(value):
   """NumPy and JAX scalars and arrays as plain numbers and lists; anything else as text."""
   if isinstance(value, np.generic) or hasattr(value, "__array__"):
     return np.asarray(value).tolist()

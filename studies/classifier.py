@@ -32,15 +32,15 @@ NOISE_LEVELS = (0.1, 0.5, 1.0)  # sigma / alpha of the held-out accuracies.
 
 
 def prepare(options: common.Options):
-  step_dir, built = common.load(options)
+  step_dir, built, trained = common.load(options)
   if built.conditional or not built.data.num_classes:
     raise ValueError("the classifier study guides an unconditional model of labelled data; "
                      f"this one is {'conditional' if built.conditional else 'of unlabelled data'}")
-  return step_dir, built, generate.plan(built, options.sampler, options.nfe)
+  return step_dir, built, trained, generate.plan(built, options.sampler, options.nfe)
 
 
 def run(prepared, options: common.Options, out) -> str:
-  step_dir, built, sample_plan = prepared
+  step_dir, built, trained, sample_plan = prepared
   run_settings, process = built.run, built.process
   x0, labels = data.model_arrays(data.make_source(run_settings.data.source,
                                                   **run_settings.data.options))
@@ -67,7 +67,7 @@ def run(prepared, options: common.Options, out) -> str:
       denoise, process, log_prob_fn, s, prediction=built.objective.prediction)
       for s in options.scales]
   rows, shown = samplers.sample_rows(
-      built, generate.load_params(step_dir, built, "ema"), [sample_plan] * len(guides),
+      built, trained, [sample_plan] * len(guides),
       options, score, labels=sample_labels, guides=guides,
       fields=[{"w": s} for s in options.scales],
       on_row=lambda rows: common.write_results(out, rows))

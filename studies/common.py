@@ -8,7 +8,7 @@ import numpy as np
 
 from jaxdiff import evaluation, fid, workdir
 from jaxdiff.inception import BATCH as INCEPTION_BATCH
-from jaxdiff.train import checkpoint, generate, trainer
+from jaxdiff.train import generate, trainer
 
 SHOWN = 10  # Samples per row of the pictures.
 
@@ -35,15 +35,16 @@ class Options:
 
 
 def load(options: Options):
-  """(step folder, Experiment) of --checkpoint, with the options that depend on it checked:
+  """(step folder, Experiment, EMA parameters) of --checkpoint (`generate.load`), with the
+  options that depend on it checked:
   --evaluate against its data (`evaluation.wanted`), --num, --batch-size and --seed
   (`generate.check_sampling`)."""
   if options.checkpoint is None:
     raise ValueError("this study needs --checkpoint, a training workdir")
-  step_dir, built = generate.load(options.checkpoint)
+  step_dir, built, params = generate.load(options.checkpoint)
   evaluation.wanted(built.run.data.source, options.evaluate)
   generate.check_sampling(built, options.num, options.batch_size, options.seed)
-  return step_dir, built
+  return step_dir, built, params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,9 +141,7 @@ def shortened(config, train_steps: int | None, pictures: int = 5):
 
 
 def train(prepared, workdir: pathlib.Path):
-  """Trains trainer.prepare's (Experiment, source, held-out, mesh) in a new folder; returns the
-  checkpoint's step folder."""
+  """Trains trainer.prepare's (Experiment, source, held-out, mesh) in a new folder."""
   built, source, held_out, mesh = prepared
   workdir.mkdir()
   trainer.train(built, source, workdir, mesh, held_out=held_out)
-  return checkpoint.find(workdir)

@@ -27,21 +27,20 @@ SDEDIT_NOISE = (0.25, 0.5, 1.0)  # SDEdit's starting noise levels sigma / alpha 
 
 
 def prepare(options: common.Options):
-  step_dir, built = common.load(options)
+  step_dir, built, params = common.load(options)
   if not built.data.eight_bit or built.conditional:
     raise ValueError("the edit study takes an unconditional model of 8-bit images")
-  return step_dir, built
+  return step_dir, built, params
 
 
 def run(prepared, options: common.Options, out) -> str:
-  step_dir, built = prepared
+  step_dir, built, params = prepared
   source = built.run.data.source
   data_options = {k: v for k, v in built.run.data.options.items() if k != "split"}
   held_out = data.make_source(source, split="test", **data_options)
   num = min(options.num, len(held_out))
   y = jnp.asarray(data.to_model_space(np.stack([held_out[i]["image"] for i in range(num)])))
   labels = np.array([held_out[i]["label"] for i in range(num)])
-  params = generate.load_params(step_dir, built, "ema")
   denoise = generate.denoise_fn(built, params)
   prediction = built.objective.prediction
   process = built.process

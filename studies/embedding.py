@@ -20,14 +20,13 @@ from studies import common, samplers
 
 
 def prepare(options: common.Options):
-  step_dir, built = common.load(options)
-  return step_dir, built, generate.plan(built, options.sampler, options.nfe)
+  step_dir, built, params = common.load(options)
+  return step_dir, built, params, generate.plan(built, options.sampler, options.nfe)
 
 
 def run(prepared, options: common.Options, out) -> str:
-  step_dir, built, sample_plan = prepared
+  step_dir, built, healthy, sample_plan = prepared
   judge = common.judge(built, options)
-  healthy = generate.load_params(step_dir, built, "ema")
   variants = {"trained": healthy,
               "time embedding zeroed": diagnostics.zero_module(healthy, "time_embed")}
   source = data.make_source(built.run.data.source, **built.run.data.options)

@@ -26,19 +26,18 @@ from studies import common, samplers  # noqa: E402
 
 
 def prepare(options: common.Options):
-  step_dir, built = common.load(options)
+  step_dir, built, params = common.load(options)
   if not built.conditional:
     raise ValueError("the guidance study takes a class-conditional model (trained with "
                      "--config.model.conditional True); this one was trained without labels")
   sample_plans = [generate.plan(built, options.sampler, options.nfe, guidance_scale=w)
                   for w in options.scales]
-  return step_dir, built, sample_plans
+  return step_dir, built, params, sample_plans
 
 
 def run(prepared, options: common.Options, out) -> str:
-  step_dir, built, sample_plans = prepared
+  step_dir, built, params, sample_plans = prepared
   judge = common.judge(built, options)
-  params = generate.load_params(step_dir, built, "ema")
   labels = generate.default_labels(built, options.num)
   score = lambda x_0: ({} if judge is None
                        else {**judge.scores(x_0), **judge.target_class(x_0, labels)})

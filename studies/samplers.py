@@ -62,14 +62,13 @@ def sample_rows(built, params, sample_plans, options: common.Options, score, *, 
 
 def prepare(options: common.Options):
   """Everything checked before the study's folder is claimed."""
-  step_dir, built = common.load(options)
-  return step_dir, built, plans(built, options)
+  step_dir, built, params = common.load(options)
+  return step_dir, built, params, plans(built, options)
 
 
 def run(prepared, options: common.Options, out) -> str:
-  step_dir, built, sample_plans = prepared
+  step_dir, built, params, sample_plans = prepared
   judge = common.judge(built, options)
-  params = generate.load_params(step_dir, built, "ema")
   rows, shown = sample_rows(
       built, params, sample_plans, options, lambda x_0: {} if judge is None else judge.scores(x_0),
       on_row=lambda rows: common.write_results(out, rows))

@@ -58,10 +58,10 @@ def run(prepared, options: common.Options, out) -> str:
   rows, shown = [], []
   for schedule, variant in variants.items():
     print(f"training the {schedule} schedule's model", flush=True)
-    step_dir = common.train(variant, out / schedule)
+    common.train(variant, out / schedule)
+    _, _, params = generate.load(out / schedule)
     built = variant[0]
     judge = common.judge(built, options)
-    params = generate.load_params(step_dir, built, "ema")
     sample_plans = plans(built, options)
     score = lambda x_0: {} if judge is None else judge.scores(x_0)
     new_rows, new_shown = samplers.sample_rows(

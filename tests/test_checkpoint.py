@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from jaxdiff import data
-from jaxdiff.train import checkpoint, experiment, sharding, trainer
+from jaxdiff.train import checkpoint, experiment, generate, sharding, trainer
 
 
 def train(config, source, workdir):
@@ -49,9 +49,11 @@ def truncate(path):
 @pytest.mark.parametrize("checkpoint_every, message", [
     (1, r"the training state holds NaN or inf at step 1 \(in params/"),  # Before the loss shows it.
     (10, r"the loss is nan at step 2")])
-def test_an_infinite_learning_rate_stops_before_any_checkpoint(toy_source, tmp_path,
-                                                              checkpoint_every, message):
-  config = tiny_config(samples__num=0, optim__learning_rate=float("inf"),
+def test_an_overflowing_learning_rate_stops_before_any_checkpoint(toy_source, tmp_path,
+                                                                 checkpoint_every, message):
+  # inf itself is refused when the config is parsed; 1e39 passes (a finite number) and is
+  # inf in float32, so the first update makes the parameters NaN or inf.
+  config = tiny_config(samples__num=0, optim__learning_rate=1e39,
                        checkpoint_every=checkpoint_every)
   with pytest.raises(FloatingPointError, match=message + ".* No checkpoint was written in"):
     train(config, toy_source, tmp_path)
@@ -97,7 +99,10 @@ def test_garbled_bytes_are_found_and_the_one_before_is_used(run, toy_source, tmp
   # The tools that read (sample.py, bpd.py, the studies) skip it, leaving it in place.
   with pytest.warns(UserWarning, match=r"checkpoints/20 \(ChecksumMismatch: .*\) cannot be "
                     r"read; skipping it .* for the one before"):
-    assert checkpoint.find(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "10"
+    step_dir, _, _ = generate.load(tmp_path / "run")
+  assert step_dir == tmp_path / "run" / "checkpoints" / "10"
+  # find reads no arrays: only its run record says that a checkpoint is there.
+  assert checkpoint.find(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "20"
   result = subprocess.run(
       [sys.executable, "sample.py", "--checkpoint", str(tmp_path / "run"), "--num", "4",
        "--nfe", "4", "--workdir", str(tmp_path / "samples")], cwd=ROOT, capture_output=True,
@@ -118,11 +123,15 @@ def test_a_truncated_checkpoint_is_skipped_or_named_when_none_is_left(run, tmp_p
   shutil.copytree(run / "checkpoints", tmp_path / "checkpoints")
   truncate(tmp_path / "checkpoints" / "20" / "state" / "_METADATA")
   with pytest.warns(UserWarning, match="checkpoints/20 .* cannot be read; skipping it"):
-    assert checkpoint.find(tmp_path) == tmp_path / "checkpoints" / "10"
+    assert generate.load(tmp_path)[0] == tmp_path / "checkpoints" / "10"
   truncate(tmp_path / "checkpoints" / "10" / "run" / "metadata")
   with pytest.raises(FileNotFoundError, match=r"no checkpoint in .* can be read: .*checkpoints/"
                      r"20 \(JSONDecodeError.*checkpoints/10 \(FileNotFoundError: cannot read "
                      "the run record"), pytest.warns(UserWarning):
+    generate.load(tmp_path)
+  truncate(tmp_path / "checkpoints" / "20" / "run" / "metadata")
+  with pytest.raises(FileNotFoundError, match=r"checkpoints/20 \(FileNotFoundError: cannot read "
+                     r"the run record.*checkpoints/10 \(FileNotFoundError"), pytest.warns(UserWarning):
     checkpoint.find(tmp_path)
 
 
@@ -133,7 +142,34 @@ def test_a_checkpoint_saved_before_checksums_restores_unverified(run, tmp_path):
   del old[checkpoint.CHECKSUMS]
   record.write_text(json.dumps(old))
   garble(tmp_path / "20")  # Undetectable without checksums: restored as before.
-  assert checkpoint.find(tmp_path / "20") == tmp_path / "20"
+  assert generate.load(tmp_path / "20")[0] == tmp_path / "20"
+
+
+def test_sampling_reads_the_state_once_and_a_bad_choice_is_the_users(run, monkeypatch):
+  reads = []
+  restore_state = checkpoint.restore_state
+  monkeypatch.setattr(checkpoint, "restore_state",
+                      lambda step_dir, *args: reads.append(step_dir) or restore_state(step_dir,
+                                                                                      *args))
+  assert checkpoint.find(run) == run / "checkpoints" / "20" and not reads
+  step_dir, built, params = generate.load(run, "ema:0.9999")
+  assert step_dir == run / "checkpoints" / "20" and reads == [step_dir]
+  assert built.ema_decays == (0.9999,)
+  saved = restore_state(step_dir)
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(saved["ema"]["0.9999"])):
+    np.testing.assert_array_equal(got, want)
+  # What the user chose is refused as theirs before any array is read, never blamed on the
+  # checkpoint (no fallback, no warning).
+  with pytest.raises(ValueError, match=r"params must be 'raw', 'ema' or one of "
+                     r"\['ema:0.9999'\], got 'ema:0.5'"):
+    generate.load(run, "ema:0.5")
+
+  def override(config):
+    raise ValueError("--process-options must be a JSON object")
+
+  with pytest.raises(ValueError, match="--process-options"):
+    generate.load(run, override=override)
+  assert len(reads) == 1
 
 
 def test_a_full_disk_stops_the_run_with_one_line(tmp_path):

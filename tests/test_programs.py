@@ -68,7 +68,7 @@ def trained_points(tmp_path_factory):
 
 
 def test_a_checkpoint_refuses_data_of_another_shape_and_counts_that_cannot_run(trained_points):
-  step_dir, built = generate.load(trained_points)
+  step_dir, built, _ = generate.load(trained_points)
   assert step_dir.name == "5" and built.data.shape == (2,)
   generate.check_data(built, data.make_source("oracle", num_points=8, seed=1))
   with pytest.raises(ValueError, match=r"oracle ring \(8 modes\) has records of shape \(3,\); "

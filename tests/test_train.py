@@ -543,7 +543,7 @@ def test_sample_py_samples_a_checkpoint_reproducibly(trained_toy, tmp_path):
   with pytest.raises(ValueError, match="NFE must be 1 mod 2"):
     generate.plan(built, "heun", 4)
   with pytest.raises(ValueError, match=r"params must be 'raw', 'ema' or one of \['ema:0.9999'\]"):
-    generate.load_params(checkpoint.find(trained_toy), built, "ema:0.5")
+    generate.load(trained_toy, "ema:0.5")
   with pytest.raises(FileNotFoundError, match="no complete checkpoint in"):
     checkpoint.find(tmp_path / "nothing-here")
 

@@ -10,9 +10,7 @@ import io
 import json
 import pathlib
 
-import jax
 import matplotlib
-import numpy as np
 
 from jaxdiff import workdir
 
@@ -118,12 +116,6 @@ def write_results(out, header, rows):
       + markdown_table(rows))
   (out / "results.csv").write_text(results_csv(rows))
   (out / "results.json").write_text(json.dumps(
-      {"header": header, "rows": rows}, indent=1, default=_json_default))
+      {"header": header, "rows": rows}, indent=1, default=workdir.json_default))
   for oracle_name in dict.fromkeys(row["oracle"] for row in rows):
     plot_rmse(rows, out / f"rmse-{oracle_name}.png", oracle_name)
-
-
-def _json_default(value):
-  if isinstance(value, (np.generic, jax.Array)):
-    return np.asarray(value).tolist()
-  return str(value)

@@ -17,9 +17,11 @@ What is saved is checked: a state holding a NaN or inf is never saved (the run
 stops, naming the array), and the run record holds a checksum of every array
 (`fingerprint`: one device computation at save time), compared on every
 restore. A checkpoint whose bytes were garbled, or that was cut short, counts
-as unreadable: training sets it aside; `find` (sample.py, bpd.py, the studies)
-skips it with a warning, moving nothing, for the newest one that reads. A
-checkpoint written before checksums existed restores unverified.
+as unreadable: training sets it aside (`restore_latest`); the programs that only
+read (sample.py, bpd.py, the studies: `read_newest`, through `generate.load`)
+skip it with a warning, moving nothing, for the newest one that reads, reading
+each checkpoint's arrays once. A checkpoint written before checksums existed
+restores unverified.
 """
 
 import pathlib
@@ -195,38 +197,74 @@ def _set_aside(workdir, checkpoints, step, error):
   checkpoints.reload()
 
 
-def find(path) -> pathlib.Path:
-  """The checkpoint a path names: a training workdir or its checkpoints/ folder (the
-  latest complete step that reads whole), or one step's folder. Each one tried is read
-  and verified (`restore_state`); one that fails is skipped with a warning, left where
-  it is.
+def candidates(path) -> list[pathlib.Path]:
+  """The complete checkpoints (state/ and run/ present) a path names, newest first: a
+  training workdir's or a checkpoints/ folder's steps, or one step's folder.
 
   Raises:
-    FileNotFoundError saying what was looked for, or why no checkpoint there reads.
+    FileNotFoundError saying what was looked for.
   """
   path = pathlib.Path(path).absolute()
   if (path / RUN).is_dir() and (path / STATE).is_dir():
-    candidates = [path]
-  else:
-    folder = path / DIRECTORY if (path / DIRECTORY).is_dir() else path
-    steps = sorted((int(p.name) for p in folder.glob("*") if p.name.isdigit()
-                    and (p / RUN).is_dir() and (p / STATE).is_dir()), reverse=True)
-    candidates = [folder / str(step) for step in steps]
-  if not candidates:
+    return [path]
+  folder = path / DIRECTORY if (path / DIRECTORY).is_dir() else path
+  steps = sorted((int(p.name) for p in folder.glob("*") if p.name.isdigit()
+                  and (p / RUN).is_dir() and (p / STATE).is_dir()), reverse=True)
+  if not steps:
     raise FileNotFoundError(f"no complete checkpoint in {path}: expected a training workdir "
                             f"(with {DIRECTORY}/<step>/), its {DIRECTORY}/ folder, or one "
                             "<step>/ folder holding state/ and run/")
+  return [folder / str(step) for step in steps]
+
+
+def read_newest(path, build=lambda run: run, restore=lambda step_dir, built: None):
+  """(step folder, built, restored) of the newest checkpoint at path (`candidates`) that
+  reads: its run record read, built = build(run record), restored = restore(step folder,
+  built). A checkpoint whose record or arrays cannot be read (`restore` raises: damaged
+  files, checksums that differ) is skipped with a warning naming it and why, left where it
+  is, for the one before; training's `restore_latest` sets such ones aside instead.
+
+  build: run record -> what restore needs (e.g. the Experiment); whatever it raises (a bad
+    option of the user's) propagates.
+
+  Raises:
+    FileNotFoundError saying what was looked for, or why each checkpoint there cannot be read.
+  """
+  found = candidates(path)
   problems = []
-  for step_dir in candidates:
+  for step_dir in found:
     try:
-      restore_state(step_dir)
-      return step_dir
+      run = read_run(step_dir)
+    except FileNotFoundError as error:
+      problems.append(_problem(step_dir, error, found))
+      continue
+    built = build(run)
+    try:
+      return step_dir, built, restore(step_dir, built)
     except Exception as error:  # pylint: disable=broad-except  # Any unreadable checkpoint.
-      problems.append(f"{step_dir} ({type(error).__name__}: {str(error)[:300]})")
-      if step_dir != candidates[-1]:
-        warnings.warn(f"checkpoint {problems[-1]} cannot be read; skipping it (left as it "
-                      "is) for the one before")
-  raise FileNotFoundError(f"no checkpoint in {path} can be read: {'; '.join(problems)}")
+      problems.append(_problem(step_dir, error, found))
+  raise FileNotFoundError(f"no checkpoint in {pathlib.Path(path).absolute()} can be read: "
+                          f"{'; '.join(problems)}")
+
+
+def _problem(step_dir, error, found) -> str:
+  """The step folder and why it cannot be read, in one line; a warning unless it is the last
+  one to try (then FileNotFoundError names it)."""
+  problem = f"{step_dir} ({type(error).__name__}: {str(error)[:300]})"
+  if step_dir != found[-1]:
+    warnings.warn(f"checkpoint {problem} cannot be read; skipping it (left as it is) for the "
+                  "one before")
+  return problem
+
+
+def find(path) -> pathlib.Path:
+  """The newest complete checkpoint at path (`candidates`) whose run record reads; its arrays
+  are not read (`restore_state` verifies them where they are read).
+
+  Raises:
+    FileNotFoundError saying what was looked for, or why no run record there reads.
+  """
+  return read_newest(path)[0]
 
 
 def read_run(step_dir) -> dict:

@@ -1,8 +1,8 @@
 """A trained network: its checkpoint loaded, its denoiser, samples by a sampler of the zoo.
 
 `load` rebuilds a checkpoint's Experiment from the config and DataSpec stored
-with it, and `load_params` restores its parameters: the one place where the
-programs that use a checkpoint (sample.py, bpd.py, study.py) read one.
+with it and restores its parameters, reading the state once: the one place where
+the programs that use a checkpoint (sample.py, bpd.py, study.py) read one.
 `check_data` compares data read for a checkpoint with the shape it was
 trained on, and `check_sampling` a run's counts with the host's memory.
 `denoise_fn` is a trained model's denoiser, the one that every program using a
@@ -33,23 +33,43 @@ from jaxdiff.train.experiment import DataSpec, Experiment
 SEEDS = 2**32  # Seeds lie in [0, 2^32): jax.random.PRNGKey folds 2^32 + s onto s.
 
 
-def load(path, override=None) -> tuple[pathlib.Path, Experiment]:
-  """(step folder, Experiment) of a checkpoint: a training workdir or its checkpoints/ folder
-  (the latest complete step), or one <step>/ folder; the Experiment is rebuilt from the
-  config and DataSpec stored with it.
+def load(path, which: str = "ema", override=None) -> tuple[pathlib.Path, Experiment, dict]:
+  """(step folder, Experiment, parameters) of a checkpoint: a training workdir or its
+  checkpoints/ folder (the newest complete step whose state reads and matches its checksums;
+  one that does not is skipped with a warning, `checkpoint.read_newest`), or one <step>/
+  folder. The Experiment is rebuilt from the config and DataSpec stored with it; the state
+  is read once, and the parameters picked from it.
 
+  which: the first EMA ("ema"), an EMA by its decay ("ema:0.999"), or the raw optimizer
+    iterate ("raw").
   override: config (plain dict) -> the config to build instead (sample.py's --process);
     None: the config as trained.
 
   Raises:
-    FileNotFoundError saying what was looked for; ValueError from Experiment.from_config.
+    FileNotFoundError saying what was looked for, or why no checkpoint there reads;
+    ValueError from Experiment.from_config or naming a `which` the checkpoint lacks.
   """
-  step_dir = checkpoint.find(path)
-  record = checkpoint.read_run(step_dir)
-  config = record["config"] if override is None else override(record["config"])
-  spec = record["data"]
-  return step_dir, Experiment.from_config(config, DataSpec(
-      tuple(spec["shape"]), spec["num_classes"], spec["eight_bit"]))
+
+  def build(record):
+    config = record["config"] if override is None else override(record["config"])
+    spec = record["data"]
+    experiment = Experiment.from_config(config, DataSpec(
+        tuple(spec["shape"]), spec["num_classes"], spec["eight_bit"]))
+    ema_names = [train_state.ema_name(decay) for decay in experiment.ema_decays]
+    kind, _, name = which.partition(":")
+    if which != "raw" and (kind != "ema" or (name and name not in ema_names)):
+      raise ValueError(f"params must be 'raw', 'ema' or one of "
+                       f"{['ema:' + n for n in ema_names]}, got {which!r}")
+    return experiment
+
+  def restore(step_dir, experiment):
+    optimizer = optim.make_optimizer(experiment.optimizer, experiment.run.num_steps)
+    state = checkpoint.restore_state(step_dir, jax.eval_shape(experiment.init_fn(optimizer)))
+    if which == "raw":
+      return state.params
+    return state.ema[which.partition(":")[2] or train_state.ema_name(experiment.ema_decays[0])]
+
+  return checkpoint.read_newest(path, build, restore)
 
 
 def check_data(experiment: Experiment, source) -> None:
@@ -195,21 +215,6 @@ def default_labels(experiment: Experiment, num: int):
   if not experiment.conditional:
     return None
   return jnp.arange(num, dtype=jnp.int32) % experiment.data.num_classes
-
-
-def load_params(step_dir, experiment: Experiment, which: str = "ema"):
-  """The parameters of a checkpoint folder: the first EMA ("ema"), an EMA by its
-  decay ("ema:0.999"), or the raw optimizer iterate ("raw")."""
-  optimizer = optim.make_optimizer(experiment.optimizer, experiment.run.num_steps)
-  abstract = jax.eval_shape(experiment.init_fn(optimizer))
-  state = checkpoint.restore_state(step_dir, abstract)
-  if which == "raw":
-    return state.params
-  name = which.partition(":")[2] or train_state.ema_name(experiment.ema_decays[0])
-  if which.partition(":")[0] != "ema" or name not in state.ema:
-    raise ValueError(f"params must be 'raw', 'ema' or one of "
-                     f"{['ema:' + n for n in state.ema]}, got {which!r}")
-  return state.ema[name]
 
 
 def sample_in_batches(experiment: Experiment, sample_plan: SamplePlan, params, x_T, labels, key,

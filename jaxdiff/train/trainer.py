@@ -34,6 +34,7 @@ from every process.
 import dataclasses
 import json
 import pathlib
+import sys
 import time
 
 import jax
@@ -259,7 +260,9 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, he
   # Every process samples (the network is spread over all of them); process 0 saves.
   picture = _picture_fn(experiment, mesh, save=writes) if run.samples.num else None
   sensitivity = _sensitivity_fn(experiment, mesh)
-  held_out_bpd = _bpd_fn(experiment, mesh, held_out, show_progress=writes and show_progress)
+  # The held-out bits/dim's own bar only on a terminal: in a log, the training's lines say it.
+  held_out_bpd = _bpd_fn(experiment, mesh, held_out,
+                         show_progress=writes and show_progress and sys.stderr.isatty())
   writer = MetricWriter(workdir, start_step) if writes else None
   bar = progress_bar(run.num_steps, start_step, enabled=writes and show_progress,
                      every_seconds=progress_seconds)
