@@ -4,7 +4,7 @@
   python sample.py --checkpoint runs/digits --sampler ddpm --nfe 1000 --num 64 --params raw
   python sample.py --checkpoint runs/fmnist --guidance 3 --labels 0,1,2
 
-With --checkpoint (a training workdir, its latest complete checkpoint, or one
+--checkpoint (a training workdir, its latest complete checkpoint, or one
 <step>/ folder): the process, prediction and network come from the checkpoint;
 any registered sampler runs at the asked NFE on the grid `--grid`, by default
 the one `jaxdiff.grids.default_for` picks for the process (printed). The
@@ -34,33 +34,32 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default "
                                "<training workdir>/samples-<time>.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Sample this trained model: a training "
                                   "workdir, its checkpoints/ folder or one <step>/ folder.")
-_SAMPLER = flags.DEFINE_string("sampler", "unipc", "With --checkpoint: a registered sampler.")
-_NFE = flags.DEFINE_integer("nfe", 20, "With --checkpoint: network evaluations per sample.")
-_NUM = flags.DEFINE_integer("num", 1000, "With --checkpoint: number of samples.")
-_GRID = flags.DEFINE_string("grid", None, "With --checkpoint: a grid of jaxdiff.grids.GRIDS; "
+_SAMPLER = flags.DEFINE_string("sampler", "unipc", "A registered sampler.")
+_NFE = flags.DEFINE_integer("nfe", 20, "Network evaluations per sample.")
+_NUM = flags.DEFINE_integer("num", 1000, "Number of samples.")
+_GRID = flags.DEFINE_string("grid", None, "A grid of jaxdiff.grids.GRIDS; "
                             "default: the one for the trained process (grids.default_for).")
-_GRID_OPTIONS = flags.DEFINE_string("grid-options", "{}", "With --checkpoint and --grid: the "
+_GRID_OPTIONS = flags.DEFINE_string("grid-options", "{}", "With --grid: the "
                                     "grid's options as JSON, e.g. '{\"rho\": 5}'.")
-_OPTIONS = flags.DEFINE_string("options", "{}", "With --checkpoint: sampler options as JSON, "
+_OPTIONS = flags.DEFINE_string("options", "{}", "Sampler options as JSON, "
                                "e.g. '{\"order\": 3}'.")
-_GUIDANCE = flags.DEFINE_float("guidance", 1.0, "With --checkpoint: classifier-free guidance "
+_GUIDANCE = flags.DEFINE_float("guidance", 1.0, "Classifier-free guidance "
                                "scale w (1: the conditional model; conditional models only).")
-_LABELS = flags.DEFINE_list("labels", None, "With --checkpoint: class ids, cycled over the "
+_LABELS = flags.DEFINE_list("labels", None, "Class ids, cycled over the "
                             "samples (default 0, 1, ..., K-1, 0, ...).")
-_PARAMS = flags.DEFINE_string("params", "ema", "With --checkpoint: 'ema' (the first EMA), "
+_PARAMS = flags.DEFINE_string("params", "ema", "'ema' (the first EMA), "
                               "'ema:<decay>' or 'raw'.")
-_SEED = flags.DEFINE_integer("seed", 0, "With --checkpoint: seed of x_T and the sampler's noise.")
-_INIT_NOISE = flags.DEFINE_string("init-noise", None, "With --checkpoint: x_T from this .npy "
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of x_T and the sampler's noise.")
+_INIT_NOISE = flags.DEFINE_string("init-noise", None, "x_T from this .npy "
                                   "[num, *data shape] instead of the seed.")
-_BATCH = flags.DEFINE_integer("batch-size", 500, "With --checkpoint: samples per compiled call.")
-_PROCESS = flags.DEFINE_string("process", None, "With --checkpoint: sample with this process "
+_BATCH = flags.DEFINE_integer("batch-size", 500, "Samples per compiled call.")
+_PROCESS = flags.DEFINE_string("process", None, "Sample with this process "
                                "(jaxdiff.schedules.PROCESSES) instead of the trained one; warns.")
 _PROCESS_OPTIONS = flags.DEFINE_string("process-options", "{}", "Options of --process as JSON.")
-_EVALUATE = flags.DEFINE_enum("evaluate", "auto", ["auto", "yes", "no"], "With --checkpoint: "
-                              "judge the samples with a classifier trained on the real data "
+_EVALUATE = flags.DEFINE_enum("evaluate", "auto", ["auto", "yes", "no"], "Judge the samples with a classifier trained on the real data "
                               "(jaxdiff.evaluation); auto: for the digits, where it trains in "
                               "seconds.")
-_INCEPTION = flags.DEFINE_string("inception-weights", None, "With --checkpoint (8-bit images): "
+_INCEPTION = flags.DEFINE_string("inception-weights", None, "For 8-bit images: "
                                  "also FID, KID, Inception Score and precision/recall in "
                                  "Inception-v3's features against the training data "
                                  "(jaxdiff.fid; its statistics cached), with this weights "
