@@ -56,9 +56,9 @@ _BATCH = flags.DEFINE_integer("batch-size", 500, "Samples per compiled call.")
 _PROCESS = flags.DEFINE_string("process", None, "Sample with this process "
                                "(jaxdiff.schedules.PROCESSES) instead of the trained one; warns.")
 _PROCESS_OPTIONS = flags.DEFINE_string("process-options", "{}", "Options of --process as JSON.")
-_EVALUATE = flags.DEFINE_enum("evaluate", "auto", ["auto", "yes", "no"], "Judge the samples with a classifier trained on the real data "
-                              "(jaxdiff.evaluation); auto: for the digits, where it trains in "
-                              "seconds.")
+_EVALUATE = flags.DEFINE_enum("evaluate", "auto", ["auto", "yes", "no"], "Judge the samples "
+                              "with a classifier trained on the real data (jaxdiff.evaluation); "
+                              "auto: for the digits, where it trains in seconds.")
 _INCEPTION = flags.DEFINE_string("inception-weights", None, "For 8-bit images: "
                                  "also FID, KID, Inception Score and precision/recall in "
                                  "Inception-v3's features against the training data "
