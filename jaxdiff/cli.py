@@ -46,8 +46,8 @@ def _unknown_key(error) -> SystemExit:
   names = [arg.split("=")[0] for arg in sys.argv[1:]
            if arg.startswith("--config.") and arg.split("=")[0].split(".")[-1] == missing]
   return SystemExit(f"unknown config key {names[0] if names else missing!r}: the configuration "
-                    f"has no field {missing!r}.{''.join(' ' + s for s in suggestion)} (nothing was run; the "
-                    "config file lists every field)")
+                    f"has no field {missing!r}.{''.join(' ' + s for s in suggestion)} (nothing "
+                    "was run; the config file lists every field)")
 
 
 def find_config(value: str) -> str:

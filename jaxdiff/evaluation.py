@@ -32,8 +32,9 @@ images [N, H, W, C] in [-1, 1] with it:
 
 `reference_rows` scores the held-out real images and Gaussian noise, the two
 ends of the scale. `wanted` is the programs' one rule of when to judge: their
---evaluate yes (data with a classifier only), auto (the digits) or no. `reference` trains the classifier and computes the
-reference statistics once, then loads them from a cache file
+--evaluate yes (data with a classifier only), auto (the digits) or no.
+`reference` trains the classifier and computes the reference statistics once,
+then loads them from a cache file
 <cache>/evaluation/<kind>-<split>-<key>.npz, <cache> being the `cache_dir`
 argument, else $JAXDIFF_CACHE, else ~/.cache/jaxdiff, and <key> a hash of
 VERSION, the dataset's kind, splits and contents (SHA-256 of its images and
