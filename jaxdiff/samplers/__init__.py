@@ -18,32 +18,33 @@ import inspect
 from typing import Callable, NamedTuple
 
 from jaxdiff.samplers import dpm_solver, edm, ipndm, ode, pc, unipc
-from jaxdiff.samplers.ddim import ddim, ddim_num_steps
-from jaxdiff.samplers.ddpm import ddpm, ddpm_num_steps
+from jaxdiff.samplers.base import Sampler
+from jaxdiff.samplers.ddim import ddim
+from jaxdiff.samplers.ddpm import ddpm
 # Re-exported for callers: the input checks and the host-side NaN report.
-from jaxdiff.samplers.loop import check_grid, check_x_T, raise_if_nonfinite
+from jaxdiff.samplers.base import check_grid, check_x_T, raise_if_nonfinite
 
 
-class Sampler(NamedTuple):
+class _Unported(NamedTuple):  # Issue 24: removed once every sampler runs on `base`.
   fn: Callable
   num_steps: Callable
 
 
 SAMPLERS = {
-    "ddpm": Sampler(ddpm, ddpm_num_steps),
-    "ddim": Sampler(ddim, ddim_num_steps),
-    "euler_maruyama": Sampler(pc.euler_maruyama, pc.euler_maruyama_num_steps),
-    "reverse_diffusion": Sampler(pc.reverse_diffusion, pc.reverse_diffusion_num_steps),
-    "pc": Sampler(pc.pc, pc.pc_num_steps),
-    "euler": Sampler(ode.euler, ode.euler_num_steps),
-    "heun": Sampler(ode.heun, ode.heun_num_steps),
-    "rk4": Sampler(ode.rk4, ode.rk4_num_steps),
-    "adaptive": Sampler(ode.adaptive, ode.adaptive_num_steps),
-    "edm_heun": Sampler(edm.edm_heun, edm.edm_heun_num_steps),
-    "ipndm": Sampler(ipndm.ipndm, ipndm.ipndm_num_steps),
-    "dpm_solver": Sampler(dpm_solver.dpm_solver, dpm_solver.dpm_solver_num_steps),
-    "dpm_solver_sde": Sampler(dpm_solver.dpm_solver_sde, dpm_solver.dpm_solver_sde_num_steps),
-    "unipc": Sampler(unipc.unipc, unipc.unipc_num_steps),
+    "ddpm": ddpm,
+    "ddim": ddim,
+    "euler_maruyama": _Unported(pc.euler_maruyama, pc.euler_maruyama_num_steps),
+    "reverse_diffusion": _Unported(pc.reverse_diffusion, pc.reverse_diffusion_num_steps),
+    "pc": _Unported(pc.pc, pc.pc_num_steps),
+    "euler": _Unported(ode.euler, ode.euler_num_steps),
+    "heun": _Unported(ode.heun, ode.heun_num_steps),
+    "rk4": _Unported(ode.rk4, ode.rk4_num_steps),
+    "adaptive": _Unported(ode.adaptive, ode.adaptive_num_steps),
+    "edm_heun": _Unported(edm.edm_heun, edm.edm_heun_num_steps),
+    "ipndm": _Unported(ipndm.ipndm, ipndm.ipndm_num_steps),
+    "dpm_solver": _Unported(dpm_solver.dpm_solver, dpm_solver.dpm_solver_num_steps),
+    "dpm_solver_sde": _Unported(dpm_solver.dpm_solver_sde, dpm_solver.dpm_solver_sde_num_steps),
+    "unipc": _Unported(unipc.unipc, unipc.unipc_num_steps),
 }
 
 
@@ -55,6 +56,11 @@ def get_sampler(name: str) -> Sampler:
 
 
 def check_options(name: str, options) -> None:
+  """Raises ValueError for an unknown option, a wrong type or a value out of range."""
+  sampler = get_sampler(name)
+  if isinstance(sampler, Sampler):
+    sampler.resolve(dict(options))
+    return
   """Raises ValueError unless every key of `options` is a keyword of sampler `name`.
 
   Only the names are checked here; values are checked when the sampler is
@@ -74,6 +80,8 @@ def num_steps_for(name: str, nfe: int, options=None) -> int:
   Raises:
     ValueError where no N does, naming the NFE values that work.
   """
+  if isinstance(get_sampler(name), Sampler):
+    return get_sampler(name).num_steps(nfe, options)
   rule = get_sampler(name).num_steps
   parameters = inspect.signature(rule).parameters
   options = dict(options or {})

@@ -14,43 +14,23 @@ The last step adds no noise (Alg. 2, line 3).
 import jax.numpy as jnp
 
 from jaxdiff import sde
-from jaxdiff.samplers import loop
-from jaxdiff.schedules import Process
+from jaxdiff.samplers import base
 
 VARIANCES = ("beta_tilde", "beta")
 
 
-def ddpm(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "eps",
-         cond=None, variance: str = "beta_tilde", clip_x0: bool = False):
-  """Ancestral sampling from grid[0] to grid[-1].
-
-  Args:
-    denoise_fn: (x [B, ...], t [B], cond) -> network output of type `prediction`.
-    process: the forward process.
-    x_T: [B, ...] sample at grid[0].
-    key: PRNG key for the per-step noise.
-    grid: [N + 1] strictly decreasing times (see `jaxdiff.grids`).
-    prediction: one of parameterization.PREDICTIONS.
-    cond: passed to denoise_fn unchanged.
-    variance: "beta_tilde" (posterior) or "beta" (transition) step variance.
-    clip_x0: clip the predicted x0 to [-1, 1].
-
-  Returns:
-    x_0 [B, ...] at grid[-1], and info {"nfe": int32}.
-  """
-  if variance not in VARIANCES:
-    raise ValueError(f"unknown variance {variance!r}; valid: {list(VARIANCES)}")
-  loop.require_key(key, "ddpm")
-
-  def update(x_t, x0, eps, t, s, z):
-    del eps
-    mean, var = sde.posterior(process, x_t, x0, t, s)  # [B, ...], scalar
-    if variance == "beta":
-      var = sde.transition(process, t, s)[1]
-    return mean + jnp.sqrt(var) * z
-
-  return loop.sample_loop(update, denoise_fn, process, x_T, key, grid, prediction=prediction,
-                          cond=cond, clip_x0=clip_x0)
+def step(ctx: base.Context, state, x_t, inputs: base.Inputs):
+  """One call at t, then x_s ~ N(posterior mean, var)."""
+  process, t, s = ctx.process, inputs.t, inputs.s
+  x0, _ = ctx.denoise(x_t, t)
+  mean, var = sde.posterior(process, x_t, x0, t, s)  # [B, ...], scalar
+  if ctx.options["variance"] == "beta":
+    var = sde.transition(process, t, s)[1]
+  return state, mean + jnp.sqrt(var) * base.normal(inputs, x_t)
 
 
-ddpm_num_steps = loop.one_call_per_step  # One network call per grid step.
+ddpm = base.Sampler(
+    name="ddpm", init=base.no_state, step=step,
+    options={"variance": base.Option("beta_tilde", (str,), "the step variance: posterior "
+                                     "(beta_tilde) or transition (beta)", choices=VARIANCES)},
+    order=lambda options: 1, stochastic=lambda options: True)
