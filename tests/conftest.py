@@ -71,3 +71,89 @@ def digits_train():
 @pytest.fixture(scope="session")
 def toy_source():
   return data.make_source("toy", name="checkerboard", num_points=512)
+
+
+# --------------------------------------------------------------------------
+# The samplers' shared harness: processes, a prior, a smooth stand-in network,
+# a network that counts its calls, and the float64 PF-ODE reference of a
+# smooth Gaussian mixture (every sampler test reads these).
+# --------------------------------------------------------------------------
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.integrate import solve_ivp  # noqa: E402
+
+from jaxdiff import oracle, schedules, sde  # noqa: E402
+
+PROCESSES = {name: schedules.make_process(name) for name in ("ddpm", "vp", "edm", "flow", "ve")}
+
+
+def prior(process_name, num, seed=0, dim=2):
+  """x_T [num, dim] ~ the process's prior at t_max."""
+  return sde.prior_sample(PROCESSES[process_name], jax.random.PRNGKey(seed), (num, dim))
+
+
+def toy_denoise_fn(x, t, cond):
+  """A smooth stand-in network whose output depends on x and t: [B, D]."""
+  del cond
+  return jnp.tanh(x) * (0.5 + sde.per_example(t, x))
+
+
+def counting(fn):
+  """(fn with the same outputs, calls): calls gains an entry at every evaluation
+  (not every trace); read it after jax.effects_barrier()."""
+  calls = []
+
+  def counted(x, t, cond):
+    jax.debug.callback(lambda: calls.append(1))
+    return fn(x, t, cond)
+
+  return counted, calls
+
+
+# Smooth data (stds >= 0.3), so that the solvers' asymptotic regime starts at small N.
+SMOOTH_WEIGHTS, SMOOTH_MEANS, SMOOTH_STDS = (np.array([0.3, 0.7]),
+                                             np.array([[-0.5, 0.3], [0.6, -0.2]]),
+                                             np.array([0.3, 0.4]))
+SMOOTH = oracle.GaussianMixture(SMOOTH_WEIGHTS, SMOOTH_MEANS, SMOOTH_STDS)
+
+
+def smooth_x0_eps(x, alpha, sigma):
+  """E[x_0 | x_t] and E[eps | x_t] of SMOOTH in float64 numpy: [B, D] each."""
+  var = alpha**2 * SMOOTH_STDS**2 + sigma**2  # [K]
+  residual = x[:, None, :] - alpha * SMOOTH_MEANS  # [B, K, D]
+  log_joint = (np.log(SMOOTH_WEIGHTS) - 0.5 * np.sum(residual**2, -1) / var
+               - 0.5 * x.shape[1] * np.log(2 * np.pi * var))
+  r = np.exp(log_joint - log_joint.max(1, keepdims=True))
+  r /= r.sum(1, keepdims=True)  # [B, K]
+  score = -np.sum((r / var)[..., None] * residual, 1)
+  x0 = np.sum(r[..., None] * (SMOOTH_MEANS + (alpha * SMOOTH_STDS**2 / var)[:, None] * residual), 1)
+  return x0, -sigma * score
+
+
+# alpha as a function of sigma~ = sigma / alpha, in closed form (float64).
+ALPHA_OF_SIGMA_TILDE = {"vp": lambda s: 1 / np.sqrt(1 + s**2), "ddpm": lambda s: 1 / np.sqrt(1 + s**2),
+                        "edm": lambda s: 1.0, "flow": lambda s: 1 / (1 + s)}
+
+
+def pf_ode_reference(process_name, x_T, t_0, t_1):
+  """x at t_1 > 0 from x_T [B, D] at t_0 on SMOOTH's PF-ODE, in float64 (DOP853, rtol 1e-10).
+
+  Solved as dx~/dsigma~ = eps_hat in the scaled variables x~ = x / alpha,
+  sigma~ = sigma / alpha, independently of jaxdiff's solvers: only the
+  process's sigma~ at the two (float32) end times is read.
+  """
+  process = PROCESSES[process_name]
+  sigma_0, sigma_1 = (float(process.noise_to_signal(jnp.float32(t))) for t in (t_0, t_1))
+  alpha = ALPHA_OF_SIGMA_TILDE[process_name]
+  shape = np.shape(x_T)
+
+  def eps_hat(sigma, x_tilde):
+    a = alpha(sigma)
+    return smooth_x0_eps(a * x_tilde.reshape(shape), a, a * sigma)[1].ravel()
+
+  x_tilde_T = np.asarray(x_T, np.float64).ravel() / alpha(sigma_0)
+  solution = solve_ivp(eps_hat, (sigma_0, sigma_1), x_tilde_T, method="DOP853", rtol=1e-10,
+                       atol=1e-10)
+  assert solution.success
+  return alpha(sigma_1) * solution.y[:, -1].reshape(shape)
