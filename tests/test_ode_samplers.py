@@ -13,9 +13,9 @@ import pytest
 from scipy.integrate import solve_ivp
 
 from jaxdiff import grids, oracle, schedules, sde
-from jaxdiff.samplers import ode
+from jaxdiff.samplers import num_steps_for, ode
 from jaxdiff.samplers.ddim import ddim
-from jaxdiff.samplers.ipndm import ipndm, ipndm_num_steps
+from jaxdiff.samplers.ipndm import ipndm
 
 # Smooth data (stds >= 0.3), so that the asymptotic regime starts at small N.
 WEIGHTS, MEANS, STDS = (np.array([0.3, 0.7]), np.array([[-0.5, 0.3], [0.6, -0.2]]),
@@ -286,20 +286,29 @@ def test_nfe_counted_and_network_traced_once_per_stage(sampler_name, stages):
   assert int(info["nfe"]) == len(calls) == 6 * stages
 
 
-@pytest.mark.parametrize("rule, stages", [(ode.euler_num_steps, 1), (ode.heun_num_steps, 2),
-                                          (ode.rk4_num_steps, 4), (ipndm_num_steps, 1)])
-def test_nfe_rule(rule, stages):
-  """N inverts the counted NFE = S N - (S - 1) on grids ending at 0 (S = 1 for iPNDM)."""
+@pytest.mark.parametrize("sampler_name, stages", [("euler", 1), ("heun", 2), ("rk4", 4),
+                                                   ("ipndm", 1)])
+def test_nfe_rule(sampler_name, stages):
+  """N inverts the counted NFE = S N - (S - 1) on grids ending at 0 (S = 1 for iPNDM),
+  and S N on grids ending at sigma > 0 (no jump)."""
   for nfe in range(1, 14):
     if (nfe - 1) % stages:
       below = nfe - (nfe - 1) % stages
-      with pytest.raises(ValueError, match=rf"1 mod {stages}: 1, {1 + stages}, .* got {nfe}, "
-                                           rf"nearest {below} \(N = .*and {below + stages} "):
-        rule(nfe)
+      with pytest.raises(ValueError, match=rf"cannot spend exactly nfe={nfe} on a grid ending at "
+                                           rf"sigma = 0; nearest NFE that work: {below} or "
+                                           rf"{below + stages}$"):
+        num_steps_for(sampler_name, nfe)
     else:
-      assert stages * rule(nfe) - (stages - 1) == nfe
+      assert stages * num_steps_for(sampler_name, nfe) - (stages - 1) == nfe
   with pytest.raises(ValueError, match="nfe must be a positive integer"):
-    rule(0)
+    num_steps_for(sampler_name, 0)
+  if sampler_name in ode.TABLEAUS:
+    entry = SAMPLERS[sampler_name]
+    assert entry.num_steps(3 * stages, ends_at_zero=False) == 3
+    if stages > 1:
+      with pytest.raises(ValueError, match=rf"sigma > 0; nearest NFE that work: {3 * stages} or "
+                                           rf"{4 * stages}$"):
+        entry.num_steps(3 * stages + 1, ends_at_zero=False)
 
 
 # --------------------------------------------------------------------------
@@ -351,11 +360,11 @@ def test_ipndm_first_order_is_ddim():
 def test_errors():
   process = PROCESSES["vp"]
   x_T, grid = prior("vp", 3), grids.make_grid(process, "uniform", 4)
-  with pytest.raises(ValueError, match=r"unknown diffrax solver 'rk45'; valid: "
+  with pytest.raises(ValueError, match=r"unknown solver 'rk45' for adaptive; valid: "
                                        r"\['dopri5', 'dopri8', 'tsit5'\]"):
     ode.adaptive(toy_denoise_fn, process, x_T, None, grid, solver="rk45")
   with pytest.raises(ValueError, match="adaptive picks its own steps"):
-    ode.adaptive_num_steps(10)
+    ode.adaptive.num_steps(10)
   with pytest.raises(ValueError, match="max_order must be 1, 2, 3 or 4, got 5"):
     ipndm(toy_denoise_fn, process, x_T, None, grid, max_order=5)
   for name in ("euler", "heun", "rk4", "ipndm", "adaptive"):

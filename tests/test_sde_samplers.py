@@ -363,9 +363,9 @@ def test_edm_heun_converges_second_order():
 # --------------------------------------------------------------------------
 
 
+# The one-call-per-step samplers' NFE is counted in the registry contract test
+# (test_samplers.py); pc's corrector loop is counted by ctx.repeat as it runs.
 NFE_CASES = {  # name: (sampler, options, network traces per compile, NFE for N = 12)
-    "euler_maruyama": (pc.euler_maruyama, {}, 1, 12),
-    "reverse_diffusion": (pc.reverse_diffusion, {}, 1, 12),
     "pc": (pc.pc, {"corrector_steps": 2}, 2, 36),
     "edm_heun": (edm.edm_heun, {"s_churn": 10.0}, 2, 23),
 }
@@ -408,17 +408,21 @@ def test_nfe_counted_and_network_traced_once_per_length(name):
 
 
 def test_nfe_rules():
-  assert pc.euler_maruyama_num_steps(7) == pc.reverse_diffusion_num_steps(7) == 7
-  assert pc.pc_num_steps(8) == 4 and pc.pc_num_steps(9, corrector_steps=2, snr=0.1) == 3
-  with pytest.raises(ValueError, match=r"multiples of 2\); nfe=7 .* 6 \(N = 3\) or 8 \(N = 4\)"):
-    pc.pc_num_steps(7)
+  for ends_at_zero in (True, False):  # NFE = N (1 + M) whichever the grid's end.
+    assert (pc.euler_maruyama.num_steps(7, ends_at_zero=ends_at_zero)
+            == pc.reverse_diffusion.num_steps(7, ends_at_zero=ends_at_zero) == 7)
+    assert pc.pc.num_steps(8, ends_at_zero=ends_at_zero) == 4
+    assert pc.pc.num_steps(9, {"corrector_steps": 2, "snr": 0.1}, ends_at_zero=ends_at_zero) == 3
+  with pytest.raises(ValueError, match=r"pc with .*corrector_steps=1.* cannot spend exactly "
+                                       r"nfe=7 .* nearest NFE that work: 6 or 8"):
+    pc.pc.num_steps(7)
   assert edm.edm_heun_num_steps(35) == 18 and edm.edm_heun_num_steps(1) == 1
   assert edm.edm_heun_num_steps(36, final_euler=False) == 18
   with pytest.raises(ValueError, match=r"odd NFE .* nfe=36 .* 35 \(N = 18\) or 37 \(N = 19\)"):
     edm.edm_heun_num_steps(36, s_churn=1.0)
   with pytest.raises(ValueError, match=r"even NFE .* nfe=35 .* 34 \(N = 17\) or 36 \(N = 18\)"):
     edm.edm_heun_num_steps(35, final_euler=False)
-  for rule in (pc.pc_num_steps, edm.edm_heun_num_steps, pc.euler_maruyama_num_steps):
+  for rule in (pc.pc.num_steps, edm.edm_heun_num_steps, pc.euler_maruyama.num_steps):
     with pytest.raises(ValueError, match="nfe must be a positive integer"):
       rule(0)
 
