@@ -21,6 +21,8 @@ from jaxdiff.samplers import dpm_solver, edm, ipndm, ode, pc, unipc
 from jaxdiff.samplers.base import Sampler
 from jaxdiff.samplers.ddim import ddim
 from jaxdiff.samplers.ddpm import ddpm
+from jaxdiff.samplers.deis import deis
+from jaxdiff.samplers.sa_solver import sa_solver
 # Re-exported for callers: the input checks and the host-side NaN report.
 from jaxdiff.samplers.base import check_grid, check_x_T, raise_if_nonfinite
 
@@ -45,6 +47,8 @@ SAMPLERS = {
     "dpm_solver": _Unported(dpm_solver.dpm_solver, dpm_solver.dpm_solver_num_steps),
     "dpm_solver_sde": _Unported(dpm_solver.dpm_solver_sde, dpm_solver.dpm_solver_sde_num_steps),
     "unipc": _Unported(unipc.unipc, unipc.unipc_num_steps),
+    "deis": deis,
+    "sa_solver": sa_solver,
 }
 
 
