@@ -71,10 +71,11 @@ def _update(process, x_t, t, s, tau, nodes_lambda, ms, k, start, z):
   finite = jnp.isfinite(h)
   c = 1.0 + tau**2
   h_safe = jnp.where(finite, h, 1.0)
-  # The exact linear part and the noise, finite for h = inf.
-  decay = jnp.where(sigma_s == 0.0, 0.0, sigma_s / sigma_t * jnp.exp(-tau**2 * h))
+  # The exact linear part and the noise, finite for h = inf (tau^2 h = 0 where tau = 0).
+  tau2_h = jnp.where(tau == 0.0, 0.0, tau**2 * h)
+  decay = jnp.where(sigma_s == 0.0, 0.0, sigma_s / sigma_t * jnp.exp(-tau2_h))
   x_s = decay * x_t + alpha_s * -jnp.expm1(-c * h) * ms[start]
-  x_s = x_s + sigma_s * jnp.sqrt(-jnp.expm1(-2.0 * tau**2 * h)) * z
+  x_s = x_s + sigma_s * jnp.sqrt(-jnp.expm1(-2.0 * tau2_h)) * z
   num = ms.shape[0]
   if num == 1:
     return x_s
