@@ -23,6 +23,8 @@ from jaxdiff.samplers.ddim import ddim
 from jaxdiff.samplers.ddpm import ddpm
 from jaxdiff.samplers.dpm_solver_3m_sde import dpm_solver_3m_sde
 from jaxdiff.samplers.restart import restart
+from jaxdiff.samplers.deis import deis
+from jaxdiff.samplers.sa_solver import sa_solver
 # Re-exported for callers: the input checks and the host-side NaN report.
 from jaxdiff.samplers.base import check_grid, check_x_T, raise_if_nonfinite
 
@@ -49,6 +51,8 @@ SAMPLERS = {
     "unipc": _Unported(unipc.unipc, unipc.unipc_num_steps),
     "restart": restart,
     "dpm_solver_3m_sde": dpm_solver_3m_sde,
+    "deis": deis,
+    "sa_solver": sa_solver,
 }
 
 
