@@ -87,7 +87,7 @@ def step(ctx: base.Context, x_cur, x_t, inputs: base.Inputs):
 def _nfe(num_steps: int, ends_at_zero: bool, options) -> int:
   """2N, less the correction skipped on a last step into sigma = 0."""
   del options
-  return 2 * num_steps - ends_at_zero
+  return 2 * num_steps - int(ends_at_zero)
 
 
 def _no_churn(options) -> bool:
