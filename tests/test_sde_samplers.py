@@ -344,6 +344,7 @@ def _vp_pf_ode_solution():
 
 
 def test_edm_heun_converges_second_order():
+  assert edm.edm_heun.order(edm.edm_heun.resolve({})) == 2  # The registry's declaration.
   x_T, x_ode = _vp_pf_ode_solution()
   steps, errors = [12, 24, 48], []
   for num_steps in steps:
@@ -367,7 +368,6 @@ def test_edm_heun_converges_second_order():
 # (test_samplers.py); pc's corrector loop is counted by ctx.repeat as it runs.
 NFE_CASES = {  # name: (sampler, options, network traces per compile, NFE for N = 12)
     "pc": (pc.pc, {"corrector_steps": 2}, 2, 36),
-    "edm_heun": (edm.edm_heun, {"s_churn": 10.0}, 2, 23),
 }
 
 
@@ -416,13 +416,16 @@ def test_nfe_rules():
   with pytest.raises(ValueError, match=r"pc with .*corrector_steps=1.* cannot spend exactly "
                                        r"nfe=7 .* nearest NFE that work: 6 or 8"):
     pc.pc.num_steps(7)
-  assert edm.edm_heun_num_steps(35) == 18 and edm.edm_heun_num_steps(1) == 1
-  assert edm.edm_heun_num_steps(36, final_euler=False) == 18
-  with pytest.raises(ValueError, match=r"odd NFE .* nfe=36 .* 35 \(N = 18\) or 37 \(N = 19\)"):
-    edm.edm_heun_num_steps(36, s_churn=1.0)
-  with pytest.raises(ValueError, match=r"even NFE .* nfe=35 .* 34 \(N = 17\) or 36 \(N = 18\)"):
-    edm.edm_heun_num_steps(35, final_euler=False)
-  for rule in (pc.pc.num_steps, edm.edm_heun_num_steps, pc.euler_maruyama.num_steps):
+  # edm_heun: NFE = 2N - 1 on grids ending at sigma = 0, else 2N.
+  assert edm.edm_heun.num_steps(35) == 18 and edm.edm_heun.num_steps(1) == 1
+  assert edm.edm_heun.num_steps(36, ends_at_zero=False) == 18
+  with pytest.raises(ValueError, match=r"s_churn=1.0, .* nfe=36 on a grid ending at sigma = 0; "
+                                       r"nearest NFE that work: 35 or 37"):
+    edm.edm_heun.num_steps(36, {"s_churn": 1.0})
+  with pytest.raises(ValueError, match=r"nfe=35 on a grid ending at sigma > 0; nearest NFE "
+                                       r"that work: 34 or 36"):
+    edm.edm_heun.num_steps(35, ends_at_zero=False)
+  for rule in (pc.pc.num_steps, edm.edm_heun.num_steps, pc.euler_maruyama.num_steps):
     with pytest.raises(ValueError, match="nfe must be a positive integer"):
       rule(0)
 

@@ -3,8 +3,7 @@ forms; order 1 without corrector is DDIM; the empirical convergence orders of
 UniP-p (p) and UniPC-p (p + 1) against a diffrax solution of the
 probability-flow ODE; the corrector's gain at no NFE; the ends of the grid
 where the log-SNR is infinite; agreement with a float64 transcription of
-diffusers' update formulas (and with diffusers itself when installed); counted
-NFE, one trace for all grids of a length, and errors."""
+diffusers' update formulas (and with diffusers itself when installed); errors."""
 
 import functools
 import math
@@ -18,7 +17,7 @@ from scipy import integrate
 
 from jaxdiff import grids, oracle, schedules, sde
 from jaxdiff.samplers import ddim
-from jaxdiff.samplers.unipc import _phi, unipc, unipc_num_steps
+from jaxdiff.samplers.unipc import _phi, unipc
 
 from conftest import OPTIMIZED
 
@@ -164,6 +163,8 @@ def test_convergence_order(order, corrector, expected):
   lower_order_final is off, so that every step after the warm-up runs at the
   full order (its order-1 last step has a local error O(h^2)).
   """
+  options = dict(order=order, corrector=corrector, lower_order_final=False)
+  assert unipc.order(unipc.resolve(options)) == expected  # The registry's declaration.
   coarse, fine = _vp_error(COARSE, order, corrector), _vp_error(FINE, order, corrector)
   slope = math.log(coarse / fine) / math.log(FINE / COARSE)
   assert abs(slope - expected) < 0.3, (coarse, fine, slope)
@@ -335,58 +336,25 @@ def test_matches_diffusers(name):
 
 
 # --------------------------------------------------------------------------
-# NFE, tracing, errors.
+# Errors.
 # --------------------------------------------------------------------------
-
-
-class CountingNetwork:
-  """toy_denoise_fn counting its traces (a Python side effect: trace time only)
-  and its evaluations (jax.debug.callback: every call at run time)."""
-
-  def __init__(self):
-    self.traces, self.calls = 0, 0
-
-  def _count(self):
-    self.calls += 1
-
-  def __call__(self, x, t, cond):
-    self.traces += 1
-    jax.debug.callback(self._count)
-    return toy_denoise_fn(x, t, cond)
-
-
-def test_nfe_counted_and_network_traced_once():
-  """UniPC-3 with the corrector: N network calls for N steps; new grids of the
-  same length reuse the one trace (the grid is a traced argument)."""
-  network, process = CountingNetwork(), PROCESSES["vp"]
-  sampler = jax.jit(functools.partial(unipc, network, process, order=3, corrector=True))
-  x_T = prior("vp", 3)
-  for key, name in enumerate(["uniform", "log_snr", "quadratic"]):
-    calls = network.calls
-    _, info = sampler(x_T, jax.random.PRNGKey(key), grids.make_grid(process, name, 12))
-    jax.effects_barrier()
-    assert int(info["nfe"]) == network.calls - calls == 12 == unipc_num_steps(12, order=3)
-    assert int(info["nonfinite_step"]) == -1
-  assert network.traces == 1
 
 
 def test_errors():
   process = PROCESSES["vp"]
   x_T, key = prior("vp", 3), jax.random.PRNGKey(0)
   grid = grids.make_grid(process, "uniform", 4)
-  for order in (0, 4, 2.0, True):
-    with pytest.raises(ValueError, match=r"UniPC order must be one of \[1, 2, 3\]"):
+  for order, message in ((0, r"unknown order 0 for unipc; valid: \[1, 2, 3\]"),
+                         (4, r"unknown order 4 for unipc"),
+                         (2.0, r"unipc option order must be a int, got 2.0 \(float\)"),
+                         (True, r"unipc option order must be a int, got True \(bool\)")):
+    with pytest.raises(ValueError, match=message):
       unipc(toy_denoise_fn, process, x_T, key, grid, order=order)
-    with pytest.raises(ValueError, match="UniPC order"):
-      unipc_num_steps(10, order=order)
-  with pytest.raises(ValueError, match=r"unknown UniPC variant 'bh3'; valid: \['bh1', 'bh2'\]"):
+    with pytest.raises(ValueError, match=message):
+      unipc.num_steps(10, {"order": order})
+  with pytest.raises(ValueError, match=r"unknown variant 'bh3' for unipc; valid: \['bh1', 'bh2'\]"):
     unipc(toy_denoise_fn, process, x_T, key, grid, variant="bh3")
-  with pytest.raises(ValueError, match="unknown UniPC variant"):
-    unipc_num_steps(10, variant="vary_coeff")
-  with pytest.raises(ValueError, match="nfe must be a positive integer"):
-    unipc_num_steps(0)
   with pytest.raises(ValueError, match="unknown prediction type 'noise'"):
     unipc(toy_denoise_fn, process, x_T, key, grid, prediction="noise")
   with pytest.raises(ValueError, match="grid must be 1-D"):
     unipc(toy_denoise_fn, process, x_T, key, grid[:1])
-  assert unipc_num_steps(7, order=3, variant="bh1", corrector=False) == 7

@@ -17,14 +17,17 @@ solvers) and refused with a clear error where noise is drawn.
 import inspect
 from typing import Callable, NamedTuple
 
-from jaxdiff.samplers import dpm_solver, edm, ipndm, ode, pc, unipc
+from jaxdiff.samplers import dpm_solver, ode, pc
 from jaxdiff.samplers.base import Sampler
 from jaxdiff.samplers.ddim import ddim
 from jaxdiff.samplers.ddpm import ddpm
-from jaxdiff.samplers.dpm_solver_3m_sde import dpm_solver_3m_sde
-from jaxdiff.samplers.restart import restart
 from jaxdiff.samplers.deis import deis
+from jaxdiff.samplers.dpm_solver_3m_sde import dpm_solver_3m_sde
+from jaxdiff.samplers.edm import edm_heun
+from jaxdiff.samplers.ipndm import ipndm
+from jaxdiff.samplers.restart import restart
 from jaxdiff.samplers.sa_solver import sa_solver
+from jaxdiff.samplers.unipc import unipc
 # Re-exported for callers: the input checks and the host-side NaN report.
 from jaxdiff.samplers.base import check_grid, check_x_T, raise_if_nonfinite
 
@@ -44,11 +47,11 @@ SAMPLERS = {
     "heun": ode.heun,
     "rk4": ode.rk4,
     "adaptive": ode.adaptive,
-    "edm_heun": _Unported(edm.edm_heun, edm.edm_heun_num_steps),
-    "ipndm": _Unported(ipndm.ipndm, ipndm.ipndm_num_steps),
+    "edm_heun": edm_heun,
+    "ipndm": ipndm,
     "dpm_solver": _Unported(dpm_solver.dpm_solver, dpm_solver.dpm_solver_num_steps),
     "dpm_solver_sde": _Unported(dpm_solver.dpm_solver_sde, dpm_solver.dpm_solver_sde_num_steps),
-    "unipc": _Unported(unipc.unipc, unipc.unipc_num_steps),
+    "unipc": unipc,
     "restart": restart,
     "dpm_solver_3m_sde": dpm_solver_3m_sde,
     "deis": deis,

@@ -34,90 +34,83 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.samplers import loop
-from jaxdiff.schedules import Process
+from jaxdiff.samplers import base
 
 
-def edm_heun(denoise_fn, process: Process, x_T, key, grid, *, prediction: str = "eps",
-             cond=None, clip_x0: bool = False, s_churn=0.0, s_min=0.0, s_max=math.inf,
-             s_noise=1.0):
-  """Karras et al. Alg. 2 (Heun, optional churn) from grid[0] to grid[-1].
+def init(ctx: base.Context, x_T):
+  """x_tilde = x_T / alpha(grid[0]), the variable Alg. 2 integrates, carried across steps."""
+  return x_T / ctx.process.alpha(ctx.grid[0])
 
-  Args:
-    denoise_fn: (x [B, ...], t [B], cond) -> network output of type `prediction`.
-    process: the forward process.
-    x_T: [B, ...] sample at grid[0].
-    key: PRNG key; step i draws its churn noise from fold_in(key, i). May be
-      None when s_churn = 0.
-    grid: [N + 1] strictly decreasing times (see `jaxdiff.grids`; "karras" is
-      eq. 5 in sigma_tilde).
-    prediction, cond, clip_x0: as for the other samplers.
-    s_churn, s_min, s_max, s_noise: Karras's S_churn, S_tmin, S_tmax (bounds
-      on sigma_tilde_i) and S_noise; s_churn = 0 is deterministic. May be traced.
 
-  Returns:
-    x_0 [B, ...] at grid[-1], and info {"nfe": int32 (2N - 1 when the grid ends
-    at sigma = 0, else 2N), "nonfinite_step": int32}.
+def step(ctx: base.Context, x_cur, x_t, inputs: base.Inputs):
+  """Churn, Euler, and Heun's correction unless sigma_tilde at s is 0: x_tilde and x at s.
+
+  x_t = alpha(t) x_cur is not read: x_tilde is carried as the state, so that the
+  arithmetic is Alg. 2's.
   """
-  if isinstance(s_churn, (int, float)) and not s_churn >= 0:
-    raise ValueError(f"s_churn must be >= 0, got {s_churn!r}")
-  if not (isinstance(s_churn, (int, float)) and s_churn == 0):
-    loop.require_key(key, f"edm_heun with s_churn = {s_churn!r} (not a concrete 0)")
-  grid = loop.check_inputs(x_T, grid, process)
-  denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0)
-  num_steps = grid.shape[0] - 1
-  sigma_tilde = process.noise_to_signal(grid)  # [N + 1]
+  del x_t
+  process, options, t_cur, t_next = ctx.process, ctx.options, inputs.t, inputs.s
+  s_churn, s_min, s_max, s_noise = (options[name] for name in ("s_churn", "s_min", "s_max",
+                                                               "s_noise"))
+  # Of the whole grid, then indexed: XLA's scalar exp rounds apart from its vector one,
+  # and Alg. 2's sigma_tilde_i are one vector.
+  sigma_tilde = process.noise_to_signal(ctx.grid)  # [N + 1]
+  sigma_cur, sigma_next = sigma_tilde[inputs.i], sigma_tilde[inputs.i + 1]
 
   def d(x_tilde, t):
     """dx_tilde / dsigma_tilde = eps_hat, from one network call at x = alpha(t) x_tilde."""
-    return denoise(process.alpha(t) * x_tilde, t, cond)[1]
+    return ctx.denoise(process.alpha(t) * x_tilde, t)[1]
 
-  def step(carry, inputs):
-    x_cur, nfe = carry  # x_tilde_i [B, ...]
-    i, t_cur, t_next, sigma_cur, sigma_next = inputs
-    # Churn: raise the noise level to sigma_hat = (1 + gamma) sigma_cur.
-    in_range = (s_min <= sigma_cur) & (sigma_cur <= s_max)
-    gamma = jnp.where(in_range, jnp.minimum(s_churn / num_steps, math.sqrt(2.0) - 1.0), 0.0)
-    sigma_hat = sigma_cur * (1.0 + gamma)
-    z = (jnp.zeros_like(x_cur) if key is None  # No churn: z is unused.
-         else jax.random.normal(jax.random.fold_in(key, i), x_cur.shape, x_cur.dtype))
-    # sqrt(sigma_hat^2 - sigma_cur^2), free of cancellation.
-    x_hat = x_cur + sigma_cur * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z
-    t_hat = jnp.where(gamma > 0, process.t_from_noise_to_signal(sigma_hat), t_cur)
-    # Euler step from sigma_hat to sigma_next.
-    h = sigma_next - sigma_hat
-    d_cur = d(x_hat, t_hat)
-    x_next = x_hat + h * d_cur
+  # Churn: raise the noise level to sigma_hat = (1 + gamma) sigma_cur (on every
+  # step in [S_min, S_max], the last one included, as in Alg. 2).
+  in_range = (s_min <= sigma_cur) & (sigma_cur <= s_max)
+  gamma = jnp.where(in_range, jnp.minimum(s_churn / ctx.num_steps, math.sqrt(2.0) - 1.0), 0.0)
+  sigma_hat = sigma_cur * (1.0 + gamma)
+  z = (jnp.zeros_like(x_cur) if inputs.key is None  # No churn: z is unused.
+       else jax.random.normal(inputs.key, x_cur.shape, x_cur.dtype))
+  # sqrt(sigma_hat^2 - sigma_cur^2), free of cancellation.
+  x_hat = x_cur + sigma_cur * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z
+  t_hat = jnp.where(gamma > 0, process.t_from_noise_to_signal(sigma_hat), t_cur)
+  # Euler step from sigma_hat to sigma_next.
+  h = sigma_next - sigma_hat
+  d_cur = d(x_hat, t_hat)
+  x_next = x_hat + h * d_cur
 
-    # Heun correction unless sigma_next = 0.
-    def heun(x_next):
-      return x_hat + h * (0.5 * d_cur + 0.5 * d(x_next, t_next))
+  # Heun correction unless sigma_next = 0.
+  def heun(x_next):
+    return x_hat + h * (0.5 * d_cur + 0.5 * d(x_next, t_next))
 
-    correct = sigma_next > 0
-    x_next = jax.lax.cond(correct, heun, lambda x: x, x_next).astype(x_cur.dtype)
-    return (x_next, nfe + 1 + correct.astype(jnp.int32)), loop.all_finite(x_next)
-
-  steps = (jnp.arange(num_steps), grid[:-1], grid[1:], sigma_tilde[:-1], sigma_tilde[1:])
-  x_tilde_T = x_T / process.alpha(grid[0])
-  (x_tilde, nfe), finite = jax.lax.scan(step, (x_tilde_T, jnp.int32(0)), steps)
-  x = (process.alpha(grid[-1]) * x_tilde).astype(x_T.dtype)
-  return x, {"nfe": nfe, "nonfinite_step": loop.first_nonfinite_step(finite)}
+  x_next = ctx.cond(sigma_next > 0, heun, lambda x: x, x_next).astype(x_cur.dtype)
+  return x_next, process.alpha(t_next) * x_next
 
 
-def edm_heun_num_steps(nfe: int, *, final_euler: bool = True, **sampler_options) -> int:
-  """Grid length N for `edm_heun`: NFE = 2N - 1, or 2N with final_euler=False.
+def _nfe(num_steps: int, ends_at_zero: bool, options) -> int:
+  """2N, less the correction skipped on a last step into sigma = 0."""
+  del options
+  return 2 * num_steps - int(ends_at_zero)
 
-  final_euler: the grid ends at sigma = 0 (t = 0 for every process here but
-  VE), so the last step is Euler; False for grids ending at sigma > 0. Other
-  sampler options (s_churn, ...) do not change the NFE and are ignored.
-  """
-  del sampler_options
-  nfe = loop.one_call_per_step(nfe)  # Checks that nfe is a positive integer.
-  extra = 1 if final_euler else 0  # NFE = 2N - extra
-  if (nfe + extra) % 2:
-    rule = "odd NFE = 2N - 1 (grid ending at sigma = 0)" if final_euler else (
-        "even NFE = 2N (grid ending at sigma > 0)")
-    nearest = " or ".join(f"{n} (N = {(n + extra) // 2})" for n in (nfe - 1, nfe + 1)
-                          if (n + extra) // 2 >= 1)
-    raise ValueError(f"edm_heun meets only {rule}; nfe={nfe} is not one, nearest: {nearest}")
-  return (nfe + extra) // 2
+
+def _no_churn(options) -> bool:
+  return base.concrete_zero(options["s_churn"])
+
+
+def _non_negative(value) -> bool:
+  return value >= 0
+
+
+edm_heun = base.Sampler(
+    name="edm_heun", init=init, step=step,
+    options={
+        "s_churn": base.Option(0.0, (int, float), "Karras's S_churn; 0 is deterministic",
+                               check=_non_negative, rule=">= 0", traced=True),
+        "s_min": base.Option(0.0, (int, float), "S_tmin, the lowest sigma_tilde_i churned",
+                             traced=True),
+        "s_max": base.Option(math.inf, (int, float), "S_tmax, the highest sigma_tilde_i "
+                             "churned", traced=True),
+        "s_noise": base.Option(1.0, (int, float), "S_noise, the churn noise's scale",
+                               traced=True),
+    },
+    # Heun's 2; with churn the weak order 1 of its noise injection (a first-order splitting).
+    order=lambda options: 2 if _no_churn(options) else 1,
+    stochastic=lambda options: not _no_churn(options),
+    nfe=_nfe)
