@@ -12,7 +12,7 @@ end in one of two ways, their option `end`:
     final_sigmas_type="sigma_min"): the N + 1 points run from t_max to t_min
     inclusive, with no final jump. For the same N the spacing is the same
     rule on one more point, so each interval is smaller; the samples are
-    those at t_min (sigma/alpha = 0.006 at t_min = 1/T for the linear
+    those at t_min (sigma/alpha = 0.01 at t_min = 1/T for the linear
     1000-step DDPM). A sampler's NFE rule is told which end it gets
     (`samplers.num_steps_for(..., ends_at_zero=)`).
 
