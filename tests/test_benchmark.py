@@ -2,6 +2,7 @@
 solution against DDIM's first-order convergence, error rows instead of crashes,
 and the diffusers peers tied to our grids and DDIM."""
 
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -182,6 +183,15 @@ def test_nfe_rule_is_told_where_the_grid_ends(monkeypatch):
     with pytest.raises(runs.UnreachableNFE, match="recorded"):
       runs.sampler_entry(problem, "ddim", {}, "log_snr", grid_options).check(5)
   assert asked == [True, False]
+
+
+def test_num_steps_for_forwards_where_the_grid_ends(monkeypatch):
+  # A rule with one call more on a grid that ends where sigma > 0.
+  rule = lambda num_steps, ends_at_zero, options: num_steps + (0 if ends_at_zero else 1)
+  monkeypatch.setitem(samplers.SAMPLERS, "fake",
+                      dataclasses.replace(samplers.SAMPLERS["ddim"], name="fake", nfe=rule))
+  assert samplers.num_steps_for("fake", 6) == 6
+  assert samplers.num_steps_for("fake", 6, ends_at_zero=False) == 5
 
 
 def test_configuration_mistakes_are_found_before_anything_runs(tmp_path):
