@@ -3,7 +3,7 @@
   python3 benchmarks/reference_solvers.py \\
       --dpm-solver /path/to/dpm-solver/dpm_solver_pytorch.py \\
       --unipc /path/to/UniPC/uni_pc.py \\
-      --jaxdiff runs/bench-<time>/results.jsonl
+      --jaxdiff runs/bench-<time>/results.jsonl[,more.jsonl]
 
 The official code (Lu et al. 2022, "DPM-Solver" and "DPM-Solver++",
 LuChengTHU/dpm-solver; Zhao et al. 2023, "UniPC", wl-zhao/UniPC; both PyTorch)
@@ -48,8 +48,8 @@ _DPM_SOLVER = flags.DEFINE_string("dpm-solver", None, "dpm_solver_pytorch.py of 
                                   "LuChengTHU/dpm-solver checkout.", required=True)
 _UNIPC = flags.DEFINE_string("unipc", None, "uni_pc.py of a wl-zhao/UniPC checkout.",
                              required=True)
-_JAXDIFF = flags.DEFINE_string("jaxdiff", None, "results.jsonl of `bench.py` on the same "
-                               "config; without it only the official rows are printed.")
+_JAXDIFF = flags.DEFINE_list("jaxdiff", [], "results.jsonl files of `bench.py` on the same "
+                             "problems; without them only the official rows are printed.")
 _CONFIG = flags.DEFINE_string("config", "configs/benchmark.py", "The benchmark config whose "
                               "problems are solved.")
 _NFES = flags.DEFINE_list("nfes", ["5", "10", "15", "20"], "NFE values.")
@@ -155,10 +155,8 @@ def main(argv):
              "unipc": load_module(_UNIPC.value, "uni_pc_official")}
   config = load_config(_CONFIG.value)
   nfes = [int(n) for n in _NFES.value]
-  rows = []
-  if _JAXDIFF.value:
-    lines = pathlib.Path(_JAXDIFF.value).read_text().splitlines()
-    rows = [json.loads(line) for line in lines if line.strip()]
+  rows = [json.loads(line) for path in _JAXDIFF.value
+          for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
   print(f"process {config.process} {dict(config.process_options)}, {config.num_samples} "
         f"samples, seed {config.seed}; torch {torch.__version__}, jax {jax.__version__}")
   table = []
