@@ -71,6 +71,23 @@ HIGH_ORDER = tuple(
     for grid_options in ({}, {"t_min": 0.006}, {"t_min": 0.0274}))
 
 
+# The official solvers' convention (LuChengTHU/dpm-solver and wl-zhao/UniPC,
+# `get_time_steps`): N network calls on N + 1 points from t = 1 to t_min = 1/T,
+# no final jump (grids' end="t_min"), on their recommended time-quadratic and
+# log-SNR grids; UniPC bh2 and DPM-Solver++ multistep are the defaults.
+REFERENCE_CONVENTION = tuple(
+    sampler(name, grid, {"order": order}, {"end": "t_min"})
+    for name in ("unipc", "dpm_solver") for order in (2, 3) for grid in ("quadratic", "log_snr"))
+
+
+# DPM-Solver++ 3M with the Taylor-exact weight of the second difference
+# (weight_3m="taylor"); the rows of dpm_solver order=3 above have the official
+# code's half weight, the default ("reference").
+TAYLOR_3M = tuple(
+    sampler("dpm_solver", "log_snr", {"order": 3, "weight_3m": "taylor"}, grid_options)
+    for grid_options in ({}, {"t_min": 0.006}, {"end": "t_min"}))
+
+
 # Grids learned for two of them at each NFE (grids.learned, LD3): started from
 # their log-SNR grid, fitted on 4096 starts drawn apart from the benchmark's x_T.
 LEARNED = (
@@ -107,6 +124,8 @@ def get_config():
       sampler("ddim", "karras", grid_options={"rho": 7.0}),
       sampler("ddpm", "trailing"),  # Stochastic: reported, marked.
       *HIGH_ORDER,
+      *REFERENCE_CONVENTION,
+      *TAYLOR_3M,
       *LEARNED,
   )
   # diffusers peers, run with --peers (DiscreteDDPM processes only).

@@ -1,10 +1,20 @@
 """Time grids for samplers, built in one place.
 
-A grid is a float32 array [N + 1] of strictly decreasing times (k-diffusion's
-convention): grid[0] is where sampling starts (usually `process.t_max`),
-grid[:N] are the N times at which the network is evaluated and grid[N] is
-where it ends, t = 0 here, so that the last step jumps to the clean data for
-every process with sigma(0) = 0.
+A grid is a float32 array [N + 1] of strictly decreasing times: grid[0] is
+where sampling starts (usually `process.t_max`) and grid[N] where it ends. The
+continuous builders (time_uniform, time_quadratic, log_snr_uniform, karras)
+end in one of two ways, their option `end`:
+  * "zero" (default; k-diffusion's convention): grid[:N] are N times from
+    t_max to t_min and grid[N] = 0, so that the last step jumps to the clean
+    data for every process with sigma(0) = 0;
+  * "t_min" (the official DPM-Solver's and UniPC's convention, their
+    `get_time_steps(skip_type, t_T, t_0, N)`, and diffusers'
+    final_sigmas_type="sigma_min"): the N + 1 points run from t_max to t_min
+    inclusive, with no final jump. For the same N the spacing is the same
+    rule on one more point, so each interval is smaller; the samples are
+    those at t_min (sigma/alpha = 0.01 at t_min = 1/T for the linear
+    1000-step DDPM). A sampler's NFE rule is told which end it gets
+    (`samplers.num_steps_for(..., ends_at_zero=)`).
 
 Builders, named as in the literature:
   * time_uniform      uniform in t (Ho et al. 2020; Song et al. 2021).
@@ -52,27 +62,43 @@ def _check_interval(t_max, t_min):
     raise ValueError(f"need 0 < t_min < t_max, got t_min={t_min!r}, t_max={t_max!r}")
 
 
-def _with_end(times):
-  """Appends the end time 0 to the N network times: float32 [N + 1]."""
+ENDS = ("zero", "t_min")
+
+
+def _check_end(end):
+  if end not in ENDS:
+    raise ValueError(f"unknown grid end {end!r}; valid: {list(ENDS)} (\"zero\": N times from "
+                     f"t_max to t_min, then 0; \"t_min\": N + 1 times from t_max to t_min)")
+
+
+def _num_points(num_steps, end):
+  """How many points the spacing rule places from t_max to t_min: N, or N + 1 for "t_min"."""
+  _check_num_steps(num_steps)
+  _check_end(end)
+  return num_steps if end == "zero" else num_steps + 1
+
+
+def _with_end(times, end="zero"):
+  """The grid float32 [N + 1]: the times, then 0 where end is "zero"."""
   times = np.asarray(times, np.float32)
-  grid = np.append(times, np.float32(0.0))
+  grid = np.append(times, np.float32(0.0)) if end == "zero" else times
   if not np.all(np.diff(grid) < 0):
     raise ValueError(f"grid times must be strictly decreasing and positive, got {times}")
   return jnp.asarray(grid)
 
 
-def time_uniform(t_max: float, t_min: float, num_steps: int):
-  """N network times uniform in t from t_max to t_min, then 0: [N + 1]."""
-  _check_num_steps(num_steps)
+def time_uniform(t_max: float, t_min: float, num_steps: int, end: str = "zero"):
+  """Times uniform in t from t_max to t_min, then 0 (end "zero") or not ("t_min"): [N + 1]."""
+  num_points = _num_points(num_steps, end)
   _check_interval(t_max, t_min)
-  return _with_end(np.linspace(t_max, t_min, num_steps))
+  return _with_end(np.linspace(t_max, t_min, num_points), end)
 
 
-def time_quadratic(t_max: float, t_min: float, num_steps: int):
-  """N network times uniform in sqrt(t) from t_max to t_min, then 0: [N + 1]."""
-  _check_num_steps(num_steps)
+def time_quadratic(t_max: float, t_min: float, num_steps: int, end: str = "zero"):
+  """Times uniform in sqrt(t) from t_max to t_min, then 0 (end "zero") or not: [N + 1]."""
+  num_points = _num_points(num_steps, end)
   _check_interval(t_max, t_min)
-  return _with_end(np.linspace(math.sqrt(t_max), math.sqrt(t_min), num_steps) ** 2)
+  return _with_end(np.linspace(math.sqrt(t_max), math.sqrt(t_min), num_points) ** 2, end)
 
 
 def _log_snr_ends(process: Process, t_max, t_min):
@@ -88,51 +114,56 @@ def _log_snr_ends(process: Process, t_max, t_min):
   return t_max, t_min, lam_max_t, lam_min_t
 
 
-def _times_from_log_snr(process: Process, lam, t_max, t_min):
-  """Maps lam [N] back to times, pinning the ends to t_max and t_min exactly."""
+def _times_from_log_snr(process: Process, lam, t_max, t_min, end):
+  """Maps lam [M] back to times, pinning the ends to t_max and t_min exactly."""
   times = np.asarray(process.t_from_log_snr(jnp.asarray(lam, jnp.float32)), np.float64)
   times[0] = t_max
   if times.size > 1:
     times[-1] = t_min
-  return _with_end(times)
+  return _with_end(times, end)
 
 
-def log_snr_uniform(process: Process, num_steps: int, *, t_max=None, t_min=None):
-  """N network times with equal log-SNR increments from t_max to t_min, then 0.
+def log_snr_uniform(process: Process, num_steps: int, *, t_max=None, t_min=None,
+                    end: str = "zero"):
+  """Times with equal log-SNR increments from t_max to t_min, then 0 (end "zero") or not.
 
   Args:
     process: the forward process (its log_snr and t_from_log_snr are used).
     num_steps: N.
     t_max, t_min: the interval; the process's own by default.
+    end: "zero" (N times, then 0) or "t_min" (N + 1 times, the last t_min).
 
   Returns:
     float32 [N + 1].
   """
-  _check_num_steps(num_steps)
+  num_points = _num_points(num_steps, end)
   t_max, t_min, lam_start, lam_end = _log_snr_ends(process, t_max, t_min)
-  lam = np.linspace(lam_start, lam_end, num_steps)  # Increasing.
-  return _times_from_log_snr(process, lam, t_max, t_min)
+  lam = np.linspace(lam_start, lam_end, num_points)  # Increasing.
+  return _times_from_log_snr(process, lam, t_max, t_min, end)
 
 
-def karras(process: Process, num_steps: int, rho: float = 7.0, *, t_max=None, t_min=None):
-  """Karras et al. 2022 eq. 5, in the noise-to-signal ratio, then 0.
+def karras(process: Process, num_steps: int, rho: float = 7.0, *, t_max=None, t_min=None,
+           end: str = "zero"):
+  """Karras et al. 2022 eq. 5, in the noise-to-signal ratio, then 0 (end "zero") or not.
 
-  sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho
-  for i = 0..N-1, with sigma = sigma(t) / alpha(t) at t_max and t_min, mapped to
-  t through lam = -2 log sigma. At rho = 1 the grid is uniform in sigma / alpha.
+  sigma_i = (sigma_max^(1/rho) + i / (M - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho
+  for i = 0..M-1, with sigma = sigma(t) / alpha(t) at t_max and t_min, mapped to
+  t through lam = -2 log sigma; M = N, then 0 (end "zero", k-diffusion's
+  get_sigmas_karras), or M = N + 1 (end "t_min"). At rho = 1 the grid is
+  uniform in sigma / alpha.
 
   Returns:
     float32 [N + 1].
   """
-  _check_num_steps(num_steps)
+  num_points = _num_points(num_steps, end)
   if not rho > 0:
     raise ValueError(f"rho must be positive, got {rho!r}")
   t_max, t_min, lam_start, lam_end = _log_snr_ends(process, t_max, t_min)
   sigma_max, sigma_min = math.exp(-0.5 * lam_start), math.exp(-0.5 * lam_end)
-  ramp = np.linspace(0.0, 1.0, num_steps)  # i / (N - 1)
+  ramp = np.linspace(0.0, 1.0, num_points)  # i / (M - 1)
   root_max, root_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
   sigmas = (root_max + ramp * (root_min - root_max)) ** rho
-  return _times_from_log_snr(process, -2.0 * np.log(sigmas), t_max, t_min)
+  return _times_from_log_snr(process, -2.0 * np.log(sigmas), t_max, t_min, end)
 
 
 def diffusers_spacing(num_train_steps: int, num_steps: int, spacing: str, steps_offset: int = 0):
@@ -264,10 +295,10 @@ def learned(sample_fn, x_T, x_ref, init_grid, *, key, num_iterations: int = 300,
 def _on_interval(builder):
   """Runs a (t_max, t_min, num_steps) builder on the process's interval by default."""
 
-  def build(process: Process, num_steps, *, t_max=None, t_min=None):
+  def build(process: Process, num_steps, *, t_max=None, t_min=None, end="zero"):
     t_max = process.t_max if t_max is None else t_max
     t_min = process.t_min if t_min is None else t_min
-    return builder(t_max, t_min, num_steps)
+    return builder(t_max, t_min, num_steps, end)
 
   return build
 
@@ -299,11 +330,12 @@ GRIDS = {
 def make_grid(process: Process, name: str, num_steps: int, **options):
   """Builds the named grid for a process, e.g. make_grid(p, "karras", 18, rho=7.0).
 
-  Options: t_max, t_min (all but the diffusers spacings), rho ("karras"),
-  steps_offset ("leading").
+  Options: t_max, t_min and end ("zero" or "t_min") of all but the diffusers
+  spacings, rho ("karras"), steps_offset ("leading").
 
   Returns:
-    float32 [num_steps + 1], strictly decreasing, ending at 0.
+    float32 [num_steps + 1], strictly decreasing, ending at 0 (or at t_min
+    with end="t_min").
   """
   if name not in GRIDS:
     raise ValueError(f"unknown grid {name!r}; valid: {sorted(GRIDS)}")

@@ -2,6 +2,7 @@
 solution against DDIM's first-order convergence, error rows instead of crashes,
 and the diffusers peers tied to our grids and DDIM."""
 
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -168,6 +169,31 @@ def test_bad_configurations_are_error_rows_not_crashes(monkeypatch):
     runs.run_benchmark(problem, entries[:1] * 2, (3,), reference=problem.x_T)
 
 
+def test_nfe_rule_is_told_where_the_grid_ends(monkeypatch):
+  # N calls on N + 1 points ending at t_min (sigma > 0) or a last step into t = 0.
+  asked = []
+
+  def num_steps_for(name, nfe, options, *, ends_at_zero):
+    asked.append(ends_at_zero)
+    raise ValueError("recorded")
+
+  monkeypatch.setattr(samplers, "num_steps_for", num_steps_for)
+  problem = quick_problem()
+  for grid_options in ({}, {"end": "t_min"}):
+    with pytest.raises(runs.UnreachableNFE, match="recorded"):
+      runs.sampler_entry(problem, "ddim", {}, "log_snr", grid_options).check(5)
+  assert asked == [True, False]
+
+
+def test_num_steps_for_forwards_where_the_grid_ends(monkeypatch):
+  # A rule with one call more on a grid that ends where sigma > 0.
+  rule = lambda num_steps, ends_at_zero, options: num_steps + (0 if ends_at_zero else 1)
+  monkeypatch.setitem(samplers.SAMPLERS, "fake",
+                      dataclasses.replace(samplers.SAMPLERS["ddim"], name="fake", nfe=rule))
+  assert samplers.num_steps_for("fake", 6) == 6
+  assert samplers.num_steps_for("fake", 6, ends_at_zero=False) == 5
+
+
 def test_configuration_mistakes_are_found_before_anything_runs(tmp_path):
   problem = quick_problem()
   for args, message in (
@@ -185,7 +211,8 @@ def test_configuration_mistakes_are_found_before_anything_runs(tmp_path):
   assert len(mistakes) == 2
   assert "dpm_solver algorithm=dpm++ log_snr: ValueError:" in mistakes[0]
   assert "'dpm++'" in mistakes[0] and "dpmsolver++" in mistakes[0]
-  assert "grid 'uniform' takes the options ['t_max', 't_min'], got unknown ['rho']" in mistakes[1]
+  assert ("grid 'uniform' takes the options ['t_max', 't_min', 'end'], got unknown ['rho']"
+          in mistakes[1])
   with pytest.raises(ValueError, match="nfes must be a non-empty sequence of positive"):
     runs.check_nfes((0, 5))
 

@@ -39,6 +39,33 @@ def test_continuous_grids_shape_ends_decreasing(process_name, grid_name, num_ste
     assert grid[-2] == np.float32(process.t_min)
 
 
+@pytest.mark.parametrize("grid_name", CONTINUOUS)
+@pytest.mark.parametrize("process_name", ["ddpm", "ve", "flow"])
+def test_t_min_end_is_the_same_rule_on_one_more_point(process_name, grid_name):
+  # N calls on N + 1 points from t_max to t_min, no jump to 0: the default
+  # grid of N + 1 steps without its final 0.
+  process = PROCESSES[process_name]
+  options = _options(process_name, grid_name)
+  for num_steps in (1, 6):
+    grid = np.asarray(grids.make_grid(process, grid_name, num_steps, end="t_min", **options))
+    assert grid.dtype == np.float32 and grid.shape == (num_steps + 1,)
+    assert grid[0] == np.float32(options.get("t_max", process.t_max))
+    assert grid[-1] == np.float32(process.t_min) and np.all(np.diff(grid) < 0)
+    longer = np.asarray(grids.make_grid(process, grid_name, num_steps + 1, **options))
+    np.testing.assert_array_equal(grid, longer[:-1])
+
+
+def test_t_min_end_is_the_reference_solvers_time_steps():
+  # DPM-Solver's and UniPC's get_time_steps(skip_type, t_T=1, t_0=1/T, N) for
+  # a discrete DDPM: N + 1 times, uniform in t or in sqrt(t).
+  process, num_steps = PROCESSES["ddpm"], 5
+  expected = {"uniform": np.linspace(1.0, 1 / T, num_steps + 1),
+              "quadratic": np.linspace(1.0, np.sqrt(1 / T), num_steps + 1) ** 2}
+  for name, times in expected.items():
+    np.testing.assert_allclose(grids.make_grid(process, name, num_steps, end="t_min"), times,
+                               rtol=1e-6)
+
+
 @pytest.mark.parametrize("grid_name", SPACINGS)
 def test_spacings_shape_ends_decreasing(grid_name):
   process = PROCESSES["ddpm"]
@@ -143,8 +170,8 @@ def test_errors():
   ddpm, vp, flow = (PROCESSES[n] for n in ("ddpm", "vp", "flow"))
   with pytest.raises(ValueError, match="unknown grid 'nope'.*karras"):
     grids.make_grid(vp, "nope", 10)
-  with pytest.raises(ValueError, match=r"grid 'uniform' takes the options \['t_max', 't_min'\], "
-                     r"got unknown \['rho'\]"):
+  with pytest.raises(ValueError, match=r"grid 'uniform' takes the options \['t_max', 't_min', "
+                     r"'end'\], got unknown \['rho'\]"):
     grids.make_grid(vp, "uniform", 10, rho=7)
   with pytest.raises(ValueError, match=r"'trailing' takes the options \['steps_offset'\]"):
     grids.make_grid(ddpm, "trailing", 10, t_min=0.1)
@@ -168,6 +195,12 @@ def test_errors():
     grids.time_uniform(0.5, 0.7, 10)
   with pytest.raises(ValueError, match="rho"):
     grids.karras(vp, 10, rho=0.0)
+  for name in CONTINUOUS:
+    with pytest.raises(ValueError, match=r"unknown grid end 'sigma_min'; valid: \['zero', "
+                       r"'t_min'\]"):
+      grids.make_grid(ddpm, name, 10, end="sigma_min")
+  with pytest.raises(ValueError, match=r"'trailing' takes the options \['steps_offset'\]"):
+    grids.make_grid(ddpm, "trailing", 10, end="t_min")
 
 
 def test_learned_finds_the_minimising_times_and_keeps_the_ends():

@@ -79,7 +79,7 @@ def sampler_entry(problem: Problem, name: str, options=None, grid: str = "traili
   def setup(nfe):
     """(N, the sampler with its options bound) for this NFE."""
     try:
-      num_steps = samplers.num_steps_for(name, nfe, options)
+      num_steps = samplers.num_steps_for(name, nfe, options, ends_at_zero=ends_at_zero())
     except ValueError as error:
       raise UnreachableNFE(str(error)) from error
     return num_steps, functools.partial(sampler.fn, problem.denoise_fn, problem.process,
@@ -90,6 +90,10 @@ def sampler_entry(problem: Problem, name: str, options=None, grid: str = "traili
       return grids.make_grid(problem.process, grid_options.get("init", "log_snr"), num_steps,
                              **dict(grid_options.get("init_options") or {}))
     return grids.make_grid(problem.process, grid, num_steps, **grid_options)
+
+  def ends_at_zero():
+    """Whether sigma = 0 where the grid ends (its end time does not depend on N)."""
+    return samplers.base.ends_at_zero(problem.process, float(fixed_grid(1)[-1]))
 
   def check(nfe):
     num_steps, fn = setup(nfe)

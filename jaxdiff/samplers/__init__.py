@@ -84,15 +84,18 @@ def check_options(name: str, options) -> None:
     raise ValueError(f"sampler {name!r} takes the options {valid}, got unknown {unknown}")
 
 
-def num_steps_for(name: str, nfe: int, options=None) -> int:
+def num_steps_for(name: str, nfe: int, options=None, *, ends_at_zero: bool = True) -> int:
   """Grid length N at which sampler `name` with `options` spends exactly `nfe`
-  network calls (its registry rule, given the options it takes).
+  network calls on a grid whose end has sigma = 0 (ends_at_zero, e.g.
+  `grids.make_grid`'s default end) or sigma > 0 (end="t_min"): its registry
+  rule, given the options it takes. Samplers not yet on `base` ignore
+  ends_at_zero.
 
   Raises:
     ValueError where no N does, naming the NFE values that work.
   """
   if isinstance(get_sampler(name), Sampler):
-    return get_sampler(name).num_steps(nfe, options)
+    return get_sampler(name).num_steps(nfe, options, ends_at_zero=ends_at_zero)
   rule = get_sampler(name).num_steps
   parameters = inspect.signature(rule).parameters
   options = dict(options or {})

@@ -159,10 +159,13 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
   """
   options = dict(options or {})
   samplers.check_options(sampler, options)
-  num_steps = samplers.num_steps_for(sampler, nfe, options)
   if grid is None:
     grid, grid_options = grids.default_for(experiment.process)
   grid_options = dict(grid_options or {})
+  # Where the grid ends (sigma = 0 or not, e.g. end="t_min") does not depend on N.
+  end = float(grids.make_grid(experiment.process, grid, 1, **grid_options)[-1])
+  ends_at_zero = samplers.base.ends_at_zero(experiment.process, end)
+  num_steps = samplers.num_steps_for(sampler, nfe, options, ends_at_zero=ends_at_zero)
   times = samplers.check_grid(grids.make_grid(experiment.process, grid, num_steps,
                                               **grid_options), experiment.process, num_steps)
   if not math.isfinite(guidance_scale):
