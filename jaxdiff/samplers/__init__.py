@@ -17,10 +17,11 @@ solvers) and refused with a clear error where noise is drawn.
 import inspect
 from typing import Callable, NamedTuple
 
-from jaxdiff.samplers import dpm_solver, edm, ipndm, ode, pc, unipc
+from jaxdiff.samplers import edm, ipndm, ode, pc, unipc
 from jaxdiff.samplers.base import Sampler
 from jaxdiff.samplers.ddim import ddim
 from jaxdiff.samplers.ddpm import ddpm
+from jaxdiff.samplers.dpm_solver import dpm_solver, dpm_solver_sde
 # Re-exported for callers: the input checks and the host-side NaN report.
 from jaxdiff.samplers.base import check_grid, check_x_T, raise_if_nonfinite
 
@@ -42,8 +43,8 @@ SAMPLERS = {
     "adaptive": _Unported(ode.adaptive, ode.adaptive_num_steps),
     "edm_heun": _Unported(edm.edm_heun, edm.edm_heun_num_steps),
     "ipndm": _Unported(ipndm.ipndm, ipndm.ipndm_num_steps),
-    "dpm_solver": _Unported(dpm_solver.dpm_solver, dpm_solver.dpm_solver_num_steps),
-    "dpm_solver_sde": _Unported(dpm_solver.dpm_solver_sde, dpm_solver.dpm_solver_sde_num_steps),
+    "dpm_solver": dpm_solver,
+    "dpm_solver_sde": dpm_solver_sde,
     "unipc": _Unported(unipc.unipc, unipc.unipc_num_steps),
 }
 
