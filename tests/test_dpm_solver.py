@@ -1,9 +1,11 @@
 """Tests for DPM-Solver, DPM-Solver++ and SDE-DPM-Solver++: order 1 == DDIM and
-SDE order 1 == DDPM, the papers' update formulas recomputed in float64, the order
+SDE order 1 == DDPM, the papers' update formulas recomputed in float64, 3M with
+the reference weight against diffusers' DPMSolverMultistepScheduler, the order
 of every multistep step (warm-up, lower_order_final below 10 steps), empirical
-convergence orders against a float64 diffrax solution of the PF-ODE, the exact
-first-order step into t = 0, thresholding, the SDE sampler reproducing the
-mixture, counted NFE, one trace per grid length, NFE rules and errors."""
+convergence orders (both 3M weights) against a float64 diffrax solution of the
+PF-ODE equal to the declared ones, the exact first-order step into t = 0,
+thresholding, the SDE sampler reproducing the mixture, NFE rules and errors.
+NFE counting and tracing are the registry contract's (tests/test_samplers.py)."""
 
 import functools
 
@@ -13,10 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import grids, oracle, schedules, sde
-from jaxdiff.samplers import ddim, ddpm, loop
-from jaxdiff.samplers.dpm_solver import (dpm_solver, dpm_solver_num_steps, dpm_solver_sde,
-                                         dpm_solver_sde_num_steps, dynamic_threshold)
+from jaxdiff import grids, oracle, samplers, schedules, sde
+from jaxdiff.samplers import ddim, ddpm
+from jaxdiff.samplers.dpm_solver import dpm_solver, dpm_solver_sde, dynamic_threshold
 
 from conftest import OPTIMIZED
 
@@ -26,9 +27,11 @@ SMOOTH = oracle.GaussianMixture(np.array([0.3, 0.7]), np.array([[0.6, -0.3], [-0
 RING = oracle.ring()  # 8 modes, radius 0.7, std 0.08.
 MIXTURES = {"smooth": SMOOTH, "ring": RING}
 PROCESSES = {name: schedules.make_process(name) for name in ("vp", "edm", "flow")}
+T = 1000
+PROCESSES["ddpm"] = schedules.discrete_ddpm("linear", T)
 SAMPLERS = {"dpm_solver": dpm_solver, "dpm_solver_sde": dpm_solver_sde, "ddim": ddim,
             "ddpm": ddpm}
-OPTIONS = ("order", "method", "algorithm", "lower_order_final", "variance")
+OPTIONS = ("order", "method", "algorithm", "weight_3m", "lower_order_final", "variance")
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), static_argnames=OPTIONS,
@@ -87,20 +90,22 @@ def _vp_run(num_steps, **options):
   return sample("dpm_solver", "vp", "smooth", "eps", x_T, None, _vp_grid(num_steps), **options)
 
 
-# (method, algorithm, order, step counts N and 4N). Observed max errors at
-# t_min over 64 x 2 coordinates and the slopes they give (one more step count
-# in between changes a fitted slope by < 0.1):
+# (method, algorithm, order, weight_3m, step counts N and 4N). Observed max
+# errors at t_min over 64 x 2 coordinates and the slopes they give (one more
+# step count in between changes a fitted slope by < 0.1):
 CONVERGENCE_CASES = [
-    ("multistep", "dpmsolver++", 1, (64, 256)),  # 4.98e-2, 1.34e-2: 0.95
-    ("multistep", "dpmsolver", 2, (32, 128)),  # 1.60e-2, 1.16e-3: 1.89
-    ("multistep", "dpmsolver++", 2, (32, 128)),  # 6.43e-3, 3.85e-4: 2.03
-    ("singlestep", "dpmsolver", 2, (32, 128)),  # 5.73e-3, 3.38e-4: 2.04
-    ("singlestep", "dpmsolver++", 2, (32, 128)),  # 1.06e-2, 7.55e-4: 1.91
-    ("multistep", "dpmsolver", 3, (32, 128)),  # 3.61e-3, 5.70e-5: 2.99
-    ("multistep", "dpmsolver++", 3, (32, 128)),  # 2.76e-3, 4.44e-5: 2.98
-    ("singlestep", "dpmsolver", 3, (16, 64)),  # 7.85e-4, 1.26e-5: 2.98
-    ("singlestep", "dpmsolver++", 3, (16, 64)),  # 2.83e-3, 5.72e-5: 2.82
+    ("multistep", "dpmsolver++", 1, "reference", (64, 256)),  # 4.98e-2, 1.34e-2: 0.95
+    ("multistep", "dpmsolver", 2, "reference", (32, 128)),  # 1.60e-2, 1.16e-3: 1.89
+    ("multistep", "dpmsolver++", 2, "reference", (32, 128)),  # 6.43e-3, 3.85e-4: 2.03
+    ("singlestep", "dpmsolver", 2, "reference", (32, 128)),  # 5.73e-3, 3.38e-4: 2.04
+    ("singlestep", "dpmsolver++", 2, "reference", (32, 128)),  # 1.06e-2, 7.55e-4: 1.91
+    ("multistep", "dpmsolver", 3, "taylor", (32, 128)),  # 3.61e-3, 5.70e-5: 2.99
+    ("multistep", "dpmsolver++", 3, "taylor", (32, 128)),  # 2.76e-3, 4.44e-5: 2.98
+    ("multistep", "dpmsolver++", 3, "reference", (32, 128)),  # 3.38e-3, 1.30e-4: 2.35
+    ("singlestep", "dpmsolver", 3, "reference", (16, 64)),  # 7.85e-4, 1.26e-5: 2.98
+    ("singlestep", "dpmsolver++", 3, "reference", (16, 64)),  # 2.83e-3, 5.72e-5: 2.82
 ]
+D2_FACTOR = {"reference": 1.0, "taylor": 2.0}
 
 
 def _slope(steps, errors):
@@ -195,11 +200,11 @@ def _paper_singlestep(x, s, t, order, algorithm):
           + a_t / r_2 * (np.expm1(-h) / h + 1) * (g_2 - g_s))
 
 
-def _paper_multistep(x, s, t, history, step_order, algorithm, d2_factor=2.0, z=None):
+def _paper_multistep(x, s, t, history, step_order, algorithm, d2_factor, z=None):
   """2M (DPM-Solver++ Alg. 2 / multistep DPM-Solver-2), 3M, SDE-DPM-Solver++(2M).
 
-  history: [(lambda, g)] newest first, g_0 at s. d2_factor = 1 is the
-  references' 3M; z (SDE only) is the step's noise.
+  history: [(lambda, g)] newest first, g_0 at s. d2_factor: 3M's weight w
+  (1 the references', 2 Taylor's); z (SDE only) is the step's noise.
   """
   a_s, s_s, l_s = _schedule(s)
   a_t, s_t, l_t = _schedule(t)
@@ -228,7 +233,7 @@ def _paper_multistep(x, s, t, history, step_order, algorithm, d2_factor=2.0, z=N
 
 
 def _paper_chain(x_T, grid, method, order, algorithm, lower_order_final=True, key=None,
-                 d2_factor=2.0, mixture=SMOOTH):
+                 d2_factor=1.0, mixture=SMOOTH):
   """The whole sampler in float64. Orders as DPM-Solver's sampler (warm-up,
   lower_order_final below 10 steps) and diffusers' (first order into sigma = 0)."""
   grid = np.asarray(grid, np.float64)
@@ -248,13 +253,15 @@ def _paper_chain(x_T, grid, method, order, algorithm, lower_order_final=True, ke
   return x
 
 
-@pytest.mark.parametrize("method, algorithm, order, steps",
+@pytest.mark.parametrize("method, algorithm, order, weight_3m, steps",
                          [case for case in CONVERGENCE_CASES if case[2] > 1])
-def test_matches_paper_updates(method, algorithm, order, steps):
-  x, info = _vp_run(steps[0], order=order, method=method, algorithm=algorithm)
+def test_matches_paper_updates(method, algorithm, order, weight_3m, steps):
+  x, info = _vp_run(steps[0], order=order, method=method, algorithm=algorithm,
+                    weight_3m=weight_3m)
   assert int(info["nfe"]) == steps[0] * (order if method == "singlestep" else 1)
   x_T, _ = _pf_ode_solution("vp", PROCESSES["vp"].t_max)
-  expected = _paper_chain(x_T, _vp_grid(steps[0]), method, order, algorithm)
+  expected = _paper_chain(x_T, _vp_grid(steps[0]), method, order, algorithm,
+                          d2_factor=D2_FACTOR[weight_3m])
   # float32 against float64 through 32-64 network calls: observed <= 2.8e-6.
   np.testing.assert_allclose(np.asarray(x), expected, atol=3e-5)
 
@@ -268,7 +275,8 @@ def test_lower_order_final_matches_paper_orders():
     x[lower_order_final], _ = sample("dpm_solver", "vp", "smooth", "eps", x_T, None, grid,
                                      order=3, algorithm="dpmsolver",
                                      lower_order_final=lower_order_final)
-    expected = _paper_chain(x_T, grid, "multistep", 3, "dpmsolver", lower_order_final)
+    expected = _paper_chain(x_T, grid, "multistep", 3, "dpmsolver", lower_order_final,
+                            d2_factor=1.0)
     np.testing.assert_allclose(np.asarray(x[lower_order_final]), expected, atol=2e-5)
   assert max_error(x[True], x[False]) > 1e-3  # The option matters (observed 0.017).
 
@@ -304,7 +312,7 @@ def test_multistep_order_of_every_step(num_steps, lower_order_final, orders):
   for i, (s, t) in enumerate(zip(np.asarray(grid[:-1]), np.asarray(grid[1:]))):
     history = [(lam, g(lam)) for lam in lams[i::-1][:3]]  # Newest first.
     errors = [max_error(points[i + 1], _paper_multistep(points[i], s, t, history, k,
-                                                         "dpmsolver++"))
+                                                         "dpmsolver++", d2_factor=1.0))
               for k in range(1, len(history) + 1)]
     used.append(int(np.argmin(errors)) + 1)
     assert min(errors) < 1e-4 < sorted(errors + [1.0])[1], (i, errors)  # One clear match.
@@ -321,30 +329,48 @@ def test_sde_matches_diffusers_2m_update():
   np.testing.assert_allclose(np.asarray(x), expected, atol=5e-5)  # Observed 5e-6.
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' numpy 2 usage.
+def test_3m_reference_weight_matches_diffusers():
+  """DPMSolverMultistepScheduler(solver_order=3), dpmsolver++, 9 "linspace" steps of
+  DDPM-linear into sigma = 0: orders [1, 2, 3, 3, 3, 3, 3, 2, 1] in both (its
+  lower_order_final lowers the last two steps below 15 steps; ours min(3, N - i) below 10)."""
+  diffusers = pytest.importorskip("diffusers")
+  torch = pytest.importorskip("torch")
+  scheduler = diffusers.DPMSolverMultistepScheduler(
+      num_train_timesteps=T, beta_schedule="linear", solver_order=3,
+      algorithm_type="dpmsolver++", lower_order_final=True, final_sigmas_type="zero")
+  scheduler.set_timesteps(9)
+  grid = np.append((scheduler.timesteps.numpy() + 1) / T, 0.0)  # Index n sits at t = (n + 1) / T.
+  x_T = prior("ddpm", 16, seed=3)
+  eps_fn = jax.jit(SMOOTH.denoise_fn(PROCESSES["ddpm"], "eps"))
+  x_t = torch.tensor(np.asarray(x_T, np.float64))
+  for n in scheduler.timesteps:
+    t_vec = jnp.full((x_T.shape[0],), (int(n) + 1) / T, jnp.float32)
+    eps = eps_fn(jnp.asarray(x_t.numpy(), jnp.float32), t_vec, None)
+    x_t = scheduler.step(torch.tensor(np.asarray(eps, np.float64)), n, x_t).prev_sample
+  errors = {}
+  for weight_3m in ("reference", "taylor"):
+    x, _ = sample("dpm_solver", "ddpm", "smooth", "eps", x_T, None, jnp.asarray(grid, jnp.float32),
+                  order=3, weight_3m=weight_3m)
+    errors[weight_3m] = max_error(x, x_t.numpy())
+  # Measured 3.4e-7 (reference, float32 against diffusers' float64) and 1.6e-3 (taylor).
+  assert errors["reference"] < 1e-5 < 1e-3 < errors["taylor"], errors
+
+
 # --------------------------------------------------------------------------
 # Convergence to the probability-flow ODE.
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method, algorithm, order, steps", CONVERGENCE_CASES)
-def test_convergence_order(method, algorithm, order, steps):
+@pytest.mark.parametrize("method, algorithm, order, weight_3m, steps", CONVERGENCE_CASES)
+def test_convergence_order_is_the_declared_one(method, algorithm, order, weight_3m, steps):
+  options = dict(order=order, method=method, algorithm=algorithm, weight_3m=weight_3m)
   _, x_ode = _pf_ode_solution("vp", PROCESSES["vp"].t_max)
-  errors = [max_error(_vp_run(n, order=order, method=method, algorithm=algorithm)[0],
-                      x_ode[PROCESSES["vp"].t_min]) for n in steps]
+  errors = [max_error(_vp_run(n, **options)[0], x_ode[PROCESSES["vp"].t_min]) for n in steps]
   # The float64 reference is good to ~1e-8 and float32 sampling to ~1e-6, both
-  # far below the smallest error; the references' 3M (below) has slope ~2.3 here.
-  assert order - 0.3 < _slope(steps, errors) < order + 0.4, errors
-
-
-def test_references_3m_is_second_order():
-  """The references' D_2 = (D1_0 - D1_1) / (r_0 + r_1) halves the x0'' term: order 2."""
-  x_T, x_ode = _pf_ode_solution("vp", PROCESSES["vp"].t_max)
-  steps = (32, 128)
-  errors = [max_error(_paper_chain(x_T, _vp_grid(n), "multistep", 3, "dpmsolver++",
-                                   d2_factor=1.0), x_ode[PROCESSES["vp"].t_min]) for n in steps]
-  # Observed 3.38e-3, 1.30e-4: slope 2.35, tending to 2 (2.08 from 128 to 256
-  # steps); with the factor 2 the same chain is the sampler above (slope 2.98).
-  assert 1.8 < _slope(steps, errors) < 2.6, errors
+  # far below the smallest error. The references' 3M tends to 2 from above.
+  declared = dpm_solver.order(dpm_solver.resolve(options))
+  assert declared - 0.3 < _slope(steps, errors) < declared + 0.4, errors
 
 
 # --------------------------------------------------------------------------
@@ -363,6 +389,7 @@ def test_final_step_to_zero(process_name, prediction, t_max, method, algorithm):
   x, info = sample("dpm_solver", process_name, "smooth", prediction, x_T, None, grid, **options)
   assert int(info["nonfinite_step"]) == -1
   assert int(info["nfe"]) == (3 * 64 + 1 if method == "singlestep" else 65)
+  assert int(info["nfe"]) == dpm_solver.nfe(65, True, dpm_solver.resolve(options))
   # The same solver stopped at t_min, then alpha_0 x0_hat (one more network call).
   x_min, _ = sample("dpm_solver", process_name, "smooth", prediction, x_T, None, grid[:-1],
                     **options)
@@ -458,38 +485,8 @@ def test_sde_reproduces_mixture():
 
 
 # --------------------------------------------------------------------------
-# NFE counting, tracing, NFE rules, errors.
+# NaN reports, NFE rules, errors.
 # --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("sampler, options, calls_per_trace", [
-    (dpm_solver, dict(order=3, method="singlestep"), 3),
-    (dpm_solver, dict(order=3, method="multistep"), 1)])
-def test_nfe_counted_and_network_traced_once_per_length(sampler, options, calls_per_trace):
-  traces, calls = [], []
-
-  def counting_fn(x, t, cond):
-    traces.append(1)  # Python side effect: runs only while tracing.
-    jax.debug.callback(lambda: calls.append(1))  # Runs at every evaluation.
-    return SMOOTH.denoise_fn(PROCESSES["vp"])(x, t) + 0.0 * cond
-
-  process = PROCESSES["vp"]
-  run = jax.jit(functools.partial(sampler, counting_fn, process, cond=jnp.float32(0.0),
-                                  **options))
-  x_T, key = prior("vp", 3), jax.random.PRNGKey(0)
-  order = options["order"] if options.get("method") == "singlestep" else 1
-  expected = []
-  for grid in (grids.make_grid(process, "log_snr", 12),  # Ends at t = 0.
-               grids.make_grid(process, "quadratic", 13)[:-1],  # Same length, ends at t_min.
-               grids.make_grid(process, "uniform", 5)):  # A new length: one more trace.
-    x, info = run(x_T, key, grid)
-    assert bool(jnp.all(jnp.isfinite(x)))
-    n = grid.shape[0] - 1
-    expected.append(order * (n - 1) + (1 if float(grid[-1]) == 0.0 else order))
-    assert int(info["nfe"]) == expected[-1]
-  jax.effects_barrier()
-  assert len(calls) == sum(expected)  # e.g. singlestep 3: 34 + 36 + 13 calls.
-  assert len(traces) == 2 * calls_per_trace
 
 
 def test_nonfinite_values_are_reported_with_their_step():
@@ -505,45 +502,62 @@ def test_nonfinite_values_are_reported_with_their_step():
     early = method == "singlestep" and float(midpoint) < 0.5
     assert int(info["nonfinite_step"]) == first - early
     with pytest.raises(FloatingPointError, match="sampling produced NaN"):
-      loop.raise_if_nonfinite(info, grid)
+      samplers.raise_if_nonfinite(info, grid)
 
 
 def test_num_steps_rules():
-  assert dpm_solver_num_steps(7) == 7  # Multistep: one call per step.
-  assert dpm_solver_num_steps(7, order=1, method="singlestep") == 7
-  assert dpm_solver_num_steps(10, order=3, method="singlestep") == 4  # 3 * 3 + 1.
-  assert dpm_solver_num_steps(9, order=3, method="singlestep", ends_at_sigma_zero=False) == 3
-  assert dpm_solver_num_steps(9, order=2, method="singlestep", algorithm="dpmsolver") == 5
-  assert dpm_solver_sde_num_steps(12, order=2) == 12
-  with pytest.raises(ValueError, match=r"nfe = 1, 4, 7.*not nfe=9.*nfe=7 \(N=3\) and nfe=10 "
-                                       r"\(N=4\)"):
-    dpm_solver_num_steps(9, order=3, method="singlestep")
-  with pytest.raises(ValueError, match=r"nfe = 3, 6, 9.*not nfe=10.*nfe=9 \(N=3\) and nfe=12"):
-    dpm_solver_num_steps(10, order=3, method="singlestep", ends_at_sigma_zero=False)
-  with pytest.raises(ValueError, match=r"not nfe=2; nearest: nfe=3 \(N=1\)$"):
-    dpm_solver_num_steps(2, order=3, method="singlestep", ends_at_sigma_zero=False)
+  singlestep = lambda order: {"order": order, "method": "singlestep"}
+  assert dpm_solver.num_steps(7) == 7  # Multistep: one call per step.
+  assert dpm_solver.num_steps(7, singlestep(1)) == 7
+  assert dpm_solver.num_steps(10, singlestep(3)) == 4  # 3 * 3 + 1.
+  assert dpm_solver.num_steps(9, singlestep(3), ends_at_zero=False) == 3
+  assert samplers.num_steps_for("dpm_solver", 9, {**singlestep(2), "algorithm": "dpmsolver"}) == 5
+  assert samplers.num_steps_for("dpm_solver_sde", 12, {"order": 2}) == 12
+  with pytest.raises(ValueError, match=r"order=3, method='singlestep'.*cannot spend exactly "
+                                       r"nfe=9 on a grid ending at sigma = 0; nearest NFE that "
+                                       r"work: 7 or 10"):
+    dpm_solver.num_steps(9, singlestep(3))
+  with pytest.raises(ValueError, match=r"nfe=10 on a grid ending at sigma > 0.*work: 9 or 12"):
+    dpm_solver.num_steps(10, singlestep(3), ends_at_zero=False)
+  with pytest.raises(ValueError, match=r"nfe=2 on a grid ending at sigma > 0.*work: 3$"):
+    dpm_solver.num_steps(2, singlestep(3), ends_at_zero=False)
   with pytest.raises(ValueError, match="nfe must be a positive integer"):
-    dpm_solver_num_steps(0)
-  with pytest.raises(ValueError, match=r"unknown options \['ordr'\]"):
-    dpm_solver_num_steps(5, ordr=2)
+    dpm_solver.num_steps(0)
+  with pytest.raises(ValueError, match=r"got unknown \['ordr'\]"):
+    samplers.num_steps_for("dpm_solver", 5, {"ordr": 2})
+
+
+def test_declared_orders():
+  order = lambda entry, **options: entry.order(entry.resolve(options))
+  assert order(dpm_solver) == 2 and order(dpm_solver, order=1) == 1
+  assert order(dpm_solver, order=3) == 2  # 3M with the references' weight.
+  assert order(dpm_solver, order=3, weight_3m="taylor") == 3
+  assert order(dpm_solver, order=3, method="singlestep") == 3
+  assert order(dpm_solver_sde) == 1
+  assert not dpm_solver.stochastic(dpm_solver.resolve({}))
+  assert dpm_solver_sde.stochastic(dpm_solver_sde.resolve({}))
 
 
 def test_errors():
   process = PROCESSES["vp"]
   fn = SMOOTH.denoise_fn(process)
   x_T, grid = prior("vp", 3), grids.make_grid(process, "uniform", 4)
-  for order in (0, 4, 2.5, True):
-    with pytest.raises(ValueError, match=r"order must be one of \[1, 2, 3\]"):
+  for order, message in ((0, r"unknown order 0 for dpm_solver; valid: \[1, 2, 3\]"),
+                         (4, r"unknown order 4"), (2.5, "option order must be a int, got 2.5"),
+                         (True, "option order must be a int, got True")):
+    with pytest.raises(ValueError, match=message):
       dpm_solver(fn, process, x_T, None, grid, order=order)
-  with pytest.raises(ValueError, match=r"order must be one of \[1, 2\], got 3"):
+  with pytest.raises(ValueError, match=r"unknown order 3 for dpm_solver_sde; valid: \[1, 2\]"):
     dpm_solver_sde(fn, process, x_T, jax.random.PRNGKey(0), grid, order=3)
   with pytest.raises(ValueError, match="unknown method 'adaptive'.*singlestep"):
     dpm_solver(fn, process, x_T, None, grid, method="adaptive")
   with pytest.raises(ValueError, match="unknown algorithm 'sde-dpmsolver'.*dpmsolver\\+\\+"):
     dpm_solver(fn, process, x_T, None, grid, algorithm="sde-dpmsolver")
-  with pytest.raises(ValueError, match="threshold_ratio"):
+  with pytest.raises(ValueError, match=r"unknown weight_3m 'half'.*\['reference', 'taylor'\]"):
+    dpm_solver(fn, process, x_T, None, grid, weight_3m="half")
+  with pytest.raises(ValueError, match=r"threshold_ratio must be in \(0, 1\], got 1.5"):
     dpm_solver(fn, process, x_T, None, grid, thresholding=True, threshold_ratio=1.5)
-  with pytest.raises(ValueError, match="max_threshold"):
+  with pytest.raises(ValueError, match="max_threshold must be positive"):
     dpm_solver(fn, process, x_T, None, grid, thresholding=True, max_threshold=0.0)
   with pytest.raises(ValueError, match="unknown prediction type 'noise'"):
     dpm_solver(fn, process, x_T, None, grid, prediction="noise")

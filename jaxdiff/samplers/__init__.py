@@ -17,11 +17,12 @@ solvers) and refused with a clear error where noise is drawn.
 import inspect
 from typing import Callable, NamedTuple
 
-from jaxdiff.samplers import dpm_solver, ode, pc
+from jaxdiff.samplers import ode, pc
 from jaxdiff.samplers.base import Sampler
 from jaxdiff.samplers.ddim import ddim
 from jaxdiff.samplers.ddpm import ddpm
 from jaxdiff.samplers.deis import deis
+from jaxdiff.samplers.dpm_solver import dpm_solver, dpm_solver_sde
 from jaxdiff.samplers.dpm_solver_3m_sde import dpm_solver_3m_sde
 from jaxdiff.samplers.edm import edm_heun
 from jaxdiff.samplers.ipndm import ipndm
@@ -49,8 +50,8 @@ SAMPLERS = {
     "adaptive": ode.adaptive,
     "edm_heun": edm_heun,
     "ipndm": ipndm,
-    "dpm_solver": _Unported(dpm_solver.dpm_solver, dpm_solver.dpm_solver_num_steps),
-    "dpm_solver_sde": _Unported(dpm_solver.dpm_solver_sde, dpm_solver.dpm_solver_sde_num_steps),
+    "dpm_solver": dpm_solver,
+    "dpm_solver_sde": dpm_solver_sde,
     "unipc": unipc,
     "restart": restart,
     "dpm_solver_3m_sde": dpm_solver_3m_sde,
