@@ -280,7 +280,7 @@ def build_oracle_job(config):
   x_T = jax.ShapeDtypeStruct((config.num_samples, mixture.dim), jnp.float32)
   sampler_runs = []
   for run in config.samplers:
-    sampler = samplers.get_sampler(run.name).fn
+    sampler = samplers.get_sampler(run.name)
     samplers.check_options(run.name, run.options)
     grid = samplers.check_grid(grids.make_grid(process, run.grid, run.num_steps), process)
     try:

@@ -120,7 +120,7 @@ def sample_checkpoint():
     plan = generate.plan(built, _SAMPLER.value, _NFE.value, grid=_GRID.value,
                          grid_options=cli.json_object(_GRID_OPTIONS, grids.GRIDS.get(_GRID.value)),
                          guidance_scale=_GUIDANCE.value,
-                         options=cli.json_object(_OPTIONS, samplers.get_sampler(_SAMPLER.value).fn))
+                         options=cli.json_object(_OPTIONS))
     x_T, labels = checkpoint_inputs(built, plan)
     judged = evaluation.wanted(built.run.data.source, _EVALUATE.value)
     # The data's Inception statistics first: a bad weights file fails before sampling.

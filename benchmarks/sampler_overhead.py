@@ -90,7 +90,7 @@ def main(argv):
     except ValueError as error:
       print(f"{name}: skipped ({error})")
       continue
-    run = jax.jit(lambda x, k, g, fn=sampler.fn: fn(denoise_fn, process, x, k, g))
+    run = jax.jit(lambda x, k, g, fn=sampler: fn(denoise_fn, process, x, k, g))
     nfe = int(run(x_T, key, grid)[1]["nfe"])
     seconds = median_seconds(lambda: run(x_T, key, grid), _REPEATS.value)
     print(f"{name}: {nfe} NFE in {1e3 * seconds:.1f} ms = {seconds / twenty_calls:.3f} x "

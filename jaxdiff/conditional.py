@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import samplers, sde
-from jaxdiff.samplers import loop
+from jaxdiff.samplers import base
 from jaxdiff.schedules import Process
 
 
@@ -52,7 +52,7 @@ def _check(y, mask):
   if mask.shape != y.shape and mask.shape != y.shape[1:]:
     raise ValueError(f"mask must have the shape of y {y.shape} or of one example "
                      f"{y.shape[1:]}, got {mask.shape}")
-  values = loop.concrete(mask)
+  values = base.concrete(mask)
   if values is not None and not np.all((values == 0) | (values == 1)):
     raise ValueError("mask must hold 0 (unknown, generated) or 1 (known, kept) only")
 
@@ -81,15 +81,15 @@ def inpaint(denoise_fn, process: Process, y, mask, key, grid, *, prediction: str
   _check(y, mask)
   if resample < 1:
     raise ValueError(f"resample must be a positive integer, got {resample}")
-  grid = loop.check_inputs(y, grid, process)
-  times = loop.concrete(grid)
+  grid = base.check_inputs(y, grid, process)
+  times = base.concrete(grid)
   if times is not None and times[-1] != 0:
     raise ValueError(f"inpaint's grid must end at t = 0 (where the known pixels are y), got "
                      f"{times[-1]}")
   to_basis = (lambda x: x) if basis is None else (lambda x: x @ jnp.asarray(basis).T)
   from_basis = (lambda x: x) if basis is None else (lambda x: x @ jnp.asarray(basis))
   y_coords = to_basis(y)
-  denoise = loop.denoiser(denoise_fn, process, prediction, clip_x0=False)
+  denoise = base.denoiser(denoise_fn, process, prediction, clip_x0=False)
   key_T, key = jax.random.split(key)
   num_steps = grid.shape[0] - 1
 
@@ -111,12 +111,12 @@ def inpaint(denoise_fn, process: Process, y, mask, key, grid, *, prediction: str
       return jnp.where(j < resample - 1, renoised, x_s)
 
     x_s = jax.lax.fori_loop(0, resample, repeat, x_t)
-    return (x_s, nfe + resample), loop.all_finite(x_s)
+    return (x_s, nfe + resample), base.all_finite(x_s)
 
   x_T = process.sigma(grid[0]) * jax.random.normal(key_T, y.shape)
   steps = (jnp.arange(num_steps), grid[:-1], grid[1:])
   (x, nfe), finite = jax.lax.scan(step, (x_T, jnp.int32(0)), steps)
-  return x, {"nfe": nfe, "nonfinite_step": loop.first_nonfinite_step(finite)}
+  return x, {"nfe": nfe, "nonfinite_step": base.first_nonfinite_step(finite)}
 
 
 def sdedit(denoise_fn, process: Process, y, key, grid, *, sampler: str = "ddpm",
@@ -127,8 +127,8 @@ def sdedit(denoise_fn, process: Process, y, key, grid, *, sampler: str = "ddpm",
     x_0 [B, ...] and the sampler's info.
   """
   y = jnp.asarray(y, jnp.float32)
-  grid = loop.check_inputs(y, grid, process)
+  grid = base.check_inputs(y, grid, process)
   key_noise, key_sampler = jax.random.split(key)
   x_t0 = sde.q_sample(process, y, grid[0], jax.random.normal(key_noise, y.shape))
-  return samplers.get_sampler(sampler).fn(denoise_fn, process, x_t0, key_sampler, grid,
+  return samplers.get_sampler(sampler)(denoise_fn, process, x_t0, key_sampler, grid,
                                           prediction=prediction, cond=cond, **options)

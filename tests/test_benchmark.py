@@ -128,7 +128,7 @@ def _fake_sampler(nfe_offset=0, value=None):
     x = x_T if value is None else jnp.full_like(x_T, value)
     finite = jnp.arange(steps) < (0 if value is not None else steps)
     return x, {"nfe": jnp.int32(steps + nfe_offset),
-               "nonfinite_step": samplers.loop.first_nonfinite_step(finite)}
+               "nonfinite_step": samplers.base.first_nonfinite_step(finite)}
 
   return fn
 

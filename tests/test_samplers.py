@@ -29,7 +29,7 @@ def sample_oracle(sampler_name, process_name, prediction, x_T, key, grid, **opti
   """A sampler run with the oracle's exact denoiser; jitted once per static setup."""
   process = PROCESSES[process_name]
   denoise_fn = MIXTURE.denoise_fn(process, prediction)
-  return SAMPLERS[sampler_name].fn(denoise_fn, process, x_T, key, grid, prediction=prediction,
+  return SAMPLERS[sampler_name](denoise_fn, process, x_T, key, grid, prediction=prediction,
                                 **options)
 
 
@@ -255,7 +255,7 @@ def test_nfe_counted_and_network_traced_once_per_length(sampler_name):
     return toy_denoise_fn(x, t, cond)
 
   process = PROCESSES["vp"]
-  sampler = jax.jit(functools.partial(get_sampler(sampler_name).fn, counting_fn, process))
+  sampler = jax.jit(functools.partial(get_sampler(sampler_name), counting_fn, process))
   x_T = prior("vp", 3)
   nfe = 0
   for key, name in enumerate(["uniform", "log_snr", "quadratic"]):  # Same length, new grids.
@@ -295,7 +295,7 @@ def test_clip_x0(sampler_name):
   def fn(x, t, cond):
     return 2.0 * x  # An x0 prediction far outside [-1, 1].
 
-  sampler = get_sampler(sampler_name).fn
+  sampler = get_sampler(sampler_name)
   x, _ = sampler(fn, process, x_T, jax.random.PRNGKey(0), grid, prediction="x0", clip_x0=True)
   # x0 = clip(2 x_T), eps = (x_T - alpha_t x0) / sigma_t, x_s = alpha_s x0 + sigma_s eps.
   a_t, s_t, a_s, s_s = (float(f(u)) for u in (0.5, 0.2) for f in (process.alpha, process.sigma))
@@ -379,9 +379,9 @@ def test_every_sampler_checks_inputs_counts_nfe_and_flags_nan(name):
                             (grid.at[0].set(1.5), "time domain"),
                             (grid.at[1].set(jnp.nan), "NaN")):
     with pytest.raises(ValueError, match=message):
-      sampler.fn(toy_denoise_fn, process, x_T, key, bad_grid)
+      sampler(toy_denoise_fn, process, x_T, key, bad_grid)
   with pytest.raises(ValueError, match="x_T holds NaN or inf in 1 of its 3 rows"):
-    sampler.fn(toy_denoise_fn, process, x_T.at[1, 0].set(jnp.inf), key, grid)
+    sampler(toy_denoise_fn, process, x_T.at[1, 0].set(jnp.inf), key, grid)
 
   calls = []
 
@@ -389,14 +389,14 @@ def test_every_sampler_checks_inputs_counts_nfe_and_flags_nan(name):
     jax.debug.callback(lambda: calls.append(1))
     return toy_denoise_fn(x, t, cond)
 
-  x, info = sampler.fn(counting_fn, process, x_T, key, grid)
+  x, info = sampler(counting_fn, process, x_T, key, grid)
   jax.effects_barrier()
   assert int(info["nfe"]) == len(calls)
   if name != "adaptive":
     assert len(calls) == nfe
   assert int(info["nonfinite_step"]) == -1 and bool(jnp.all(jnp.isfinite(x)))
   broken = lambda x, t, cond: jnp.full_like(x, jnp.nan)
-  _, info = sampler.fn(broken, process, x_T, key, grid)
+  _, info = sampler(broken, process, x_T, key, grid)
   assert int(info["nonfinite_step"]) == 0
   with pytest.raises(FloatingPointError, match="at step 0 "):
     samplers.raise_if_nonfinite(info, grid)
@@ -419,14 +419,14 @@ def test_key_none_is_accepted_where_no_noise_is_drawn():
   key = jax.random.PRNGKey(0)
   for name, options in (("ddim", {"eta": 0.0}), ("edm_heun", {}), ("dpm_solver", {}),
                         ("unipc", {}), ("ipndm", {}), ("heun", {})):
-    with_key, _ = SAMPLERS[name].fn(toy_denoise_fn, process, x_T, key, grid, **options)
-    without, _ = SAMPLERS[name].fn(toy_denoise_fn, process, x_T, None, grid, **options)
+    with_key, _ = SAMPLERS[name](toy_denoise_fn, process, x_T, key, grid, **options)
+    without, _ = SAMPLERS[name](toy_denoise_fn, process, x_T, None, grid, **options)
     np.testing.assert_array_equal(np.asarray(with_key), np.asarray(without))
   for name, options in (("ddim", {"eta": 0.5}), ("ddpm", {}), ("pc", {}),
                         ("euler_maruyama", {}), ("dpm_solver_sde", {}),
                         ("edm_heun", {"s_churn": 1.0})):
     with pytest.raises(ValueError, match="needs a PRNG key"):
-      SAMPLERS[name].fn(toy_denoise_fn, process, x_T, None, grid, **options)
+      SAMPLERS[name](toy_denoise_fn, process, x_T, None, grid, **options)
 
 
 def test_check_options_names_the_valid_ones():

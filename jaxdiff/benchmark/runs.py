@@ -82,7 +82,7 @@ def sampler_entry(problem: Problem, name: str, options=None, grid: str = "traili
       num_steps = samplers.num_steps_for(name, nfe, options, ends_at_zero=ends_at_zero())
     except ValueError as error:
       raise UnreachableNFE(str(error)) from error
-    return num_steps, functools.partial(sampler.fn, problem.denoise_fn, problem.process,
+    return num_steps, functools.partial(sampler, problem.denoise_fn, problem.process,
                                         prediction=problem.prediction, **options)
 
   def fixed_grid(num_steps):

@@ -383,10 +383,6 @@ class Sampler:
     raise ValueError(f"{self.name} with {_own(self, options)} cannot spend exactly nfe={nfe} on "
                      f"a grid ending at {end}; nearest NFE that work: {nearest}")
 
-  @property
-  def fn(self):  # Issue 24: callers still written for the old registry.
-    return self
-
   def __call__(self, denoise_fn, process: Process, x_T, key, grid, *, cond=None, **options):
     options = self.resolve(options)
     if self.stochastic(options) and key is None:

@@ -190,7 +190,7 @@ def make_sample_fn(experiment: Experiment, sample_plan: SamplePlan, guide=None):
     model last (classifier guidance of an unconditional model,
     `classifier_guidance.classifier_guided_denoise_fn`); None: none.
   """
-  sampler = samplers.get_sampler(sample_plan.sampler).fn
+  sampler = samplers.get_sampler(sample_plan.sampler)
   null_class = experiment.data.num_classes
 
   def sample(params, x_T, key, labels):
