@@ -338,7 +338,8 @@ def learned(sample_fn, x_T, x_ref, init_grid, *, key, starts=(), num_perturbed: 
                 "fit_rmse": float(fit_rmse(u)), "start": name, "num_held_out": num_held}
 
 
-def learned_table(sample_fn, x_T, x_ref, init_grids, *, key, starts=None, **options):
+def learned_table(sample_fn, x_T, x_ref, init_grids, *, key, starts=None, on_fit=None,
+                  **options):
   """`learned` at several grid lengths, monotone in N: each fit after the first gets the best
   fit at fewer steps as its `smaller`, so a longer grid is refitted from the shorter one
   refined where it did worse on the held-out pairs.
@@ -347,6 +348,7 @@ def learned_table(sample_fn, x_T, x_ref, init_grids, *, key, starts=None, **opti
     sample_fn, x_T, x_ref, key, options: as for `learned` (the same held-out pairs for all).
     init_grids: the starting grids [N_i + 1], in increasing N_i.
     starts: None, or a list with each init grid's more starts (`learned`'s starts).
+    on_fit: None, or a function (i, grid, info) called as each fit ends (a progress bar).
 
   Returns:
     [(grid [N_i + 1], info)] in the order of init_grids; info["monotone"] says whether the
@@ -364,6 +366,8 @@ def learned_table(sample_fn, x_T, x_ref, init_grids, *, key, starts=None, **opti
     if best is None or info["rmse"] < best[1]:
       best = (grid, info["rmse"])
     fits.append((grid, info))
+    if on_fit is not None:
+      on_fit(i, grid, info)
   return fits
 
 
