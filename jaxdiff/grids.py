@@ -268,6 +268,7 @@ def learned(sample_fn, x_T, x_ref, init_grid, *, key, starts=(), num_perturbed: 
                      "with at least 2 pairs")
   if not 0 < held_out < 1:
     raise ValueError(f"held_out must be a fraction in (0, 1), got {held_out!r}")
+  x_T, x_ref = jnp.asarray(x_T), jnp.asarray(x_ref)
   num_held = max(1, round(held_out * x_T.shape[0]))
   if num_held >= x_T.shape[0]:
     raise ValueError(f"held_out = {held_out} leaves no pair of {x_T.shape[0]} to fit")
@@ -297,21 +298,16 @@ def learned(sample_fn, x_T, x_ref, init_grid, *, key, starts=(), num_perturbed: 
       batch = jax.random.choice(step_key, num_fit, (batch_size,), replace=False)
       grad = jax.grad(mean_squared)(u, x_fit[batch], ref_fit[batch])
       updates, state = optimizer.update(grad, state, u)
-      return (optax.apply_updates(u, updates), state), None
+      return (optax.apply_updates(u, updates), state), jnp.all(jnp.isfinite(grad))
 
-    (u, _), _ = jax.lax.scan(step, (u, optimizer.init(u)),
-                             jax.random.split(fit_key, num_iterations))
-    return u
+    (u, _), finite = jax.lax.scan(step, (u, optimizer.init(u)),
+                                  jax.random.split(fit_key, num_iterations))
+    return u, finite[0]  # Whether the gradient at the start was finite.
 
   held_rmse = jax.jit(lambda u: jnp.sqrt(mean_squared(u, x_held, ref_held)))
   fit_rmse = jax.jit(lambda u: jnp.sqrt(mean_squared(u, x_fit, ref_fit)))
 
   u_init = _ratio_logits(times)
-  grad_init = jax.jit(jax.grad(mean_squared))(u_init, x_fit[:batch_size], ref_fit[:batch_size])
-  if not np.all(np.isfinite(grad_init)):
-    raise ValueError(f"the gradient of sample_fn in the grid is not finite at init_grid {times} "
-                     "(the sampler is not differentiable in its times there, e.g. a square root "
-                     "or ratio that vanishes at the end); learn the grid of another sampler")
   perturb_key, fit_key = jax.random.split(key)
   named_starts = [("init", u_init)]
   named_starts += [(f"start {i}", _ratio_logits(grid)) for i, grid in enumerate(starts, 1)]
@@ -322,7 +318,12 @@ def learned(sample_fn, x_T, x_ref, init_grid, *, key, starts=(), num_perturbed: 
     """[(held-out RMSE, name, u)] of each start and of its fit (NaN fits dropped)."""
     found = []
     for i, (name, u) in enumerate(named):
-      u_fit = fit(u, jax.random.fold_in(fit_key, i))
+      u_fit, finite = fit(u, jax.random.fold_in(fit_key, i))
+      if name == "init" and not finite:
+        raise ValueError(f"the gradient of sample_fn in the grid is not finite at init_grid "
+                         f"{times} (the sampler is not differentiable in its times there, e.g. "
+                         "a square root or ratio that vanishes at the end); learn the grid of "
+                         "another sampler")
       found += [(float(held_rmse(u)), name, u), (float(held_rmse(u_fit)), name + " fitted", u_fit)]
     return [c for c in found if math.isfinite(c[0])]
 
