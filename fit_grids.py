@@ -133,19 +133,10 @@ def main(argv):
 
   init_grids = [p.grid for p in plans]
   bar = writer.progress_bar(len(plans), 0, enabled=True, every_seconds=30)
-  def on_fit(i, grid, info):
-    bar.set_postfix(nfe=plans[i].nfe, rmse=f"{info['rmse_init']:.4g} -> {info['rmse']:.4g}")
-    bar.update(1)
-
-  fits = grids.learned_table(
-      sample_fn, x_T, x_ref, init_grids, key=jax.random.fold_in(key, 2),
-      starts=[other_starts(built, g) for g in init_grids], on_fit=on_fit,
-      num_perturbed=_PERTURBED.value, held_out=_HELD_OUT.value,
-      num_iterations=_ITERATIONS.value, batch_size=_FIT_BATCH.value,
-      learning_rate=_LEARNING_RATE.value)
-  bar.close()
   rows = []
-  for plan, path, (grid, info) in zip(plans, paths, fits):
+
+  def save(i, grid, info):  # As each fit ends: an interrupted run keeps the grids it fitted.
+    plan, path = plans[i], paths[i]
     fitted_grids.save(path, {
         "grid": np.asarray(grid).tolist(), "process": fitted_grids.process_fingerprint(
             built.process), "sampler": plan.sampler,
@@ -158,6 +149,16 @@ def main(argv):
         force=_FORCE.value)
     rows.append([plan.nfe, len(grid) - 1, f"{info['rmse_init']:.4g}", f"{info['rmse']:.4g}",
                  info["start"], path.name])
+    bar.set_postfix(nfe=plan.nfe, rmse=f"{info['rmse_init']:.4g} -> {info['rmse']:.4g}")
+    bar.update(1)
+
+  grids.learned_table(
+      sample_fn, x_T, x_ref, init_grids, key=jax.random.fold_in(key, 2),
+      starts=[other_starts(built, g) for g in init_grids], on_fit=save,
+      num_perturbed=_PERTURBED.value, held_out=_HELD_OUT.value,
+      num_iterations=_ITERATIONS.value, batch_size=_FIT_BATCH.value,
+      learning_rate=_LEARNING_RATE.value)
+  bar.close()
   print(workdir.markdown_table(["NFE", "steps", "held-out RMSE, default grid",
                                 "held-out RMSE, fitted", "won", "file"], rows))
   print(f"\nwrote {len(rows)} fitted grid(s) to {paths[0].parent}")
