@@ -7,7 +7,10 @@
 --checkpoint (a training workdir, its latest complete checkpoint, or one
 <step>/ folder): the process, prediction and network come from the checkpoint;
 any registered sampler runs at the asked NFE on the grid `--grid`, by default
-the one `jaxdiff.grids.default_for` picks for the process (printed). The
+the grid fit_grids.py fitted to this checkpoint for the sampler, its options and
+the NFE where there is one (<step>/grids/, `jaxdiff.train.fitted_grids`; the log
+line and results table name its file), else the one `jaxdiff.grids.default_for`
+picks for the process (printed). The
 samples go to a new folder (default <training workdir>/samples-<time>):
 samples.npz (samples in [-1, 1] and x_T, labels), samples.png (a grid of the
 first 100) and results.md / results.json (what ran, how long, and for data
@@ -26,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from jaxdiff import cli, evaluation, fid, grids, plots, samplers, schedules, workdir
+from jaxdiff import cli, evaluation, fid, grids, plots, schedules, workdir
 from jaxdiff.benchmark import problems
 from jaxdiff.train import generate, sharding
 
@@ -37,8 +40,9 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Sample this trained model
 _SAMPLER = flags.DEFINE_string("sampler", "unipc", "A registered sampler.")
 _NFE = flags.DEFINE_integer("nfe", 20, "Network evaluations per sample.")
 _NUM = flags.DEFINE_integer("num", 1000, "Number of samples.")
-_GRID = flags.DEFINE_string("grid", None, "A grid of jaxdiff.grids.GRIDS; "
-                            "default: the one for the trained process (grids.default_for).")
+_GRID = flags.DEFINE_string("grid", None, "A grid of jaxdiff.grids.GRIDS; default: the one "
+                            "fit_grids.py fitted for the sampler, options and NFE where there "
+                            "is one, else the one for the trained process (grids.default_for).")
 _GRID_OPTIONS = flags.DEFINE_string("grid-options", "{}", "With --grid: the "
                                     "grid's options as JSON, e.g. '{\"rho\": 5}'.")
 _OPTIONS = flags.DEFINE_string("options", "{}", "Sampler options as JSON, "
@@ -120,7 +124,7 @@ def sample_checkpoint():
     plan = generate.plan(built, _SAMPLER.value, _NFE.value, grid=_GRID.value,
                          grid_options=cli.json_object(_GRID_OPTIONS, grids.GRIDS.get(_GRID.value)),
                          guidance_scale=_GUIDANCE.value,
-                         options=cli.json_object(_OPTIONS))
+                         options=cli.json_object(_OPTIONS), step_dir=step_dir)
     x_T, labels = checkpoint_inputs(built, plan)
     judged = evaluation.wanted(built.run.data.source, _EVALUATE.value)
     # The data's Inception statistics first: a bad weights file fails before sampling.

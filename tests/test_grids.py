@@ -228,7 +228,72 @@ def test_learned_keeps_the_start_where_the_fit_fails_and_refuses_bad_input():
   with pytest.raises(ValueError, match="gradient of sample_fn in the grid is not finite"):
     grids.learned(lambda x, grid: x * jnp.sqrt(grid[-1] * grid[1]), x_T, x_T, init,
                   key=jax.random.PRNGKey(0))
-  with pytest.raises(ValueError, match="ending at 0"):
-    grids.learned(lambda x, grid: x, x_T, x_T, init[:-1], key=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="init_grid must be a strictly decreasing"):
+    grids.learned(lambda x, grid: x, x_T, x_T, init[::-1], key=jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="same shape"):
     grids.learned(lambda x, grid: x, x_T, x_T[:4], init, key=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="start 1 must have init_grid's length 4 and ends"):
+    grids.learned(lambda x, grid: x, x_T, x_T, init, key=jax.random.PRNGKey(0),
+                  starts=[grids.time_uniform(0.9, 0.1, 3)])
+
+
+def test_learned_keeps_the_start_that_does_best_on_the_held_out_pairs():
+  # Scaling x_T by t_1: the fitted three quarters of the pairs want t_1 = 0.3, the held-out
+  # quarter (the last 16) wants 0.55, the start's t_1. The fit reaches 0.3 on the pairs it
+  # sees and the held-out pairs send it back to its start.
+  x_T = jax.random.normal(jax.random.PRNGKey(0), (64, 2))
+  x_ref = x_T * jnp.where(jnp.arange(64) < 48, 0.3, 0.55)[:, None]
+  init = grids.time_uniform(1.0, 0.1, 3)  # [1, 0.55, 0.1, 0]
+  grid, info = grids.learned(lambda x, grid: x * grid[1], x_T, x_ref, init,
+                             key=jax.random.PRNGKey(1), num_iterations=100, batch_size=16,
+                             learning_rate=0.1)
+  np.testing.assert_array_equal(grid, init)
+  assert (info["start"], info["num_held_out"], info["rmse"]) == ("init", 16, 0.0)
+  assert info["fit_rmse"] == info["fit_rmse_init"] > 0.1
+  # Of two starts in the two wells of g(t_1) = (t_1 - 0.3)^2 (t_1 - 0.8)^2 + 0.05 t_1, the
+  # second one's fit reaches the deeper well, near 0.3, from which the first (near 0.8)
+  # does not come out.
+  g = lambda t: ((t - 0.3) * (t - 0.8)) ** 2 + 0.05 * t
+  init = jnp.asarray([1.0, 0.85, 0.1, 0.0])
+  grid, info = grids.learned(lambda x, grid: x * jnp.sqrt(g(grid[1])), x_T, 0 * x_T, init,
+                             key=jax.random.PRNGKey(1), starts=[jnp.asarray([1, 0.35, 0.1, 0])],
+                             num_perturbed=0, num_iterations=100, batch_size=16,
+                             learning_rate=0.05)
+  assert info["start"] == "start 1 fitted" and 0.2 < grid[1] < 0.3, (info, grid)
+  assert info["rmse"] < 0.7 * info["rmse_init"]
+
+
+def test_refine_splits_the_widest_intervals_and_keeps_every_time():
+  # [1, 0.01] is split at 0.1; then of three equal ratios 10 the first, [1, 0.1].
+  np.testing.assert_allclose(grids.refine(jnp.asarray([1.0, 0.01, 0.001, 0.0]), 5),
+                             [1.0, 10 ** -0.5, 0.1, 0.01, 0.001, 0.0], rtol=1e-6)
+  with pytest.raises(ValueError, match="the grid has 3 steps, more than num_steps = 2"):
+    grids.refine(jnp.asarray([1.0, 0.01, 0.001, 0.0]), 2)
+
+
+def test_learned_table_is_monotone_in_the_number_of_steps():
+  # At N = 2 the error is sqrt((t_1 - 0.5)^2 + 1e-4) |x| (its least 0.01 |x|, at t_1 = 0.5);
+  # at N = 3 it is sqrt(g(t_2)) |x| with g(t) = (t - 0.5)^2 ((t - 0.15)^2 + 1e-3), whose
+  # global minimum 0 at t_2 = 0.5 lies beyond a local one, g(0.153) = 1.2e-4, that a fit from
+  # t_2 = 0.1 falls into: worse than N = 2. The table refits N = 3 from the N = 2 grid
+  # refined, [1, sqrt(t_1), t_1, 0], whose t_2 = t_1 = 0.5 is the global minimum.
+  def sample_fn(x, grid):
+    if len(grid) == 3:
+      return x * jnp.sqrt((grid[1] - 0.5) ** 2 + 1e-4)
+    return x * jnp.sqrt((grid[2] - 0.5) ** 2 * ((grid[2] - 0.15) ** 2 + 1e-3))
+
+  x_T = jax.random.normal(jax.random.PRNGKey(0), (64, 2))
+  inits = [grids.time_uniform(1.0, 0.1, 2), grids.time_uniform(1.0, 0.1, 3)]
+  options = dict(num_perturbed=0, num_iterations=200, batch_size=16, learning_rate=0.05)
+  key = jax.random.PRNGKey(1)
+  alone = [grids.learned(sample_fn, x_T, 0 * x_T, init, key=key, **options)[1]["rmse"]
+           for init in inits]
+  assert alone[1] > alone[0]  # Fitted one by one: not monotone.
+  (_, short), (grid, long) = grids.learned_table(sample_fn, x_T, 0 * x_T, inits, key=key,
+                                                 **options)
+  assert short["rmse"] == pytest.approx(alone[0], rel=0.01) and short["monotone"]
+  assert long["start"] == "refined from N=2 fitted" and long["monotone"], long
+  assert long["rmse"] < 0.1 * short["rmse"]
+  np.testing.assert_allclose(grid[2], 0.5, atol=1e-2)
+  with pytest.raises(ValueError, match="strictly increasing lengths"):
+    grids.learned_table(sample_fn, x_T, x_T, inits[::-1], key=key)

@@ -4,15 +4,18 @@ them all, a conditional one (10 steps) the guidance sweep; the studies that trai
 models train tiny ones; the file runs on its own pytest-xdist worker, beside test_train.py."""
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
 from configs import train_base
 from jaxdiff import data
-from jaxdiff.train import experiment, generate, sharding, trainer
+from jaxdiff.train import experiment, fitted_grids, generate, sharding, trainer
 from jaxdiff.train.writer import read_metrics
 from studies import classifier, common, embedding, guidance, schedules, training
 
@@ -228,3 +231,47 @@ def test_study_training_shows_loss_and_samples_over_training(tmp_path):
   for row in rows:  # A picture at each of the five steps.
     assert [p.split("/")[-1] for p in row["pictures"]] == [f"step-{n}.png" for n in range(1, 6)]
   assert (tmp_path / "study" / "training.png").is_file()
+
+
+def test_fit_grids_py_fits_saves_and_sample_py_uses_the_fitted_grid(trained_points, tmp_path):
+  """fit_grids.py on a copy of the points model (NFE 2 and 3, a tiny fit): one file per NFE
+  beside the checkpoint, no worse than the default grid on the held-out pairs, monotone in
+  NFE, refused the second time; sample.py picks the fitted grid and says so, --grid wins,
+  and a file of another process or length is refused, naming it."""
+  workdir = tmp_path / "points"
+  shutil.copytree(trained_points, workdir)
+  fit = [sys.executable, str(ROOT / "fit_grids.py"), "--checkpoint", str(workdir), "--nfe",
+         "3,2", "--num", "16", "--iterations", "3", "--fit-batch-size", "4", "--teacher-nfe",
+         "8", "--starts", "karras", "--options", '{"order": 2}']
+  result = subprocess.run(fit, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  step_dir, built, _ = generate.load(workdir)
+  paths = [fitted_grids.path_for(step_dir, "unipc", {}, nfe) for nfe in (2, 3)]
+  records = [json.loads(p.read_text()) for p in paths]  # {"order": 2} is unipc's default.
+  for nfe, record in zip((2, 3), records):
+    assert (record["sampler"], record["options"], record["nfe"]) == ("unipc", {}, nfe)
+    assert len(record["grid"]) == nfe + 1 and record["grid"][0] == record["init_grid"][0]
+    assert record["rmse"] <= record["rmse_init"] and record["num_held_out"] == 4
+  assert records[1]["rmse"] <= records[0]["rmse"] and records[1]["monotone"]
+  again = subprocess.run(fit, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert again.returncode != 0 and "pass --force to replace them" in again.stderr
+  assert json.loads(paths[0].read_text()) == records[0]  # Untouched.
+
+  out = tmp_path / "samples"
+  result = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--checkpoint",
+                           str(workdir), "--nfe", "3", "--num", "8", "--workdir", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"unipc, NFE 3, fitted {paths[1].name} grid (3 steps)" in result.stdout
+  row = json.loads((out / "results.json").read_text())["rows"][0]
+  assert row["grid"] == f"fitted {paths[1].name}"
+  np.testing.assert_array_equal(generate.plan(built, "unipc", 3, step_dir=step_dir).grid,
+                                np.float32(records[1]["grid"]))
+  assert generate.plan(built, "unipc", 3, grid="uniform", step_dir=step_dir).grid_name == "uniform"
+  assert generate.plan(built, "unipc", 4, step_dir=step_dir).grid_name != "fitted"
+  for change, message in [
+      ({"process": {**records[1]["process"], "log_snr": [0.0] * 9}}, "for another process"),
+      ({"grid": records[1]["grid"][:-1]}, "has 3 times; unipc at NFE 3 needs a grid of 4")]:
+    paths[1].write_text(json.dumps({**records[1], **change}))
+    with pytest.raises(ValueError, match=f"fitted grid {re.escape(str(paths[1]))} .*{message}"):
+      generate.plan(built, "unipc", 3, step_dir=step_dir)

@@ -70,7 +70,7 @@ def markdown_table(rows):
 CSV_COLUMNS = ("oracle", "family", "sampler", "options", "grid", "grid_options", "label", "nfe",
                "nfe_counted", "steps", "status", "error", "rmse", "sw2", "nll", "weight_error",
                "stochastic", "t_start", "t_end", "sigma_end", "compile_s", "run_s", "seed",
-               "fit_rmse_init", "fit_rmse", "fit_s", "times")
+               "fit_rmse_init", "fit_rmse", "fit_start", "fit_s", "times")
 
 
 def results_csv(rows):

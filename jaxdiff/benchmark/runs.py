@@ -4,7 +4,8 @@ A configuration (`Entry`) is (sampler name, options, grid name, grid options);
 its registry rule `num_steps(nfe, **options)` gives the grid length for each
 NFE. The grid "learned" is fitted to each sampler at each NFE (`grids.learned`,
 LD3) on training starts drawn apart from the benchmark's x_T
-(`problems.training_pairs`). A configuration mistake (an unknown sampler, grid,
+(`problems.training_pairs`), monotone in NFE (each fit knows the best one at
+fewer steps). A configuration mistake (an unknown sampler, grid,
 option or peer, a bad option value) is found by `check_entries` before anything
 runs: each configuration is traced once with jax.eval_shape, without compiling.
 What only the run itself shows (an NFE a configuration cannot spend, NaN/inf, a
@@ -69,7 +70,8 @@ def sampler_entry(problem: Problem, name: str, options=None, grid: str = "traili
   if grid == "learned":
     valid = [p.name for fn in (learned_grid, grids.learned)
              for p in inspect.signature(fn).parameters.values()
-             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "key"]
+             if p.kind is inspect.Parameter.KEYWORD_ONLY
+             and p.name not in ("key", "starts", "smaller")]
     unknown = sorted(set(grid_options) - set(valid))
     if unknown:
       raise ValueError(f"the grid 'learned' takes the options {valid}, got unknown {unknown}")
@@ -100,12 +102,17 @@ def sampler_entry(problem: Problem, name: str, options=None, grid: str = "traili
     times = samplers.check_grid(fixed_grid(num_steps), problem.process, num_steps)
     jax.eval_shape(fn, problem.x_T, problem.key, times)
 
+  fitted = {}  # The learned grids: N -> (times, held-out RMSE), for `learned`'s smaller.
+
   def run(nfe):
     num_steps, fn = setup(nfe)
     fit = {}
     if grid == "learned":
+      smaller = min((f for n, f in fitted.items() if n < num_steps), key=lambda f: f[1],
+                    default=None)
       times, fit = learned_grid(problem, lambda x, g: fn(x, problem.key, g)[0], num_steps,
-                                **grid_options)
+                                smaller=smaller, **grid_options)
+      fitted[num_steps] = (times, fit["fit_rmse"])
     else:
       times = fixed_grid(num_steps)  # [N + 1]
     times = samplers.check_grid(times, problem.process, num_steps)
@@ -157,21 +164,28 @@ def check_entries(entries, nfes):
 
 
 def learned_grid(problem: Problem, sample_fn, num_steps: int, *, init: str = "log_snr",
-                 init_options=None, num_pairs: int = 4096, **fit_options):
-  """`grids.learned` started from the named grid, fitted on `training_pairs`.
+                 init_options=None, other_starts=(), num_pairs: int = 4096, smaller=None,
+                 **fit_options):
+  """`grids.learned` started from the named grid and from the grids `other_starts` (names,
+  on init's first and last network times), fitted on `training_pairs` (a quarter held out).
+
+  smaller: (times, held-out RMSE) of the best fit at fewer steps on the same pairs, so that
+    the fits are monotone in NFE in the order the benchmark runs them (increasing).
 
   Returns:
-    (times [N + 1], info) with the fit's rmse_init and rmse on the training pairs
-    (as fit_rmse_init, fit_rmse) and its wall time fit_s.
+    (times [N + 1], info) with the held-out RMSE of the start and of the grid returned (as
+    fit_rmse_init, fit_rmse), the candidate that won (fit_start) and the wall time fit_s.
   """
   init_grid = grids.make_grid(problem.process, init, num_steps, **dict(init_options or {}))
+  ends = {"t_max": float(init_grid[0]), "t_min": float(init_grid[-2])}
+  starts = [grids.make_grid(problem.process, name, num_steps, **ends) for name in other_starts]
   x_T, x_ref = training_pairs(problem, num_pairs)
   start = time.perf_counter()
-  times, fit = grids.learned(sample_fn, x_T, x_ref, init_grid,
+  times, fit = grids.learned(sample_fn, x_T, x_ref, init_grid, starts=starts, smaller=smaller,
                              key=jax.random.fold_in(jax.random.PRNGKey(problem.seed), 2),
                              **fit_options)
   return times, {"fit_rmse_init": fit["rmse_init"], "fit_rmse": fit["rmse"],
-                 "fit_s": time.perf_counter() - start}
+                 "fit_start": fit["start"], "fit_s": time.perf_counter() - start}
 
 
 def noise_to_signal(process: Process, t) -> float:

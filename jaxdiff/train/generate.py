@@ -12,7 +12,8 @@ trained with it). `make_sample_fn` returns a function (params, x_T, key,
 labels) -> (x_0, info) to jit once: that denoiser, classifier-free guidance
 (`guidance.guided_denoise_fn`, the null class num_classes) for a conditional
 model at w != 1, and the registered sampler on its grid for the NFE (by
-default `grids.default_for` the process), from x_T ~ N(0, sigma(grid[0])^2).
+default the one fitted to the checkpoint, `fitted_grids`, where there is one, else
+`grids.default_for` the process), from x_T ~ N(0, sigma(grid[0])^2).
 """
 
 import dataclasses
@@ -27,7 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from jaxdiff import grids, guidance, models, samplers
-from jaxdiff.train import checkpoint, optim, sharding, state as train_state
+from jaxdiff.train import checkpoint, fitted_grids, optim, sharding, state as train_state
 from jaxdiff.train.experiment import DataSpec, Experiment
 
 SEEDS = 2**32  # Seeds lie in [0, 2^32): jax.random.PRNGKey folds 2^32 + s onto s.
@@ -150,24 +151,34 @@ class SamplePlan:
 
 
 def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = None,
-         grid_options=None, guidance_scale: float = 1.0, options=None) -> SamplePlan:
+         grid_options=None, guidance_scale: float = 1.0, options=None,
+         step_dir=None) -> SamplePlan:
   """Checks the sampler, its options and the NFE, and builds the grid: the named one
-  with grid_options, or by default `grids.default_for` the process.
+  with grid_options; else the grid fitted for this sampler, options and NFE where step_dir
+  (the checkpoint's) holds one (`fitted_grids`, grid name "fitted <file name>"); else
+  `grids.default_for` the process.
 
   Raises:
-    ValueError naming the offending choice.
+    ValueError naming the offending choice, or the fitted grid file that does not fit.
   """
   options = dict(options or {})
   samplers.check_options(sampler, options)
+  fitted = None if step_dir is None else fitted_grids.path_for(step_dir, sampler, options, nfe)
+  use_fitted = grid is None and fitted is not None and fitted.exists()
   if grid is None:
     grid, grid_options = grids.default_for(experiment.process)
   grid_options = dict(grid_options or {})
-  # Where the grid ends (sigma = 0 or not, e.g. end="t_min") does not depend on N.
+  # Where the grid ends (sigma = 0 or not, e.g. end="t_min") does not depend on N; a fitted
+  # grid ends where the default grid it was fitted against does.
   end = float(grids.make_grid(experiment.process, grid, 1, **grid_options)[-1])
   ends_at_zero = samplers.base.ends_at_zero(experiment.process, end)
   num_steps = samplers.num_steps_for(sampler, nfe, options, ends_at_zero=ends_at_zero)
-  times = samplers.check_grid(grids.make_grid(experiment.process, grid, num_steps,
-                                              **grid_options), experiment.process, num_steps)
+  if use_fitted:
+    grid, grid_options = f"fitted {fitted.name}", {}
+    times = fitted_grids.load(fitted, experiment.process, sampler, options, nfe, num_steps)
+  else:
+    times = grids.make_grid(experiment.process, grid, num_steps, **grid_options)
+  times = samplers.check_grid(times, experiment.process, num_steps)
   if not math.isfinite(guidance_scale):
     raise ValueError(f"guidance w must be a finite number, got {guidance_scale}")
   if guidance_scale != 1.0 and not experiment.conditional:
