@@ -17,7 +17,7 @@ from PIL import Image
 
 from jaxdiff import grids, oracle, samplers, schedules
 from jaxdiff.benchmark import problems, report, runs
-from jaxdiff.samplers import Sampler
+from jaxdiff.samplers import base
 
 # diffusers 0.42 calls np.array on torch tensors the NumPy-2 deprecated way.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -120,29 +120,25 @@ def test_reference_agrees_with_ddim_to_first_order_and_with_itself():
   assert error(reference, tighter) < 5e-5
 
 
-def _fake_sampler(nfe_offset=0, value=None):
-  """A registry entry whose network-free 'sampler' reports N + nfe_offset calls."""
+def _fake_sampler(name, nfe=base.one_call_per_step, nfe_offset=0, value=None):
+  """A network-free registry entry that reports its rule's NFE + nfe_offset calls."""
 
-  def fn(denoise_fn, process, x_T, key, grid, *, prediction="eps", cond=None):
-    steps = grid.shape[0] - 1
+  def run(ctx, x_T, key):
+    steps = ctx.grid.shape[0] - 1
     x = x_T if value is None else jnp.full_like(x_T, value)
     finite = jnp.arange(steps) < (0 if value is not None else steps)
-    return x, {"nfe": jnp.int32(steps + nfe_offset),
-               "nonfinite_step": samplers.base.first_nonfinite_step(finite)}
+    return x, {"nfe": jnp.int32(nfe(steps, True, {}) + nfe_offset),
+               "nonfinite_step": base.first_nonfinite_step(finite)}
 
-  return fn
-
-
-def _multiple_of_three(nfe):
-  if nfe % 3:
-    raise ValueError(f"NFE must be a multiple of 3; nearest {3 * (nfe // 3)}, {3 * (nfe // 3 + 1)}")
-  return nfe
+  return base.Sampler(name, None, None, {}, order=lambda options: 1,
+                      stochastic=lambda options: False, nfe=nfe, run=run)
 
 
 def test_bad_configurations_are_error_rows_not_crashes(monkeypatch):
-  monkeypatch.setitem(samplers.SAMPLERS, "third", Sampler(_fake_sampler(), _multiple_of_three))
-  monkeypatch.setitem(samplers.SAMPLERS, "miscount", Sampler(_fake_sampler(1), lambda nfe: nfe))
-  monkeypatch.setitem(samplers.SAMPLERS, "nan", Sampler(_fake_sampler(0, np.nan), lambda n: n))
+  three_calls = lambda num_steps, ends_at_zero, options: 3 * num_steps
+  monkeypatch.setitem(samplers.SAMPLERS, "third", _fake_sampler("third", three_calls))
+  monkeypatch.setitem(samplers.SAMPLERS, "miscount", _fake_sampler("miscount", nfe_offset=1))
+  monkeypatch.setitem(samplers.SAMPLERS, "nan", _fake_sampler("nan", value=np.nan))
   problem = quick_problem()
   entries = [runs.sampler_entry(problem, name, {}, "trailing")
              for name in ("third", "miscount", "nan")]
@@ -154,7 +150,7 @@ def test_bad_configurations_are_error_rows_not_crashes(monkeypatch):
   status = {(r["sampler"], r["nfe"]): (r["status"], r["error"]) for r in rows}
   assert status[("third", 3)] == ("ok", "")
   assert status[("third", 4)][0] == "error"
-  assert "multiple of 3; nearest 3, 6" in status[("third", 4)][1]
+  assert "nfe=4 on a grid ending at sigma = 0; nearest NFE that work: 3 or 6" in status[("third", 4)][1]
   assert "NFE mismatch: asked 4, the sampler counted 5" in status[("miscount", 4)][1]
   assert "FloatingPointError: sampling produced NaN or inf at step 0" in status[("nan", 3)][1]
   table = report.markdown_table(rows)

@@ -4,8 +4,9 @@ Every sampler runs with the exact denoiser of a Gaussian mixture (`jaxdiff.oracl
 so its error is the discretization error alone. Each run is scored by
   rmse  sqrt(mean_b ||x_b - x_ref,b||^2 / D) against the probability-flow ODE
         solved from the same x_T to t = 0 (`problems.reference_solution`); for
-        stochastic samplers (detected by re-running with another key) it is
-        reported but marked, since they do not follow the ODE;
+        stochastic samplers (as their registry entry declares; a diffusers
+        peer, by re-running it with another key) it is reported but marked,
+        since they do not follow the ODE;
   sw2   sliced Wasserstein-2 to fresh data (`metrics.sliced_wasserstein`);
   nll   mean -log p_0(x) under the true density (nats).
 

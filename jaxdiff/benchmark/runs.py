@@ -123,11 +123,9 @@ def sampler_entry(problem: Problem, name: str, options=None, grid: str = "traili
     x, info = jax.block_until_ready(compiled(problem.x_T, problem.key, times))
     run_s = time.perf_counter() - start
     samplers.raise_if_nonfinite(info, times)
-    # Stochastic samplers give other samples for another key.
-    x_other, _ = compiled(problem.x_T, jax.random.fold_in(problem.key, 1), times)
     return x, {**fit, "nfe_counted": int(info["nfe"]), "steps": num_steps,
                "times": np.asarray(times).tolist(), "compile_s": compile_s, "run_s": run_s,
-               "stochastic": not np.array_equal(x, x_other, equal_nan=True)}
+               "stochastic": sampler.stochastic(sampler.resolve(options))}
 
   return Entry("jaxdiff", name, options, grid, grid_options, run, check)
 
