@@ -543,8 +543,8 @@ def test_errors():
   fn = SMOOTH.denoise_fn(process)
   x_T, grid = prior("vp", 3), grids.make_grid(process, "uniform", 4)
   for order, message in ((0, r"unknown order 0 for dpm_solver; valid: \[1, 2, 3\]"),
-                         (4, r"unknown order 4"), (2.5, "option order must be a int, got 2.5"),
-                         (True, "option order must be a int, got True")):
+                         (4, r"unknown order 4"), (2.5, "option order must be of type int, got 2.5"),
+                         (True, "option order must be of type int, got True")):
     with pytest.raises(ValueError, match=message):
       dpm_solver(fn, process, x_T, None, grid, order=order)
   with pytest.raises(ValueError, match=r"unknown order 3 for dpm_solver_sde; valid: \[1, 2\]"):

@@ -346,8 +346,8 @@ def test_errors():
   grid = grids.make_grid(process, "uniform", 4)
   for order, message in ((0, r"unknown order 0 for unipc; valid: \[1, 2, 3\]"),
                          (4, r"unknown order 4 for unipc"),
-                         (2.0, r"unipc option order must be a int, got 2.0 \(float\)"),
-                         (True, r"unipc option order must be a int, got True \(bool\)")):
+                         (2.0, r"unipc option order must be of type int, got 2.0 \(float\)"),
+                         (True, r"unipc option order must be of type int, got True \(bool\)")):
     with pytest.raises(ValueError, match=message):
       unipc(toy_denoise_fn, process, x_T, key, grid, order=order)
     with pytest.raises(ValueError, match=message):

@@ -193,12 +193,12 @@ class Option:
       return
     if isinstance(value, (jax.Array, np.ndarray, np.generic)) and np.ndim(value) == 0:
       if not self.traced:
-        raise ValueError(f"{sampler} option {name}={value!r} must be a Python "
+        raise ValueError(f"{sampler} option {name}={value!r} must be a Python value of type "
                          f"{_type_words(self.types)}, not an array")
       value = np.asarray(value).item()
     is_bool = isinstance(value, bool)
     if not isinstance(value, self.types) or (is_bool and bool not in self.types):
-      raise ValueError(f"{sampler} option {name} must be a {_type_words(self.types)}, "
+      raise ValueError(f"{sampler} option {name} must be of type {_type_words(self.types)}, "
                        f"got {value!r} ({type(value).__name__})")
     if self.choices is not None and value not in self.choices:
       raise ValueError(f"unknown {name} {value!r} for {sampler}; valid: {list(self.choices)}")
