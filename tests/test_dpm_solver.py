@@ -5,7 +5,8 @@ of every multistep step (warm-up, lower_order_final below 10 steps), empirical
 convergence orders (both 3M weights) against a float64 diffrax solution of the
 PF-ODE equal to the declared ones, the exact first-order step into t = 0,
 thresholding, the SDE sampler reproducing the mixture, NFE rules and errors.
-NFE counting and tracing are the registry contract's (tests/test_samplers.py)."""
+NFE counting and tracing, and the order of the default configuration, are the
+registry contract's (tests/test_sampler_registry.py)."""
 
 import functools
 
@@ -15,20 +16,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import grids, oracle, samplers, schedules, sde
+from jaxdiff import grids, oracle, samplers, sde
 from jaxdiff.samplers import ddim, ddpm
 from jaxdiff.samplers.dpm_solver import dpm_solver, dpm_solver_sde, dynamic_threshold
 
-from conftest import OPTIMIZED
+import conftest
+from conftest import OPTIMIZED, PROCESSES
 
-# A smooth oracle (stds >= 0.2) for the ODE tests and the ring for the SDE one.
+# A smooth oracle (stds >= 0.2) for the ODE tests and the ring for the SDE one. (Not
+# conftest's SMOOTH: the errors measured below are this mixture's.)
 SMOOTH = oracle.GaussianMixture(np.array([0.3, 0.7]), np.array([[0.6, -0.3], [-0.4, 0.5]]),
                                 np.array([0.25, 0.3]))
 RING = oracle.ring()  # 8 modes, radius 0.7, std 0.08.
 MIXTURES = {"smooth": SMOOTH, "ring": RING}
-PROCESSES = {name: schedules.make_process(name) for name in ("vp", "edm", "flow")}
-T = 1000
-PROCESSES["ddpm"] = schedules.discrete_ddpm("linear", T)
+T = 1000  # conftest's PROCESSES["ddpm"] is the linear DDPM of T steps.
 SAMPLERS = {"dpm_solver": dpm_solver, "dpm_solver_sde": dpm_solver_sde, "ddim": ddim,
             "ddpm": ddpm}
 OPTIONS = ("order", "method", "algorithm", "weight_3m", "lower_order_final", "variance")
@@ -44,8 +45,7 @@ def sample(sampler_name, process_name, mixture_name, prediction, x_T, key, grid,
                                **options)
 
 
-def prior(process_name, num, seed=4):
-  return sde.prior_sample(PROCESSES[process_name], jax.random.PRNGKey(seed), (num, 2))
+prior = functools.partial(conftest.prior, seed=4)  # The measured numbers below are seed 4's.
 
 
 def max_error(x, y):
@@ -362,7 +362,15 @@ def test_3m_reference_weight_matches_diffusers():
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method, algorithm, order, weight_3m, steps", CONVERGENCE_CASES)
+def _is_default(case):
+  method, algorithm, order, weight_3m, _ = case
+  options = dict(order=order, method=method, algorithm=algorithm, weight_3m=weight_3m)
+  return dpm_solver.resolve(options) == dpm_solver.resolve({})
+
+
+# The default configuration's order is measured by test_sampler_registry.py.
+@pytest.mark.parametrize("method, algorithm, order, weight_3m, steps",
+                         [case for case in CONVERGENCE_CASES if not _is_default(case)])
 def test_convergence_order_is_the_declared_one(method, algorithm, order, weight_3m, steps):
   options = dict(order=order, method=method, algorithm=algorithm, weight_3m=weight_3m)
   _, x_ode = _pf_ode_solution("vp", PROCESSES["vp"].t_max)

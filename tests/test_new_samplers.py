@@ -14,11 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import grids, oracle, schedules, sde
+from jaxdiff import grids, oracle
 from jaxdiff.samplers import SAMPLERS
 
+from conftest import PROCESSES, prior
+
 MIXTURE = oracle.ring()  # 8 modes, radius 0.7, std 0.08, D = 2.
-PROCESS = schedules.make_process("vp")
+PROCESS = PROCESSES["vp"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -46,7 +48,7 @@ def test_dpm_solver_3m_sde_is_the_reference_update():
   """k-diffusion's form in x~ = x / alpha and sigma~ (Lu et al. 2022b, data prediction):
   x~ <- e^{-2h} x~ + (1 - e^{-2h}) x0 + phi_2 D_1 - phi_3 D_2 + sigma~_s sqrt(1 - e^{-2h}) z,
   eta = 1; the step into sigma = 0 is x~ <- x0; no noise on the last step."""
-  x_T, key = sde.prior_sample(PROCESS, jax.random.PRNGKey(1), (5, 2)), jax.random.PRNGKey(2)
+  x_T, key = prior("vp", 5, seed=1), jax.random.PRNGKey(2)
   grid = grids.make_grid(PROCESS, "log_snr", 6)
   for g in (grid, grid[:-1]):  # Ending at sigma = 0 and at t_min.
     times = np.asarray(g, np.float64)
@@ -85,7 +87,7 @@ def test_restart_is_the_reference_algorithm():
   """Xu et al. Alg. 1 in EDM's x~, sigma~: Heun main steps (Euler into sigma = 0); at the
   grid point nearest 0.06, K = 2 times x~ += sqrt(0.3^2 - sigma~^2) S_noise z and Heun back
   on a 3-point Karras grid (rho 7) with churn gamma = 0.05 where sigma~ in [0.01, 1]."""
-  x_T, key = sde.prior_sample(PROCESS, jax.random.PRNGKey(3), (5, 2)), jax.random.PRNGKey(4)
+  x_T, key = prior("vp", 5, seed=3), jax.random.PRNGKey(4)
   grid = grids.make_grid(PROCESS, "karras", 6)
   t_of = lambda sig: float(PROCESS.t_from_noise_to_signal(jnp.float32(sig)))
 
@@ -131,7 +133,7 @@ def test_nfe_rules_and_errors():
   with pytest.raises(ValueError, match="cannot spend exactly nfe=18.*nearest NFE that work: 17 or 19"):
     restart.num_steps(18)
   assert SAMPLERS["dpm_solver_3m_sde"].num_steps(7) == 7
-  x_T = sde.prior_sample(PROCESS, jax.random.PRNGKey(0), (2, 2))
+  x_T = prior("vp", 2, seed=0)
   grid = grids.make_grid(PROCESS, "karras", 6)
   # The grid point nearest to 0.06 is t = 0.001, sigma / alpha = 0.010486.
   with pytest.raises(ValueError, match="here sigma/alpha = 0.010486.*restart_sigma_max=0.005 must"):
@@ -153,7 +155,7 @@ def test_samples_match_the_mixture(name, num_steps):
   each within 5 standard errors of its estimate plus an allowance for discretization
   (0.01 for the mean, 0.03 for the covariance, 25% for the spread)."""
   num = 4000
-  x_T = sde.prior_sample(PROCESS, jax.random.PRNGKey(5), (num, 2))
+  x_T = prior("vp", num, seed=5)
   x, _ = sample_oracle(name, x_T, jax.random.PRNGKey(6),
                        grids.make_grid(PROCESS, "log_snr", num_steps))
   x = np.asarray(x, np.float64)

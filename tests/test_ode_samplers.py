@@ -1,8 +1,9 @@
 """Tests for the probability-flow ODE solvers (euler, heun, rk4, adaptive) and
 iPNDM: convergence orders against a float64 scipy solution of the PF-ODE of a
-smooth Gaussian mixture on VP, EDM and flow matching; the adaptive solver's
-accuracy and its exact NFE; the exact jump at sigma = 0; iPNDM against the
-reference formula and DDIM; counted NFE and one trace per stage; errors."""
+smooth Gaussian mixture on EDM and flow matching (VP's, with the default
+options, is the registry test's); the adaptive solver's accuracy and its exact
+NFE; the exact jump at sigma = 0; iPNDM against the reference formula and DDIM;
+counted NFE and one trace per stage; errors."""
 
 import functools
 
@@ -12,16 +13,16 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from jaxdiff import grids, oracle, schedules, sde
+import conftest
+from jaxdiff import grids, sde
 from jaxdiff.samplers import num_steps_for, ode
 from jaxdiff.samplers.ddim import ddim
 from jaxdiff.samplers.ipndm import ipndm
 
-# Smooth data (stds >= 0.3), so that the asymptotic regime starts at small N.
-WEIGHTS, MEANS, STDS = (np.array([0.3, 0.7]), np.array([[-0.5, 0.3], [0.6, -0.2]]),
-                        np.array([0.3, 0.4]))
-MIXTURE = oracle.GaussianMixture(WEIGHTS, MEANS, STDS)
-PROCESSES = {name: schedules.make_process(name) for name in ("vp", "edm", "flow", "ve")}
+from conftest import PROCESSES, counting, pf_ode_reference, smooth_x0_eps, toy_denoise_fn
+from conftest import SMOOTH as MIXTURE  # Smooth data: the asymptotic regime starts at small N.
+
+prior = functools.partial(conftest.prior, seed=1)  # The measured numbers below are seed 1's.
 # Prediction type and grid per process; flow matching starts at 0.999 (alpha > 0).
 SETUPS = {"vp": ("eps", "log_snr", {}), "edm": ("x0", "karras", {}),
           "flow": ("velocity", "log_snr", {"t_max": 0.999})}
@@ -38,61 +39,11 @@ def solve(sampler_name, process_name, prediction, x_T, grid, **options):
                                 jax.random.PRNGKey(0), grid, prediction=prediction, **options)
 
 
-def prior(process_name, num=32, seed=1):
-  return sde.prior_sample(PROCESSES[process_name], jax.random.PRNGKey(seed), (num, 2))
-
-
-def toy_denoise_fn(x, t, cond):
-  """A smooth stand-in network: [B, D]."""
-  del cond
-  return jnp.tanh(x) * (0.5 + sde.per_example(t, x))
-
-
-# --------------------------------------------------------------------------
-# The float64 reference: the oracle in numpy, the PF-ODE with scipy.
-# --------------------------------------------------------------------------
-
-
-def oracle_x0_eps(x, alpha, sigma):
-  """E[x_0 | x_t] and E[eps | x_t] of the mixture in float64: [B, D] each."""
-  var = alpha**2 * STDS**2 + sigma**2  # [K]
-  residual = x[:, None, :] - alpha * MEANS  # [B, K, D]
-  log_joint = (np.log(WEIGHTS) - 0.5 * np.sum(residual**2, -1) / var
-               - 0.5 * x.shape[1] * np.log(2 * np.pi * var))
-  r = np.exp(log_joint - log_joint.max(1, keepdims=True))
-  r /= r.sum(1, keepdims=True)  # [B, K]
-  score = -np.sum((r / var)[..., None] * residual, 1)
-  x0 = np.sum(r[..., None] * (MEANS + (alpha * STDS**2 / var)[:, None] * residual), 1)
-  return x0, -sigma * score
-
-
-# sigma~ = sigma / alpha as a function of t, and alpha as a function of sigma~.
-_LOG_ALPHA_VP = lambda t: -0.25 * t**2 * 19.9 - 0.05 * t  # beta_min 0.1, beta_max 20.
-SIGMA_TILDE = {"vp": lambda t: np.sqrt(np.expm1(-2 * _LOG_ALPHA_VP(t))), "edm": lambda t: t,
-               "flow": lambda t: t / (1 - t)}
-ALPHA = {"vp": lambda s: 1 / np.sqrt(1 + s**2), "edm": lambda s: 1.0, "flow": lambda s: 1 / (1 + s)}
-
-
 @functools.cache
-def reference(process_name, t_0, t_1, seed=1):
-  """x_T [32, 2] and x at t_1 from x_T at t_0 (float32 times), by DOP853 at rtol 1e-10.
-
-  Solved as dx~/dsigma~ = eps_hat in float64, like `ode.adaptive` but independently.
-  """
-  x_T = prior(process_name, seed=seed)
-  sigma_0, sigma_1 = (SIGMA_TILDE[process_name](np.float64(np.float32(t))) for t in (t_0, t_1))
-  alpha = ALPHA[process_name]
-  shape = x_T.shape
-
-  def eps_hat(sigma, x_tilde):
-    a = alpha(sigma)
-    return oracle_x0_eps(a * x_tilde.reshape(shape), a, a * sigma)[1].ravel()
-
-  x_tilde_T = np.asarray(x_T, np.float64).ravel() / alpha(sigma_0)
-  solution = solve_ivp(eps_hat, (sigma_0, sigma_1), x_tilde_T, method="DOP853", rtol=1e-10,
-                       atol=1e-10)
-  assert solution.success
-  return x_T, alpha(sigma_1) * solution.y[:, -1].reshape(shape)
+def reference(process_name, t_0, t_1):
+  """x_T [32, 2] and x at t_1 from x_T at t_0 on the float64 PF-ODE (conftest)."""
+  x_T = prior(process_name, 32)
+  return x_T, pf_ode_reference(process_name, x_T, t_0, t_1)
 
 
 def max_error(x, x_ref):
@@ -131,7 +82,7 @@ ORDERS = {"euler": (1, (20, 40, 80)), "heun": (2, (10, 20, 40)), "rk4": (4, (5, 
           "ipndm": (2, (10, 20, 40))}
 
 
-@pytest.mark.parametrize("process_name", list(SETUPS))
+@pytest.mark.parametrize("process_name", ["edm", "flow"])  # VP's: test_sampler_registry.py.
 @pytest.mark.parametrize("sampler_name", list(ORDERS))
 def test_convergence_order(sampler_name, process_name):
   order, steps = ORDERS[sampler_name]
@@ -151,11 +102,11 @@ def test_convergence_order(sampler_name, process_name):
 def test_flow_from_t_one_with_velocity():
   """Flow matching from t = 1 (alpha = 0) with a velocity prediction, in t."""
   process_name, (prediction, _, _) = "flow", SETUPS["flow"]
-  x_T = prior(process_name)
+  x_T = prior(process_name, 32)
   t_1 = float(np.float32(PROCESSES[process_name].t_min))  # Where ode_grid ends.
 
   def velocity(t, x):  # alpha = 1 - t, sigma = t: v = -x0 + eps, finite at t = 1.
-    x0, eps = oracle_x0_eps(x.reshape(x_T.shape), 1 - t, t)
+    x0, eps = smooth_x0_eps(x.reshape(x_T.shape), 1 - t, t)
     return (eps - x0).ravel()
 
   solution = solve_ivp(velocity, (1.0, t_1), np.asarray(x_T, np.float64).ravel(),
@@ -176,16 +127,6 @@ def test_flow_from_t_one_with_velocity():
 # --------------------------------------------------------------------------
 
 
-def counting(fn, calls):
-  """fn with a runtime counter: calls gets one entry per evaluation (jax.debug.callback)."""
-
-  def counted(x, t, cond):
-    jax.debug.callback(lambda: calls.append(1))
-    return fn(x, t, cond)
-
-  return counted
-
-
 # At rtol = atol = 1e-6 in float32, measured max errors over 32 x 2 coordinates:
 #   vp tsit5 2.6e-6, edm dopri8 6.4e-7, flow (from 0.999) dopri5 2.6e-6.
 # The float32 floor is ~1e-6 (tighter tolerances do not go below it).
@@ -196,14 +137,15 @@ def test_adaptive_matches_float64_and_counts_nfe(process_name, solver):
   t_0 = SETUPS[process_name][2].get("t_max", process.t_max)
   grid = jnp.asarray([t_0, 0.0], jnp.float32)  # To t = 0 itself.
   x_T, x_ref = reference(process_name, t_0, 0.0)
-  calls, traces = [], []
+  traces = []
 
   def network(x, t, cond):
     traces.append(1)  # Python side effect: runs only while tracing.
     return MIXTURE.denoise_fn(process, "eps")(x, t, cond)
 
+  counted, calls = counting(network)
   sampler = jax.jit(lambda x_T, grid: ode.adaptive(
-      counting(network, calls), process, x_T, None, grid, solver=solver, rtol=1e-6, atol=1e-6))
+      counted, process, x_T, None, grid, solver=solver, rtol=1e-6, atol=1e-6))
   x, info = sampler(x_T, grid)
   jax.effects_barrier()
   error = max_error(x, x_ref)
@@ -239,7 +181,7 @@ def test_step_to_sigma_zero_is_the_x0_jump(sampler_name, process_name):
   length = ORDERS[sampler_name][1][-1] + 1
   grid = grids.make_grid(process, "karras", 3)
   grid = jnp.concatenate([jnp.full(length - 4, grid[0]), grid])
-  x_T = prior(process_name)
+  x_T = prior(process_name, 32)
   x, info = solve(sampler_name, process_name, prediction, x_T, grid)
   # The same run stopped at t_2 (one more zero-length step instead of the jump).
   x_before, _ = solve(sampler_name, process_name, prediction, x_T, grid.at[-1].set(grid[-2]))
@@ -251,14 +193,14 @@ def test_step_to_sigma_zero_is_the_x0_jump(sampler_name, process_name):
 
 @pytest.mark.parametrize("sampler_name, stages", [("euler", 1), ("heun", 2), ("rk4", 4)])
 def test_nfe_counted_and_network_traced_once_per_stage(sampler_name, stages):
-  traces, calls = [], []
+  traces = []
 
   def fn(x, t, cond):
     traces.append(1)  # Python side effect: runs only while tracing.
     return toy_denoise_fn(x, t, cond)
 
-  sampler = jax.jit(functools.partial(SAMPLERS[sampler_name], counting(fn, calls),
-                                      PROCESSES["vp"]))
+  network, calls = counting(fn)
+  sampler = jax.jit(functools.partial(SAMPLERS[sampler_name], network, PROCESSES["vp"]))
   x_T, key = prior("vp", 3), jax.random.PRNGKey(0)
   vp, ve = PROCESSES["vp"], PROCESSES["ve"]
   # Same length, new grid values: one compilation; whether the last step jumps
@@ -278,8 +220,8 @@ def test_nfe_counted_and_network_traced_once_per_stage(sampler_name, stages):
   if not jump:
     return
   # VE has sigma(0) = 0.01: its step to t = 0 is an ordinary step.
-  calls.clear()
-  _, info = SAMPLERS[sampler_name](counting(toy_denoise_fn, calls), ve, x_T, key,
+  network, calls = counting(toy_denoise_fn)
+  _, info = SAMPLERS[sampler_name](network, ve, x_T, key,
                                    grids.make_grid(ve, "uniform", 6))
   jax.effects_barrier()
   assert int(info["nfe"]) == len(calls) == 6 * stages

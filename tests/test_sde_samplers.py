@@ -2,24 +2,23 @@
 sampler: Song et al.'s update formulas recomputed in float64 numpy with the
 same noise, the Langevin corrector's stationary variance at a fixed t, each
 sampler reproducing the ring mixture as N grows, Karras et al. Alg. 2
-transcribed in numpy, second-order convergence of edm_heun to a diffrax
-solution of the PF-ODE, counted NFE, one trace per shape, and errors."""
+transcribed in numpy, pc's corrector loop counted with one trace per shape,
+and errors. edm_heun's declared second order is measured by the registry test
+(test_sampler_registry.py)."""
 
 import functools
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import grids, oracle, schedules, sde
+from jaxdiff import grids, oracle, sde
 from jaxdiff.samplers import edm, pc
 
-from conftest import OPTIMIZED
+from conftest import OPTIMIZED, PROCESSES, counting, prior, toy_denoise_fn
 
 MIXTURE = oracle.ring()  # 8 modes, radius 0.7, std 0.08, D = 2.
-PROCESSES = {name: schedules.make_process(name) for name in ("ddpm", "vp", "ve", "edm")}
 SAMPLERS = {"euler_maruyama": pc.euler_maruyama, "reverse_diffusion": pc.reverse_diffusion,
             "pc": pc.pc, "edm_heun": edm.edm_heun}
 # Karras et al. table 5 (ImageNet); NO_CHURN passes the same keys, so that both
@@ -37,16 +36,6 @@ def sample_oracle(sampler_name, process_name, prediction, x_T, key, grid, **opti
   denoise_fn = MIXTURE.denoise_fn(process, prediction)
   return SAMPLERS[sampler_name](denoise_fn, process, x_T, key, grid, prediction=prediction,
                                 **options)
-
-
-def prior(process_name, num, seed=0, dim=2):
-  return sde.prior_sample(PROCESSES[process_name], jax.random.PRNGKey(seed), (num, dim))
-
-
-def toy_denoise_fn(x, t, cond):
-  """A smooth stand-in eps network whose output depends on x and t: [B, D]."""
-  del cond
-  return jnp.tanh(x) * (0.5 + sde.per_example(t, x))
 
 
 # --------------------------------------------------------------------------
@@ -261,7 +250,7 @@ def test_reproduces_mixture(case):
 
 
 # --------------------------------------------------------------------------
-# edm_heun: Karras et al. Alg. 2, any process, second order.
+# edm_heun: Karras et al. Alg. 2, any process.
 # --------------------------------------------------------------------------
 
 
@@ -327,83 +316,41 @@ def test_edm_heun_scaled_ode_is_the_same_for_every_process(churn):
   np.testing.assert_allclose(np.asarray(x_vp), np.asarray(x_edm), atol=5e-5)
 
 
-@functools.cache
-def _vp_pf_ode_solution():
-  """x_T [64, 2] and the VP PF-ODE solution at t_min with the oracle's score (Tsit5)."""
-  process = PROCESSES["vp"]
-  x_T = prior("vp", 64, seed=4)
-
-  def drift(t, x, args):
-    return sde.pf_ode_drift(process, x, t, MIXTURE.score(process, x, t))
-
-  t0, t1 = (float(np.float32(t)) for t in (process.t_max, process.t_min))
-  solution = diffrax.diffeqsolve(
-      diffrax.ODETerm(drift), diffrax.Tsit5(), t0=t0, t1=t1, dt0=(t1 - t0) / 100, y0=x_T,
-      stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6), max_steps=10_000)
-  return x_T, solution.ys[-1]
-
-
-def test_edm_heun_converges_second_order():
-  assert edm.edm_heun.order(edm.edm_heun.resolve({})) == 2  # The registry's declaration.
-  x_T, x_ode = _vp_pf_ode_solution()
-  steps, errors = [12, 24, 48], []
-  for num_steps in steps:
-    grid = grids.make_grid(PROCESSES["vp"], "karras", num_steps + 1)[:-1]  # Ends at t_min.
-    x, info = sample_oracle("edm_heun", "vp", "eps", x_T, jax.random.PRNGKey(0), grid,
-                            **NO_CHURN)
-    assert int(info["nfe"]) == 2 * num_steps  # sigma(t_min) > 0: no final Euler step.
-    errors.append(float(jnp.max(jnp.abs(x - x_ode))))
-  # Observed max errors 7.4e-2, 1.4e-2, 3.2e-3 (slope -2.26; -2.05 from 64 to 128
-  # steps); the Tsit5 reference at rtol = atol = 1e-6 is good to ~1e-5.
-  slope = np.polyfit(np.log(steps), np.log(errors), 1)[0]
-  assert -2.6 < slope < -1.8, (errors, slope)
-
-
 # --------------------------------------------------------------------------
 # NFE counting, tracing, errors.
 # --------------------------------------------------------------------------
 
 
 # The one-call-per-step samplers' NFE is counted in the registry contract test
-# (test_samplers.py); pc's corrector loop is counted by ctx.repeat as it runs.
+# (test_sampler_registry.py); pc's corrector loop is counted by ctx.repeat as it runs.
 NFE_CASES = {  # name: (sampler, options, network traces per compile, NFE for N = 12)
     "pc": (pc.pc, {"corrector_steps": 2}, 2, 36),
 }
 
 
-class CountingNetwork:
-  """toy_denoise_fn counting its traces (a Python side effect, so only while
-  tracing) and its evaluations (a debug callback, so at run time)."""
-
-  def __init__(self):
-    self.traces, self.calls = 0, 0
-
-  def _called(self):
-    self.calls += 1
-
-  def __call__(self, x, t, cond):
-    self.traces += 1
-    jax.debug.callback(self._called)
-    return toy_denoise_fn(x, t, cond)
-
-
 @pytest.mark.parametrize("name", list(NFE_CASES))
 def test_nfe_counted_and_network_traced_once_per_length(name):
   sampler, options, traces_per_compile, nfe_12 = NFE_CASES[name]
-  network, process = CountingNetwork(), PROCESSES["vp"]
+  traces, process = [], PROCESSES["vp"]
+
+  def traced(x, t, cond):
+    traces.append(1)  # Python side effect: runs only while tracing.
+    return toy_denoise_fn(x, t, cond)
+
+  network, calls = counting(traced)
   run = jax.jit(functools.partial(sampler, network, process, **options))
   x_T = prior("vp", 3)
   # Three grids of one length: one compile; info["nfe"] is what the network saw.
   infos = [run(x_T, jax.random.PRNGKey(k), grids.make_grid(process, grid_name, 12))[1]
            for k, grid_name in enumerate(["uniform", "karras", "quadratic"])]
   jax.effects_barrier()
-  assert network.traces == traces_per_compile
-  assert [int(info["nfe"]) for info in infos] == [nfe_12] * 3 and network.calls == 3 * nfe_12
+  assert len(traces) == traces_per_compile
+  assert [int(info["nfe"]) for info in infos] == [nfe_12] * 3 and len(calls) == 3 * nfe_12
   # A new step count is a new shape: one more compile.
   x, info = run(x_T, jax.random.PRNGKey(0), grids.make_grid(process, "uniform", 5))
   jax.effects_barrier()
-  assert network.traces == 2 * traces_per_compile
-  assert int(info["nfe"]) == network.calls - 3 * nfe_12
+  assert len(traces) == 2 * traces_per_compile
+  assert int(info["nfe"]) == len(calls) - 3 * nfe_12
   assert int(info["nonfinite_step"]) == -1 and bool(jnp.all(jnp.isfinite(x)))
 
 

@@ -15,20 +15,19 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from jaxdiff import grids, oracle, schedules, sde
+from jaxdiff import grids, oracle, sde
 from jaxdiff.samplers import ddim
 from jaxdiff.samplers.unipc import _phi, unipc
 
-from conftest import OPTIMIZED
+from conftest import OPTIMIZED, PROCESSES, prior, toy_denoise_fn
 
-T = 1000
+T = 1000  # conftest's PROCESSES["ddpm"] is the linear DDPM of T steps.
 # A smooth oracle (stds >= 0.35): the denoiser varies slowly in log-SNR, so the
-# high orders show at step counts whose errors stay above float32 rounding.
+# high orders show at step counts whose errors stay above float32 rounding. (Not
+# conftest's SMOOTH: the slopes and errors measured below are this mixture's.)
 MIXTURE = oracle.GaussianMixture(weights=np.array([0.3, 0.7]),
                                  means=np.array([[-0.6, 0.4], [0.5, -0.3]]),
                                  stds=np.array([0.35, 0.4]))
-PROCESSES = {"ddpm": schedules.discrete_ddpm("linear", T), "vp": schedules.VP(),
-             "flow": schedules.FlowMatching()}
 OPTIONS = ("order", "variant", "predict_x0", "corrector", "lower_order_final")
 # The oracle's eps on the DDPM, for the host-side loops of the diffusers tests.
 DDPM_EPS = jax.jit(MIXTURE.denoise_fn(PROCESSES["ddpm"], "eps"))
@@ -42,15 +41,6 @@ def sample(sampler_name, process_name, prediction, x_T, grid, **options):
   sampler = {"unipc": unipc, "ddim": ddim}[sampler_name]
   return sampler(MIXTURE.denoise_fn(process, prediction), process, x_T, jax.random.PRNGKey(0),
                  grid, prediction=prediction, **options)
-
-
-def prior(process_name, num, seed=0):
-  return sde.prior_sample(PROCESSES[process_name], jax.random.PRNGKey(seed), (num, 2))
-
-
-def toy_denoise_fn(x, t, cond):
-  del cond
-  return jnp.tanh(x) * (0.5 + sde.per_example(t, x))
 
 
 # --------------------------------------------------------------------------
