@@ -155,8 +155,6 @@ def main(argv):
              "unipc": load_module(_UNIPC.value, "uni_pc_official")}
   config = load_config(_CONFIG.value)
   nfes = [int(n) for n in _NFES.value]
-  rows = [json.loads(line) for path in _JAXDIFF.value
-          for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
   print(f"process {config.process} {dict(config.process_options)}, {config.num_samples} "
         f"samples, seed {config.seed}; torch {torch.__version__}, jax {jax.__version__}")
   table = []
@@ -172,9 +170,13 @@ def main(argv):
         official.append((rmse(x_0, reference), label))
         print(f"{problem.name} NFE {nfe:>2} {label:<36} rmse {official[-1][0]:.4g}", flush=True)
       best = min(official)
-      fixed = jaxdiff_best(rows, problem.name, nfe, fixed_only=True)
-      overall = jaxdiff_best(rows, problem.name, nfe, fixed_only=False)
-      table.append((problem.name, nfe, best, fixed, overall))
+      table.append((problem.name, nfe, best))
+
+  # Read after the official runs, so a bench.py still running adds the rows it has finished.
+  rows = [json.loads(line) for path in _JAXDIFF.value
+          for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+  table = [(name, nfe, best, jaxdiff_best(rows, name, nfe, fixed_only=True),
+            jaxdiff_best(rows, name, nfe, fixed_only=False)) for name, nfe, best in table]
 
   print("\n| oracle | NFE | best official | jaxdiff fixed grid | ratio | jaxdiff overall | ratio |")
   print("|---|---|---|---|---|---|---|")

@@ -71,13 +71,21 @@ HIGH_ORDER = tuple(
     for grid_options in ({}, {"t_min": 0.006}, {"t_min": 0.0274}))
 
 
-# The official solvers' convention (LuChengTHU/dpm-solver and wl-zhao/UniPC,
-# `get_time_steps`): N network calls on N + 1 points from t = 1 to t_min = 1/T,
-# no final jump (grids' end="t_min"), on their recommended time-quadratic and
-# log-SNR grids; UniPC bh2 and DPM-Solver++ multistep are the defaults.
-REFERENCE_CONVENTION = tuple(
-    sampler(name, grid, {"order": order}, {"end": "t_min"})
-    for name in ("unipc", "dpm_solver") for order in (2, 3) for grid in ("quadratic", "log_snr"))
+# The official solvers' recommended configurations on their own convention
+# (LuChengTHU/dpm-solver and wl-zhao/UniPC, `get_time_steps`): N network calls on
+# N + 1 points from t = 1 to t_min = 1/T, no final jump (grids' end="t_min"). The
+# same set as benchmarks/reference_solvers.py runs officially: UniPC bh2 (its
+# default) and bh1, order 2 and 3, on time-quadratic and log-SNR grids;
+# DPM-Solver++ 2M and 3M (3M with the reference weight, the default) on
+# log-SNR, time-uniform and time-quadratic grids. (The official DPM-Solver-3
+# singlestep mixes orders to spend any NFE; jaxdiff's singlestep order 3 spends
+# multiples of 3 only, so it is not here.)
+REFERENCE_CONVENTION = (
+    *(sampler("unipc", grid, {"order": order, "variant": variant}, {"end": "t_min"})
+      for variant in ("bh2", "bh1") for order in (2, 3) for grid in ("quadratic", "log_snr")),
+    *(sampler("dpm_solver", grid, {"order": order}, {"end": "t_min"})
+      for order in (2, 3) for grid in ("log_snr", "uniform", "quadratic")),
+)
 
 
 # DPM-Solver++ 3M with the Taylor-exact weight of the second difference
