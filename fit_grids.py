@@ -96,7 +96,7 @@ def checked_inputs():
   if built.conditional:
     raise ValueError("fit_grids.py fits grids for unconditional models; this one was trained "
                      "with labels")
-  options = cli.json_object(_OPTIONS, samplers.get_sampler(_SAMPLER.value).fn)
+  options = cli.json_object(_OPTIONS)
   plans = [generate.plan(built, _SAMPLER.value, nfe, options=options) for nfe in nfes]
   steps = [len(p.grid) - 1 for p in plans]
   if len(set(steps)) < len(steps):
@@ -126,7 +126,7 @@ def main(argv):
   x_ref, _ = generate.sample_in_batches(built, teacher, params, x_T, None, key, _BATCH.value)
 
   denoise = generate.denoise_fn(built, params)
-  sampler = samplers.get_sampler(_SAMPLER.value).fn
+  sampler = samplers.get_sampler(_SAMPLER.value)
   def sample_fn(x, grid):  # [B, ...], [N + 1] -> x_0 [B, ...]
     return sampler(denoise, built.process, x, key, grid, prediction=built.objective.prediction,
                    **options)[0]
