@@ -281,9 +281,9 @@ def build_oracle_job(config):
   sampler_runs = []
   for run in config.samplers:
     sampler = samplers.get_sampler(run.name)
-    samplers.check_options(run.name, run.options)
     grid = samplers.check_grid(grids.make_grid(process, run.grid, run.num_steps), process)
     try:
+      samplers.check_options(run.name, run.options)
       jax.eval_shape(lambda x, k, g, sampler=sampler, run=run: sampler(
           denoise_fn, process, x, k, g, prediction=config.prediction, **run.options),
                      x_T, jax.random.PRNGKey(0), grid)
