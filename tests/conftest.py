@@ -41,13 +41,9 @@ peers.torchvision_models_on_cpu_torch()  # pytorch-fid's Inception beside a CPU 
 
 # pytest-xdist hands whole files to its two workers (--dist loadfile: a module's fixtures are
 # built once) in the order collected (--no-loadscope-reorder; by default it would start with
-# the files holding the most tests). The longest files by time go first, longest first (the
-# three programs' files took 150-190 s each in CI's durations, the next ones 40-120 s), so
-# that the end of the run is left to short files and no worker runs a long one alone.
-LONGEST_FILES = ("test_train.py", "test_programs.py", "test_scale.py", "test_benchmark.py",
-                 "test_fid.py", "test_models.py", "test_samplers.py", "test_sde_samplers.py",
-                 "test_sampler_registry.py", "test_dpm_solver.py", "test_unipc.py",
-                 "test_conditional.py", "test_checkpoint.py")
+# the files holding the most tests). The three longest files by time (150-190 s each in CI's
+# durations) go first, so that no worker is left running one of them alone at the end.
+LONGEST_FILES = ("test_train.py", "test_programs.py", "test_scale.py")
 
 
 def pytest_collection_modifyitems(items):
