@@ -41,11 +41,7 @@ what is declared (not shown to be higher).
 import jax.numpy as jnp
 
 from jaxdiff.samplers import base
-
-
-def _lambda(process, t):
-  """lambda = log(alpha / sigma) = lam / 2; +inf where sigma = 0, -inf where alpha = 0."""
-  return 0.5 * process.log_snr(t)
+from jaxdiff.samplers.dpm_solver import _lambda  # lambda = log(alpha / sigma) = lam / 2
 
 
 def init(ctx: base.Context, x_T):
