@@ -1,8 +1,8 @@
 """The benchmark's runs: configurations, checked, then run at each NFE into rows.
 
 A configuration (`Entry`) is (sampler name, options, grid name, grid options);
-its registry rule `num_steps(nfe, **options)` gives the grid length for each
-NFE. The grid "learned" is fitted to each sampler at each NFE (`grids.learned`,
+its registry entry's NFE rule (`samplers.num_steps_for`, told where the grid
+ends) gives the grid length for each NFE. The grid "learned" is fitted to each sampler at each NFE (`grids.learned`,
 LD3) on training starts drawn apart from the benchmark's x_T
 (`problems.training_pairs`), monotone in NFE (each fit knows the best one at
 fewer steps). A configuration mistake (an unknown sampler, grid,
