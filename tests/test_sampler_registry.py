@@ -5,7 +5,8 @@ For each entry of jaxdiff.samplers.SAMPLERS: its declared options are checked
 runs; info["nfe"] equals the network's evaluations and the declared NFE rule,
 on grids ending at sigma = 0 and at t_min > 0; the rule inverts; NaN is
 flagged with its step; a key is required exactly where the entry declares
-noise (a deterministic entry gives the same x without one); and the declared order holds on the smooth Gaussian mixture -- for a
+noise (a deterministic entry gives the same x without one), and per-sample
+keys give each row the noise of its own key, whatever the batch; and the declared order holds on the smooth Gaussian mixture -- for a
 deterministic sampler the slope of its error against the float64 PF-ODE
 solution, for a stochastic one the law of its samples against the mixture's.
 A new sampler is tested by adding it to the registry.
@@ -73,6 +74,15 @@ def test_inputs_nfe_and_nan(name):
   if stochastic:
     with pytest.raises(ValueError, match="needs a PRNG key"):
       sampler(toy_denoise_fn, process, x_T, None, grid)
+    # One key per sample: row j's noise comes from key j alone, whatever the batch
+    # (PC's default snr_norm="batch" couples the rows through its step size).
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(3))
+    own = {"snr_norm": "example"} if "snr_norm" in sampler.options else {}
+    batch, _ = sampler(toy_denoise_fn, process, x_T, keys, grid, **own)
+    alone, _ = sampler(toy_denoise_fn, process, x_T[1:2], keys[1:2], grid, **own)
+    np.testing.assert_allclose(np.asarray(batch[1:2]), np.asarray(alone), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="one per row of x_T \\(3\\), got 2"):
+      sampler(toy_denoise_fn, process, x_T, keys[:2], grid)
   else:
     without, _ = sampler(network, process, x_T, None, grid)
     np.testing.assert_array_equal(np.asarray(x), np.asarray(without))

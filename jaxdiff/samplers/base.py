@@ -23,7 +23,11 @@ declared NFE rule.
 Noise: step i gets inputs.key = fold_in(key, i) (None when the sampler was
 given no key) and inputs.last (step i is the last one); `normal(inputs, like)`
 draws z ~ N(0, I) from inputs.key and gives zeros on the last step (Ho et
-al. 2020, Alg. 2, line 3), the mask every ancestral sampler shares.
+al. 2020, Alg. 2, line 3), the mask every ancestral sampler shares. The key is
+one PRNG key for the batch, or one per sample ([B] keys: uint32 [B, 2] or typed
+[B]); steps derive and draw through `fold_in`, `split` and `standard_normal`,
+which go row by row for per-sample keys, so that a sample's noise depends on
+its own key alone, never on the batch or the devices it is drawn in.
 
 The end of the grid. A grid either ends at a time where sigma = 0 (t = 0 for
 every process but VE; `jaxdiff.grids`' default builders) or at t_min > 0
@@ -286,9 +290,38 @@ class Context:
     return out
 
 
+def per_sample(key) -> bool:
+  """Whether key holds one PRNG key per sample ([B]) rather than one for the batch."""
+  typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+  return key.ndim == (1 if typed else 2)
+
+
+def fold_in(key, data):
+  """jax.random.fold_in, row by row for per-sample keys."""
+  if per_sample(key):
+    return jax.vmap(jax.random.fold_in, (0, None))(key, data)
+  return jax.random.fold_in(key, data)
+
+
+def split(key):
+  """(key_a, key_b) of jax.random.split, row by row for per-sample keys."""
+  if per_sample(key):
+    keys = jax.vmap(jax.random.split)(key)  # [B, 2, ...]
+    return keys[:, 0], keys[:, 1]
+  key_a, key_b = jax.random.split(key)
+  return key_a, key_b
+
+
+def standard_normal(key, like):
+  """z ~ N(0, I) shaped like `like` [B, ...]; with per-sample keys, row b from key b."""
+  if per_sample(key):
+    return jax.vmap(lambda k: jax.random.normal(k, like.shape[1:], like.dtype))(key)
+  return jax.random.normal(key, like.shape, like.dtype)
+
+
 def normal(inputs: Inputs, like):
   """z ~ N(0, I) shaped like `like` from inputs.key, zeros on the last step."""
-  z = jax.random.normal(inputs.key, like.shape, like.dtype)
+  z = standard_normal(inputs.key, like)
   return jnp.where(inputs.last, jnp.zeros_like(z), z)
 
 
@@ -317,8 +350,8 @@ class Sampler:
           clip_x0=False, **options) -> (x_0 [B, ...] at grid[-1], info)
 
   with denoise_fn(x [B, ...], t [B], cond) -> network output of type
-  `prediction`, x_T [B, ...] at grid[0], key a PRNG key (None where no noise
-  is drawn), grid [N + 1] strictly decreasing times (`jaxdiff.grids`), and
+  `prediction`, x_T [B, ...] at grid[0], key a PRNG key or one per sample
+  [B] (None where no noise is drawn), grid [N + 1] strictly decreasing times (`jaxdiff.grids`), and
   info {"nfe": int32 network calls, "nonfinite_step": int32, -1 if none}.
 
   Declarations:
@@ -388,6 +421,9 @@ class Sampler:
     if self.stochastic(options) and key is None:
       raise ValueError(f"{self.name} with {_own(self, options)} draws noise and needs a PRNG "
                        "key (jax.random.PRNGKey(seed)), got key=None")
+    if key is not None and per_sample(key) and key.shape[0] != x_T.shape[0]:
+      raise ValueError(f"{self.name}: per-sample keys must be one per row of x_T "
+                       f"({x_T.shape[0]}), got {key.shape[0]}")
     grid = check_inputs(x_T, grid, process)
     network = denoiser(denoise_fn, process, options["prediction"], options["clip_x0"])
     ctx = Context(process, grid, options, lambda x, t: network(x, t, cond))
@@ -409,7 +445,7 @@ def scan(sampler: Sampler, ctx: Context, x_T, key):
   def body(carry, inputs):
     state, x, nfe = carry
     i, t, s = inputs
-    step_key = None if key is None else jax.random.fold_in(key, i)
+    step_key = None if key is None else fold_in(key, i)
     ctx.calls = 0
     state, x_s = sampler.step(ctx, state, x, Inputs(i, t, s, step_key, i == num_steps - 1))
     x_s = x_s.astype(x_T.dtype)

@@ -31,7 +31,6 @@ sigma_tilde(1) there). Karras's table 5 uses S_min = 0.01-0.05, S_max = 1-50.
 
 import math
 
-import jax
 import jax.numpy as jnp
 
 from jaxdiff.samplers import base
@@ -67,7 +66,7 @@ def step(ctx: base.Context, x_cur, x_t, inputs: base.Inputs):
   gamma = jnp.where(in_range, jnp.minimum(s_churn / ctx.num_steps, math.sqrt(2.0) - 1.0), 0.0)
   sigma_hat = sigma_cur * (1.0 + gamma)
   z = (jnp.zeros_like(x_cur) if inputs.key is None  # No churn: z is unused.
-       else jax.random.normal(inputs.key, x_cur.shape, x_cur.dtype))
+       else base.standard_normal(inputs.key, x_cur))
   # sqrt(sigma_hat^2 - sigma_cur^2), free of cancellation.
   x_hat = x_cur + sigma_cur * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z
   t_hat = jnp.where(gamma > 0, process.t_from_noise_to_signal(sigma_hat), t_cur)

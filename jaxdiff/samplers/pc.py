@@ -176,7 +176,7 @@ def langevin(denoise_fn, process: Process, x_t, key, t, *, prediction: str = "ep
   def step(carry, j):
     x, nfe = carry
     x0, eps = denoise(x, t, cond)
-    z = jax.random.normal(jax.random.fold_in(key, j), x.shape, x.dtype)
+    z = base.standard_normal(base.fold_in(key, j), x)
     x = langevin_update(process, x, x0, eps, t, z, alpha_i, snr, snr_norm)
     return (x, nfe + 1), base.all_finite(x)
 
@@ -196,12 +196,12 @@ def pc_step(ctx: base.Context, state, x_t, inputs: base.Inputs):
   fold_in(., j)) and the predictor's.
   """
   process, options, t, s = ctx.process, ctx.options, inputs.t, inputs.s
-  key_corrector, key_predictor = jax.random.split(inputs.key)
+  key_corrector, key_predictor = base.split(inputs.key)
   alpha_i = sde.transition(process, t, s)[0] ** 2
 
   def corrector(j, x):  # One Langevin step, one network call.
     x0, eps = ctx.denoise(x, t)
-    z = jax.random.normal(jax.random.fold_in(key_corrector, j), x.shape, x.dtype)
+    z = base.standard_normal(base.fold_in(key_corrector, j), x)
     return langevin_update(process, x, x0, eps, t, z, alpha_i, options["snr"],
                            options["snr_norm"])
 

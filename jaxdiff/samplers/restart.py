@@ -46,7 +46,6 @@ called at sigma~ up to (1 + restart_gamma) restart_sigma_max, which must map
 to a time of the process (`t_from_noise_to_signal`).
 """
 
-import jax
 import jax.numpy as jnp
 
 from jaxdiff.samplers import base
@@ -81,7 +80,7 @@ def _heun(ctx: base.Context, x_tilde, t_cur, sigma_cur, t_next, sigma_next, gamm
   given) to sigma~_next: Heun, or with final_euler Euler where sigma~_next = 0."""
   process = ctx.process
   if key is not None:  # Churn: raise the noise level to sigma_hat = (1 + gamma) sigma~_cur.
-    z = jax.random.normal(key, x_tilde.shape, x_tilde.dtype)
+    z = base.standard_normal(key, x_tilde)
     x_tilde = x_tilde + sigma_cur * jnp.sqrt(gamma * (2.0 + gamma)) * ctx.options["s_noise"] * z
     sigma_cur = (1.0 + gamma) * sigma_cur
     t_cur = jnp.where(gamma > 0, process.t_from_noise_to_signal(sigma_cur), t_cur)
@@ -112,13 +111,13 @@ def _restarts(ctx: base.Context, x_tilde, t_min, key):
   gammas = jnp.where(churned, gamma, 0.0)  # [M + 1]
 
   def restart(k, x_tilde):
-    key_k = jax.random.fold_in(key, k)
-    z = jax.random.normal(jax.random.fold_in(key_k, 0), x_tilde.shape, x_tilde.dtype)
+    key_k = base.fold_in(key, k)
+    z = base.standard_normal(base.fold_in(key_k, 0), x_tilde)
     x_tilde = x_tilde + jnp.sqrt(sigma_max**2 - sigma_min**2) * options["s_noise"] * z
 
     def inner(j, x_tilde):
       return _heun(ctx, x_tilde, times[j], sigmas[j], times[j + 1], sigmas[j + 1], gammas[j],
-                   jax.random.fold_in(key_k, j + 1), final_euler=False)
+                   base.fold_in(key_k, j + 1), final_euler=False)
 
     return ctx.repeat(num_inner, inner, x_tilde)
 
