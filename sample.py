@@ -3,6 +3,7 @@
   python sample.py --checkpoint runs/digits                    # UniPC, NFE 20, 1000 samples
   python sample.py --checkpoint runs/digits --sampler ddpm --nfe 1000 --num 64 --params raw
   python sample.py --checkpoint runs/fmnist --guidance 3 --labels 0,1,2
+  python sample.py --checkpoint runs/digits --num 50000 --workdir runs/digits-50k   # resumable
 
 --checkpoint (a training workdir, its latest complete checkpoint, or one
 <step>/ folder): the process, prediction and network come from the checkpoint;
@@ -10,28 +11,38 @@ any registered sampler runs at the asked NFE on the grid `--grid`, by default
 the grid fit_grids.py fitted to this checkpoint for the sampler, its options and
 the NFE where there is one (<step>/grids/, `jaxdiff.train.fitted_grids`; the log
 line and results table name its file), else the one `jaxdiff.grids.default_for`
-picks for the process (printed). The
-samples go to a new folder (default <training workdir>/samples-<time>):
-samples.npz (samples in [-1, 1] and x_T, labels), samples.png (a grid of the
-first 100) and results.md / results.json (what ran, how long, and for data
-with an evaluation classifier, its quality figures). Each call's samples
-(--batch-size) are split over every device, with a progress bar over the
-calls. Sampling with another process than the one trained needs --process and
-warns.
+picks for the process (printed). Sampling with another process than the one
+trained needs --process and warns.
+
+The run (`jaxdiff.train.sample_run`) goes over global batches of --batch-size
+samples spread over every device of every process; sample i's x_T, label and
+sampler noise derive from (--seed, i) alone, so the samples do not depend on
+the devices or the batch size. Each batch is judged on the devices right after
+sampling -- by the classifier trained on the real data (`jaxdiff.evaluation`)
+and, with --inception-weights, by Inception-v3 -- and only its statistics stay
+(`jaxdiff.streamed`): host memory does not grow with --num. The output folder
+(default <training workdir>/samples-<time>) receives progress.npz and
+progress.json every --save-every batches (the statistics so far, the kept
+samples and features): a run that is killed continues from its last saved
+batch when the same command is run again with --workdir naming that folder,
+and ends with the same statistics, bitwise. At the end: samples.npz (the first
+--save-images samples in [-1, 1], their x_T and labels), samples.png (a grid of
+the first 100) and results.md / results.json (what ran, how long, the quality
+figures). Several processes run the same command with --coordinator,
+--num-processes and --process-id (as train.py) and a --workdir they all see;
+process 0 writes.
 """
 
 import json
-import time
+import pathlib
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from jaxdiff import cli, evaluation, fid, grids, plots, schedules, workdir
-from jaxdiff.benchmark import problems
-from jaxdiff.train import generate, sharding
+from jaxdiff import cli, evaluation, fid, grids, plots, processes, schedules, streamed, workdir
+from jaxdiff.train import generate, sample_run, sharding
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default "
                                "<training workdir>/samples-<time>.")
@@ -54,9 +65,15 @@ _LABELS = flags.DEFINE_list("labels", None, "Class ids, cycled over the "
 _PARAMS = flags.DEFINE_string("params", "ema", "'ema' (the first EMA), "
                               "'ema:<decay>' or 'raw'.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of x_T and the sampler's noise.")
-_INIT_NOISE = flags.DEFINE_string("init-noise", None, "x_T from this .npy "
-                                  "[num, *data shape] instead of the seed.")
-_BATCH = flags.DEFINE_integer("batch-size", 500, "Samples per compiled call.")
+_BATCH = flags.DEFINE_integer("batch-size", 500, "Samples per compiled call over every "
+                              "device (rounded up to a multiple of the devices; a last batch "
+                              "that --num does not fill is padded, its extra samples dropped).")
+_SAVE_IMAGES = flags.DEFINE_integer("save-images", 100, "Keep the first this many samples in "
+                                    "samples.npz (x_T and labels with them).")
+_KEEP_FEATURES = flags.DEFINE_integer("keep-features", 5000, "KID, precision/recall and paired "
+                                      "comparisons use the first this many samples' features.")
+_SAVE_EVERY = flags.DEFINE_integer("save-every", 10, "Save the progress every this many "
+                                   "batches (and at the end).")
 _PROCESS = flags.DEFINE_string("process", None, "Sample with this process "
                                "(jaxdiff.schedules.PROCESSES) instead of the trained one; warns.")
 _PROCESS_OPTIONS = flags.DEFINE_string("process-options", "{}", "Options of --process as JSON.")
@@ -78,6 +95,7 @@ def main(argv):
     raise SystemExit("sample.py needs --checkpoint DIR: a training workdir, its checkpoints/ "
                      "folder or one <step>/ folder (nothing was run); the analytic oracle's "
                      "sampler runs are python3 bench.py --job oracle")
+  processes.start()
   sample_checkpoint()
 
 
@@ -95,89 +113,121 @@ def load_checkpoint(path):
   return generate.load(path, _PARAMS.value, with_process if _PROCESS.value else None)
 
 
-def checkpoint_inputs(built, plan):
-  """(x_T [num, ...], labels [num] or None) from the flags, checked."""
-  num = _NUM.value
-  generate.check_sampling(built, num, _BATCH.value, _SEED.value)
-  if _INIT_NOISE.value:
-    x_T = problems.load_init_noise(_INIT_NOISE.value, (num, *built.data.shape))
-  else:
-    x_T = generate.prior_noise(built, plan, jax.random.fold_in(jax.random.PRNGKey(_SEED.value), 0),
-                               num)
+def checkpoint_labels(built):
+  """The --labels as a tuple of class ids (None: the default 0, 1, ..., K - 1), checked."""
   if _LABELS.value is None:
-    return x_T, generate.default_labels(built, num)
+    return None
   if not built.conditional:
     raise ValueError("--labels needs a class-conditional model; this one was trained without")
   try:
-    ids = [int(v) for v in _LABELS.value]
+    ids = tuple(int(v) for v in _LABELS.value)
   except ValueError:
     raise ValueError(f"--labels must be integers, got {_LABELS.value}") from None
   if not all(0 <= i < built.data.num_classes for i in ids):
-    raise ValueError(f"--labels must lie in [0, {built.data.num_classes}), got {ids}")
-  return x_T, jnp.asarray(np.resize(ids, num), jnp.int32)
+    raise ValueError(f"--labels must lie in [0, {built.data.num_classes}), got {list(ids)}")
+  return ids
+
+
+def judges(built):
+  """{name: streamed.Judge} of the flags: the evaluation classifier (--evaluate) and
+  Inception-v3 (--inception-weights). The data's statistics first: a bad weights file fails
+  before anything samples."""
+  out = {}
+  if evaluation.wanted(built.run.data.source, _EVALUATE.value):
+    options = {k: v for k, v in built.run.data.options.items() if k != "split"}
+    out["classifier"] = streamed.Judge.classifier(
+        evaluation.reference(built.run.data.source, **options))
+  if _INCEPTION.value:
+    out["inception"] = streamed.Judge.inception(fid.reference(
+        built.run.data.source, _INCEPTION.value, **built.run.data.options))
+  return out
+
+
+def resumable(path) -> bool:
+  """Whether --workdir holds an unfinished sample.py run to take up (its progress.json)."""
+  path = pathlib.Path(path or "")
+  return bool(path.parts) and (path / workdir.MARKER).is_file() and (
+      path / sample_run.RECORD).is_file()
 
 
 def sample_checkpoint():
-  """Samples a trained model as the flags say; writes the new output folder."""
+  """Samples a trained model as the flags say; writes (or continues) the output folder."""
   try:
     step_dir, built, params = load_checkpoint(_CHECKPOINT.value)
     plan = generate.plan(built, _SAMPLER.value, _NFE.value, grid=_GRID.value,
                          grid_options=cli.json_object(_GRID_OPTIONS, grids.GRIDS.get(_GRID.value)),
                          guidance_scale=_GUIDANCE.value,
                          options=cli.json_object(_OPTIONS), step_dir=step_dir)
-    x_T, labels = checkpoint_inputs(built, plan)
-    judged = evaluation.wanted(built.run.data.source, _EVALUATE.value)
-    # The data's Inception statistics first: a bad weights file fails before sampling.
-    inception_ref = (fid.reference(built.run.data.source, _INCEPTION.value,
-                                   **built.run.data.options) if _INCEPTION.value else None)
+    job = sample_run.Job(_NUM.value, _BATCH.value, _SEED.value, checkpoint_labels(built),
+                         _SAVE_IMAGES.value, _KEEP_FEATURES.value, _SAVE_EVERY.value)
+    judged = judges(built)
   except (ValueError, FileNotFoundError) as error:
     raise SystemExit(f"cannot sample: {error} (nothing was written)") from None
-  print(f"sampling {step_dir}: {plan.describe()}, {_NUM.value} samples, params {_PARAMS.value}",
-        flush=True)
+  mesh = sharding.make_mesh({"data": -1})
+  size = sample_run.global_batch_size(job, mesh)
+  writes = jax.process_index() == 0
+  if writes:
+    print(f"sampling {step_dir}: {plan.describe()}, {job.num} samples in batches of {size} "
+          f"over {mesh.devices.size} devices, params {_PARAMS.value}", flush=True)
+    if job.num % size:
+      print(f"--num {job.num} is not a multiple of the batch {size}: the last batch samples "
+            f"{size - job.num % size} extra samples, which are dropped", flush=True)
   train_dir = step_dir.parent.parent
-  with workdir.claim(_WORKDIR.value, "samples", parent=train_dir) as out:
-    start = time.perf_counter()
-    x_0, nfe = generate.sample_in_batches(built, plan, params, x_T, labels,
-                                          jax.random.PRNGKey(_SEED.value), _BATCH.value,
-                                          mesh=sharding.make_mesh({"data": -1}))
-    seconds = time.perf_counter() - start
-    np.savez(out / "samples.npz", samples=x_0, x_T=np.asarray(x_T),
-             labels=np.asarray(labels) if labels is not None else np.zeros(0, np.int32))
-    if built.data.eight_bit:
-      plots.save_image_grid(x_0[:100], out / "samples.png")
-    else:
-      plots.plot_samples_2d({"samples": x_0[:, :2]}, out / "samples.png",
-                            extent=float(np.nanmax(np.abs(x_0[:, :2]))) * 1.1)
-    row = {"checkpoint": str(step_dir), "sampler": plan.sampler, "nfe": nfe,
-           "grid": plan.grid_name + "".join(f" {k}={v:.4g}" for k, v in plan.grid_options.items()),
-           "steps": len(plan.grid) - 1, "guidance": plan.guidance_scale, "params": _PARAMS.value,
-           "num_samples": len(x_0), "seed": _SEED.value, "seconds": seconds}
-    table = workdir.markdown_table(list(row), [list(row.values())])
-    quality = evaluate(built, x_0) if judged else {}
-    if quality:
-      table += "\n\n" + quality_table(quality)
-    inception_quality = (fid.quality(np.clip(x_0, -1.0, 1.0), inception_ref)
-                         if inception_ref is not None else None)
-    if inception_quality:
-      table += "\n\nInception-v3 (jaxdiff.fid): " + fid.format_quality(inception_quality)
-    (out / "results.json").write_text(json.dumps(
-        {"rows": [row], "quality": quality, "inception": inception_quality}, indent=1))
-    (out / "results.md").write_text(table + "\n")
-    print(table)
-    print(f"\nwrote samples.npz, samples.png and results.md to {out}")
+  resume = resumable(_WORKDIR.value)
+  record = {"checkpoint": str(step_dir.resolve()), "params": _PARAMS.value,
+            "sampler": plan.sampler, "nfe": _NFE.value, "options": plan.options,
+            "guidance": plan.guidance_scale}
+  with processes.claimed_workdir(_WORKDIR.value, "samples", resume, parent=train_dir) as out:
+    if writes:
+      print(f"writing to {out}; if stopped, the same command with --workdir {out} continues",
+            flush=True)
+    try:
+      result = sample_run.run(built, plan, params, job, mesh, judges=judged, out=out,
+                              record=record)
+    except ValueError as error:
+      raise SystemExit(f"cannot sample: {error}") from None
+    if writes:
+      write_results(out, built, plan, step_dir, job, result)
 
 
-def evaluate(built, x_0):
-  """{set name: jaxdiff.evaluation.quality} for the samples (all, and as many as the held-out
-  split, since the Frechet distance depends on N), the held-out real images and noise."""
+def write_results(out, built, plan, step_dir, job, result):
+  """samples.npz, samples.png and results.md / results.json of a finished run."""
+  np.savez(out / "samples.npz", samples=result.images, x_T=result.x_T,
+           labels=result.labels if result.labels is not None else np.zeros(0, np.int32))
+  if built.data.eight_bit:
+    plots.save_image_grid(result.images[:100], out / "samples.png")
+  else:
+    plots.plot_samples_2d({"samples": result.images[:, :2]}, out / "samples.png",
+                          extent=float(np.nanmax(np.abs(result.images[:, :2]))) * 1.1)
+  row = {"checkpoint": str(step_dir), "sampler": plan.sampler, "nfe": result.nfe,
+         "grid": plan.grid_name + "".join(f" {k}={v:.4g}" for k, v in plan.grid_options.items()),
+         "steps": len(plan.grid) - 1, "guidance": plan.guidance_scale, "params": _PARAMS.value,
+         "num_samples": job.num, "seed": job.seed, "seconds": result.seconds,
+         "samples_per_second": result.sampled / result.seconds}
+  table = workdir.markdown_table(list(row), [list(row.values())])
+  quality, inception_quality = {}, None
+  if "classifier" in result.running:
+    quality = evaluate(built, result.running["classifier"])
+    table += "\n\n" + quality_table(quality)
+  if "inception" in result.running:
+    inception_quality = result.running["inception"].quality()
+    table += "\n\nInception-v3 (jaxdiff.fid): " + fid.format_quality(inception_quality)
+  (out / "results.json").write_text(json.dumps(
+      {"rows": [row], "quality": quality, "inception": inception_quality}, indent=1,
+      default=workdir.json_default))
+  (out / "results.md").write_text(table + "\n")
+  print(table)
+  print(f"\nwrote samples.npz, samples.png and results.md to {out}")
+
+
+def evaluate(built, running):
+  """{set name: quality} of the samples (`streamed.Running.quality`), the held-out real images
+  and noise (`evaluation.reference_rows`)."""
   options = {k: v for k, v in built.run.data.options.items() if k != "split"}
   reference = evaluation.reference(built.run.data.source, **options)
-  images = np.clip(x_0, -1.0, 1.0)  # As the PNGs (data.to_uint8) show them.
-  rows = {f"samples ({len(x_0)})": evaluation.quality(images, reference)}
-  held_out = len(reference.heldout_images)
-  if len(x_0) > held_out:
-    rows[f"samples (first {held_out})"] = evaluation.quality(images[:held_out], reference)
-  return {**rows, **evaluation.reference_rows(reference)}
+  samples = running.quality()
+  return {f"samples ({samples['num_samples']})": samples,
+          **evaluation.reference_rows(reference)}
 
 
 def quality_table(quality):

@@ -27,75 +27,22 @@ data, process 0 claims the workdir and writes logs and pictures, and Orbax
 writes checkpoints from all of them.
 """
 
-import contextlib
 import json
-import os
 import pathlib
 
 import jax
-import numpy as np
 from absl import app, flags, logging
-from jax.experimental import multihost_utils
 
-from jaxdiff import cli, workdir
+from jaxdiff import cli, processes
 from jaxdiff.train import checkpoint, host_memory, trainer
 
 _CONFIG = cli.define_config("configs/digits.py", "Training configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training folder; default runs/train-<time>. "
                                "A folder of an earlier run with the same config is resumed.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Start jax.distributed, detecting the "
-                                 "cluster (TPU pod, SLURM, Open MPI); implied by the flags below "
-                                 "or JAX_COORDINATOR_ADDRESS.")
-_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0's coordinator.")
-_NUM_PROCESSES = flags.DEFINE_integer("num-processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process-id", None, "This process's index, from 0.")
 _PROGRESS_SECONDS = flags.DEFINE_float(
     "progress-seconds", 30.0, "Where standard error is not a terminal (a batch job's log), "
     "write a progress line (step, loss, steps/s, ETA) every this many seconds instead of a bar.",
     lower_bound=0.0)
-_HEARTBEAT = flags.DEFINE_integer("heartbeat-timeout", 100, "Seconds without a heartbeat "
-                                  "after which the processes give up on a lost one.")
-
-
-def start_processes():
-  """jax.distributed.initialize where asked; SystemExit naming what is wrong."""
-  given = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  if not (_DISTRIBUTED.value or any(v is not None for v in given)
-          or os.environ.get("JAX_COORDINATOR_ADDRESS")):
-    return
-  try:
-    jax.distributed.initialize(*given, heartbeat_timeout_seconds=_HEARTBEAT.value)
-  except (ValueError, TypeError, RuntimeError) as error:
-    raise SystemExit(f"cannot start the processes: {error}. Pass --coordinator host:port, "
-                     "--num-processes N and --process-id i (0 <= i < N), or run where JAX "
-                     "detects the cluster (nothing was written)") from None
-
-
-@contextlib.contextmanager
-def claimed_workdir(path, resume):
-  """workdir.claim in process 0, the same folder in the others once claimed; yields it."""
-  if jax.process_count() == 1:
-    with workdir.claim(path, "train", resume=resume) as out:
-      yield out
-    return
-  if not path:
-    raise SystemExit("several processes need --workdir, a folder they all see (nothing was "
-                     "written)")
-  if jax.process_index() == 0:
-    with contextlib.ExitStack() as stack:
-      out = None
-      try:
-        out = stack.enter_context(workdir.claim(path, "train", resume=resume))
-      finally:  # The others learn whether it worked, also when it did not.
-        multihost_utils.broadcast_one_to_all(np.int32(out is not None))
-      yield out
-    return
-  if not multihost_utils.broadcast_one_to_all(np.int32(0)):
-    raise SystemExit(f"process 0 could not claim {path}; see its error")
-  if not pathlib.Path(path).is_dir():
-    raise SystemExit(f"process {jax.process_index()} does not see {path}, claimed by process 0: "
-                     "--workdir must be on a filesystem every process shares")
-  yield pathlib.Path(path)
 
 
 def build(config):
@@ -125,11 +72,11 @@ def earlier_run(path, built):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  start_processes()
+  processes.start()
   host_memory.keep_cpu_temporaries()  # Before anything starts the backends.
   built, source, held_out, mesh = build(_CONFIG.value)
   resume = earlier_run(_WORKDIR.value, built)
-  with claimed_workdir(_WORKDIR.value, resume) as out:
+  with processes.claimed_workdir(_WORKDIR.value, "train", resume) as out:
     try:
       summary = trainer.train(built, source, out, mesh, held_out=held_out,
                               progress_seconds=_PROGRESS_SECONDS.value)

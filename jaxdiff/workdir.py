@@ -15,7 +15,7 @@ command and, if the run fails or is interrupted, why; it is removed when the
 run finishes. So a folder with `INCOMPLETE` and no live run is an unfinished
 run: its finished rows are in results.jsonl (`append_row`, one JSON object a
 line, written as each row finishes), and `claim(..., resume=True)` takes it up
-again (bench.py --resume; train.py resumes its own workdirs).
+again (bench.py --resume; train.py and sample.py resume their own workdirs).
 """
 
 import contextlib
@@ -36,6 +36,7 @@ ROWS = "results.jsonl"
 
 # How each program that can take up its unfinished runs does so.
 RESUMES = {"bench.py": "bench.py finishes it with the same flags plus --resume",
+           "sample.py": "sample.py continues it with the same flags (--workdir naming it)",
            "train.py": "train.py resumes it with the same --config"}
 
 
