@@ -13,7 +13,8 @@ below depends on ratios of times only).
                   beta_t = (1 - 1/t)^(gamma + 1)                          (eq. 127)
               after update t = 1, 2, ...: theta_tau's weight is then exactly the
               mass of p_t on [tau - 1, tau].
-  sigma_rel   its length: the profile's standard deviation over its mean time,
+  sigma_rel   its length: the profile's standard deviation relative to the training
+              time t (the standard deviation of p_1),
                   sigma_rel = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3)))  (eq. 123),
               inverted as the largest real root of
                   gamma^3 + 7 gamma^2 + (16 - sigma_rel^-2) gamma + 12 - sigma_rel^-2
