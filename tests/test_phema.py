@@ -73,8 +73,8 @@ def test_coefficients_are_the_least_squares_fit_of_profiles_by_quadrature():
 def test_targets_the_snapshots_cannot_represent_are_refused_naming_the_range():
   snapshots = [phema.Snapshot(t, s, lambda: None) for t in (500, 1000, 1500)
                for s in (0.05, 0.10)]
-  low, high = phema.representable([s.step for s in snapshots],
-                                  [s.sigma_rel for s in snapshots], 1500)
+  [(low, high)] = phema.representable([s.step for s in snapshots],
+                                      [s.sigma_rel for s in snapshots], 1500)
   assert 0.03 < low < 0.05 and 0.10 < high < 0.2
   with pytest.raises(ValueError, match=r"cannot represent sigma_rel 0.25 at step 1500: its "
                      r"reconstructed profile misses by .*; they can represent sigma_rel in "
