@@ -18,7 +18,10 @@ default of train.py, trains the same network as EDM). Fields:
     conditional (on the data's labels), label_dropout (the null class's
     probability, for classifier-free guidance), dtype (compute; params stay
     float32);
-  optim: jaxdiff.train.optim.OptimizerConfig; ema: decays and their warm-up;
+  optim: jaxdiff.train.optim.OptimizerConfig; ema: decays and their warm-up, and
+    post-hoc EMA (Karras et al. 2024; jaxdiff.train.phema): phema_sigma_rels, the
+    power-function EMAs tracked (() none), snapshot_every, the steps between their
+    snapshots under <workdir>/phema/ (0: none; a multiple of steps_per_call);
   samples: the picture of EMA samples written every sample_every steps;
   bpd: held-out bits/dim every bpd.every steps (0: never).
 A restarted run may change num_steps, the cadences, the mesh, grad_accum and
@@ -63,7 +66,8 @@ def get_config():
       "learning_rate": 1e-3, "warmup_steps": 100, "schedule": "cosine",
       "end_learning_rate": 1e-5, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
       "decay_norms_and_biases": False, "grad_clip": 1.0})
-  config.ema = ml_collections.ConfigDict({"decays": (0.9999,), "warmup": True})
+  config.ema = ml_collections.ConfigDict({"decays": (0.9999,), "warmup": True,
+                                          "phema_sigma_rels": (), "snapshot_every": 0})
 
   # EMA samples every sample_every steps: fixed noise, fixed labels (0, 1, 2, ...); num 0
   # for none.

@@ -47,12 +47,14 @@ class WriteError(OSError):
   """A checkpoint could not be written (a full disk, a quota): its one-line reason."""
 
 
-def manager(workdir, *, keep: int, asynchronous: bool = True) -> ocp.CheckpointManager:
-  """The CheckpointManager of <workdir>/checkpoints, keeping the last `keep`."""
+def manager(workdir, *, keep: int | None, asynchronous: bool = True, directory=DIRECTORY,
+            items=(STATE, DATA, RUN)) -> ocp.CheckpointManager:
+  """The CheckpointManager of <workdir>/<directory> (checkpoints/: the training state's) with
+  these items, keeping the last `keep` steps (None: all)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep,
                                          enable_async_checkpointing=asynchronous)
-  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / DIRECTORY, options=options,
-                               item_names=(STATE, DATA, RUN))
+  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / directory, options=options,
+                               item_names=tuple(items))
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state, iterator, run: dict):
@@ -143,10 +145,10 @@ def _name(path) -> str:
                   for k in path)
 
 
-def _verify(step_dir, state, run: dict):
-  """ChecksumMismatch unless every array of `state` is the one checkpoint step_dir saved."""
-  recorded = run.get(CHECKSUMS)
-  if recorded is None:  # Saved before checksums existed.
+def verify(step_dir, state, recorded: dict | None):
+  """ChecksumMismatch unless every array of `state` has the checksum recorded when step_dir
+  was saved ({name: checksum}; None: saved before checksums existed, nothing to compare)."""
+  if recorded is None:
     return
   checksums = fingerprint(state)[1]
   bad = [name for name, value in recorded.items() if checksums.get(name) != value]
@@ -179,7 +181,8 @@ def restore_latest(workdir, checkpoints: ocp.CheckpointManager, abstract_state, 
       restored = checkpoints.restore(step, args=ocp.args.Composite(**{
           STATE: ocp.args.StandardRestore(abstract_state),
           DATA: grain.checkpoint.CheckpointRestore(iterator)}))
-      _verify(pathlib.Path(checkpoints.directory) / str(step), restored[STATE], run)
+      verify(pathlib.Path(checkpoints.directory) / str(step), restored[STATE],
+             run.get(CHECKSUMS))
     except Exception as error:  # pylint: disable=broad-except  # Any unreadable checkpoint.
       _set_aside(workdir, checkpoints, step, error)
       continue
@@ -267,9 +270,9 @@ def find(path) -> pathlib.Path:
   return read_newest(path)[0]
 
 
-def read_run(step_dir) -> dict:
-  """The run record (config, data spec, version) of one checkpoint folder."""
-  path = pathlib.Path(step_dir).absolute() / RUN
+def read_run(step_dir, item: str = RUN) -> dict:
+  """The run record (config, data spec, version) of one checkpoint folder: its JSON item."""
+  path = pathlib.Path(step_dir).absolute() / item
   try:
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
       return checkpointer.restore(path)
@@ -288,15 +291,21 @@ def restore_state(step_dir, abstract_state=None):
     ChecksumMismatch when an array read differs from the one saved; whatever Orbax raises
     when the folder cannot be read.
   """
-  path = pathlib.Path(step_dir).absolute() / STATE
+  state = restore_arrays(pathlib.Path(step_dir).absolute() / STATE, abstract_state)
+  verify(step_dir, state, read_run(step_dir).get(CHECKSUMS))
+  return state
+
+
+def restore_arrays(path, abstract=None):
+  """The pytree of arrays of one StandardSave item folder, onto abstract's structure and
+  shardings; leaves without a sharding go to this process's first device. abstract None:
+  the arrays as saved (a tree of dicts), from the item's metadata."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with ocp.StandardCheckpointer() as checkpointer:
-    if abstract_state is None:
-      abstract_state = checkpointer.metadata(path).item_metadata
-    abstract_state = jax.tree.map(  # (The metadata's sharding is the saving mesh's.)
+    if abstract is None:
+      abstract = checkpointer.metadata(path).item_metadata
+    abstract = jax.tree.map(  # (The metadata's sharding is the saving mesh's.)
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=(
             a.sharding if isinstance(a, jax.ShapeDtypeStruct) else None) or device),
-        abstract_state)
-    state = checkpointer.restore(path, abstract_state)
-  _verify(step_dir, state, read_run(step_dir))
-  return state
+        abstract)
+    return checkpointer.restore(path, abstract)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxdiff import models, schedules
-from jaxdiff.train import optim, ranges, state as train_state
+from jaxdiff.train import optim, phema, ranges, state as train_state
 from jaxdiff.train.step import Objective
 
 # Fields a restarted run may change: how long, how often and on what devices, not what is
@@ -29,6 +29,7 @@ RUN_FIELDS = ("num_steps", "checkpoint_every", "log_every", "sample_every", "kee
               "samples", "mesh", "grad_accum", "bpd")
 # What configs written before a field existed meant by its absence.
 ABSENT = {"grad_accum": 1, "bpd": {"every": 0, "num": 128, "batch_size": 64, "num_probes": 1}}
+ABSENT_EMA = {"phema_sigma_rels": (), "snapshot_every": 0}  # In the section `ema`.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The top-level numbers of RunSettings, and every top-level field of a training config.
 RUN_NUMBERS = ("num_steps", "batch_size", "seed", "checkpoint_every", "log_every",
@@ -142,15 +143,29 @@ class ModelSettings:
 
 @dataclasses.dataclass(frozen=True)
 class EmaSettings:
-  """The config's `ema`: the decays of the parameters' moving averages (`optim.ema_decay`)."""
+  """The config's `ema`: the decays of the parameters' moving averages (`optim.ema_decay`),
+  and the power-function EMAs of post-hoc EMA (`phema`): their sigma_rels and the steps
+  between their snapshots (0: none)."""
 
   decays: tuple
   warmup: bool
+  phema_sigma_rels: tuple = ()
+  snapshot_every: int = 0
 
   def __post_init__(self):
     if not self.decays or not all(isinstance(d, (int, float)) and 0 < d < 1
                                   for d in self.decays):
       raise ValueError(f"ema.decays must be one or more numbers in (0, 1), got {self.decays!r}")
+    for sigma_rel in self.phema_sigma_rels:
+      ranges.number("ema.phema_sigma_rels", sigma_rel, f"(0, {phema.MAX_SIGMA_REL:.6f})")
+    if len(set(map(float, self.phema_sigma_rels))) != len(self.phema_sigma_rels):
+      raise ValueError(f"ema.phema_sigma_rels must differ from each other, got "
+                       f"{self.phema_sigma_rels!r}")
+    ranges.integer("ema.snapshot_every", self.snapshot_every, 0, note="0: no snapshots")
+    if self.snapshot_every and not self.phema_sigma_rels:
+      raise ValueError(f"ema.snapshot_every ({self.snapshot_every}) saves the power-function "
+                       "EMAs, but ema.phema_sigma_rels is empty: name their sigma_rels, e.g. "
+                       "(0.05, 0.10), or set snapshot_every = 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +180,12 @@ class Settings:
   model: ModelSettings
   optimizer: optim.OptimizerConfig
   ema: EmaSettings
+
+  def __post_init__(self):
+    k = self.run.steps_per_call
+    if self.ema.snapshot_every % k:
+      raise ValueError(f"ema.snapshot_every ({self.ema.snapshot_every}) must be a multiple of "
+                       f"steps_per_call ({k}): the state exists only between calls")
 
   @classmethod
   def from_config(cls, config) -> "Settings":
@@ -190,6 +211,7 @@ class Settings:
                       bpd=_section(BpdSettings, "bpd", given["bpd"]))
     ema = dict(given["ema"])
     ema["decays"] = tuple(ema.get("decays", ()))
+    ema["phema_sigma_rels"] = tuple(ema.get("phema_sigma_rels", ()))
     return cls(config, run, given["process"], dict(given["process_options"]),
                dict(given["loss"]), _section(ModelSettings, "model", given["model"]),
                _section(optim.OptimizerConfig, "optim", given["optim"]),
@@ -228,6 +250,8 @@ class Experiment:
   optimizer: optim.OptimizerConfig
   ema_decays: tuple
   ema_warmup: bool
+  phema_sigma_rels: tuple = ()  # The power-function EMAs in state.ema (`phema`).
+  snapshot_every: int = 0  # Steps between their snapshots; 0: none.
 
   @classmethod
   def from_config(cls, config, data: DataSpec) -> "Experiment":
@@ -268,7 +292,9 @@ class Experiment:
                        "model.options.learn_sigma = False")
     return cls(settings.config, settings.run, data, process, objective, network,
                model.conditional, settings.optimizer,
-               tuple(float(d) for d in settings.ema.decays), bool(settings.ema.warmup))
+               tuple(float(d) for d in settings.ema.decays), bool(settings.ema.warmup),
+               tuple(float(s) for s in settings.ema.phema_sigma_rels),
+               settings.ema.snapshot_every)
 
   def init_fn(self, optimizer):
     """() -> the TrainState at step 0, parameters drawn from the seed's first key."""
@@ -278,15 +304,14 @@ class Experiment:
 
     def init():
       variables = self.model.init(key_init, x, jnp.ones((1,)), cond, deterministic=True)
-      return train_state.create(variables["params"], optimizer, self.ema_decays, key_train)
+      return train_state.create(variables["params"], optimizer, self.ema_decays, key_train,
+                                self.phema_sigma_rels)
 
     return init
 
   def differences(self, saved_config: dict) -> list[str]:
     """The fields, other than RUN_FIELDS, where saved_config differs from this one."""
-    return _differences(
-        {k: v for k, v in self.config.items() if k not in RUN_FIELDS},
-        {k: v for k, v in saved_config.items() if k not in RUN_FIELDS})
+    return _differences(_filled(self.config, RUN_FIELDS), _filled(saved_config, RUN_FIELDS))
 
 
 def _data_options(name: str, data: DataSpec) -> dict:
@@ -300,6 +325,14 @@ def _data_options(name: str, data: DataSpec) -> dict:
     raise ValueError(f"the {name} model takes images [H, W, C]; this data has shape "
                      f"{data.shape}: use the mlp model")
   return {"in_channels" if name == "dit" else "channels": data.shape[-1]}
+
+
+def _filled(config: dict, leave_out) -> dict:
+  """The config without the fields leave_out, an absent ema field as ABSENT_EMA says."""
+  config = {k: v for k, v in config.items() if k not in leave_out}
+  if isinstance(config.get("ema"), dict):
+    config["ema"] = {**ABSENT_EMA, **config["ema"]}
+  return config
 
 
 def _differences(new, old, prefix="") -> list[str]:

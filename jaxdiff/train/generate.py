@@ -1,7 +1,8 @@
 """A trained network: its checkpoint loaded, its denoiser, samples by a sampler of the zoo.
 
 `load` rebuilds a checkpoint's Experiment from the config and DataSpec stored
-with it and restores its parameters, reading the state once: the one place where
+with it and restores its parameters, reading the state once, or reconstructs a
+post-hoc EMA at its step from the run's snapshots (`phema`): the one place where
 the programs that use a checkpoint (sample.py, bpd.py, study.py) read one.
 `check_data` compares data read for a checkpoint with the shape it was
 trained on, and `check_sampling` a run's counts with the host's memory.
@@ -28,7 +29,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from jaxdiff import grids, guidance, models, samplers
-from jaxdiff.train import checkpoint, fitted_grids, optim, sharding, state as train_state
+from jaxdiff.train import (checkpoint, fitted_grids, optim, phema, sharding,
+                           state as train_state)
 from jaxdiff.train.experiment import DataSpec, Experiment
 
 SEEDS = 2**32  # Seeds lie in [0, 2^32): jax.random.PRNGKey folds 2^32 + s onto s.
@@ -41,14 +43,18 @@ def load(path, which: str = "ema", override=None) -> tuple[pathlib.Path, Experim
   folder. The Experiment is rebuilt from the config and DataSpec stored with it; the state
   is read once, and the parameters picked from it.
 
-  which: the first EMA ("ema"), an EMA by its decay ("ema:0.999"), or the raw optimizer
-    iterate ("raw").
+  which: the first EMA ("ema"), an EMA by its decay ("ema:0.999"), the raw optimizer
+    iterate ("raw"), or the post-hoc EMA of a relative width ("phema:0.08"): reconstructed
+    at the checkpoint's step from the run's snapshots saved up to it (`phema.reconstruct`;
+    the checkpoint's own arrays are not read).
   override: config (plain dict) -> the config to build instead (sample.py's --process);
     None: the config as trained.
 
   Raises:
     FileNotFoundError saying what was looked for, or why no checkpoint there reads;
-    ValueError from Experiment.from_config or naming a `which` the checkpoint lacks.
+    ValueError from Experiment.from_config or naming a `which` the checkpoint lacks, a
+    sigma_rel its snapshots cannot represent (and the range they can), or a run that kept
+    no snapshots: before anything is read or compiled.
   """
 
   def build(record):
@@ -58,9 +64,12 @@ def load(path, which: str = "ema", override=None) -> tuple[pathlib.Path, Experim
         tuple(spec["shape"]), spec["num_classes"], spec["eight_bit"]))
     ema_names = [train_state.ema_name(decay) for decay in experiment.ema_decays]
     kind, _, name = which.partition(":")
-    if which != "raw" and (kind != "ema" or (name and name not in ema_names)):
-      raise ValueError(f"params must be 'raw', 'ema' or one of "
-                       f"{['ema:' + n for n in ema_names]}, got {which!r}")
+    if kind == "phema":
+      _check_phema(experiment, name)
+    elif which != "raw" and (kind != "ema" or (name and name not in ema_names)):
+      raise ValueError(f"params must be 'raw', 'ema', one of "
+                       f"{['ema:' + n for n in ema_names]} or 'phema:<sigma_rel>', got "
+                       f"{which!r}")
     return experiment
 
   def restore(step_dir, experiment):
@@ -70,7 +79,39 @@ def load(path, which: str = "ema", override=None) -> tuple[pathlib.Path, Experim
       return state.params
     return state.ema[which.partition(":")[2] or train_state.ema_name(experiment.ema_decays[0])]
 
+  if which.partition(":")[0] == "phema":
+    step_dir = checkpoint.find(path)
+    experiment = build(checkpoint.read_run(step_dir))
+    return step_dir, experiment, _reconstruct(step_dir, experiment, float(which[6:]))
   return checkpoint.read_newest(path, build, restore)
+
+
+def _check_phema(experiment: Experiment, sigma_rel: str):
+  """Refuses "phema:<sigma_rel>" for a run that kept no snapshots, or a sigma_rel that is
+  not a number in (0, 12^-1/2)."""
+  if not experiment.snapshot_every:
+    raise ValueError(f"params 'phema:{sigma_rel}' needs the post-hoc EMA snapshots of a run "
+                     f"trained with ema.phema_sigma_rels and ema.snapshot_every > 0; this one "
+                     f"kept none (phema_sigma_rels {experiment.phema_sigma_rels}, "
+                     f"snapshot_every {experiment.snapshot_every})")
+  try:
+    phema.sigma_rel_to_gamma(float(sigma_rel))
+  except ValueError as error:
+    raise ValueError(f"params 'phema:{sigma_rel}': {error}") from None
+
+
+def _reconstruct(step_dir, experiment: Experiment, sigma_rel: float):
+  """The post-hoc EMA of sigma_rel at the checkpoint's step from the snapshots of its
+  workdir (<workdir>/phema/), on this process's first device."""
+  workdir = pathlib.Path(step_dir).parent.parent
+  optimizer = optim.make_optimizer(experiment.optimizer, experiment.run.num_steps)
+  abstract = jax.eval_shape(experiment.init_fn(optimizer)).params
+  snapshots = phema.saved(workdir, abstract)
+  step = int(pathlib.Path(step_dir).name)
+  if not any(s.step <= step for s in snapshots):
+    raise ValueError(f"params 'phema:{sigma_rel}': no post-hoc EMA snapshot at or before step "
+                     f"{step} in {workdir / phema.DIRECTORY}")
+  return phema.reconstruct(snapshots, sigma_rel, step)
 
 
 def check_data(experiment: Experiment, source) -> None:

@@ -8,7 +8,8 @@ denoising score matching with sigma^2 or likelihood weighting (Song et al.
 preconditioned x0 with its weight (Karras et al. 2022, eq. 7-8).
 
 `make_train_step` builds the pure step (state, batch) -> (state, metrics):
-one loss gradient, the optimizer update and every EMA, with the step's key
+one loss gradient, the optimizer update and every EMA (the constant decays'
+and the power-function EMAs' beta_t, `phema`), with the step's key
 fold_in(state.key, state.step) split into the loss's and dropout's; k steps
 per call run as a lax.scan over k batches, except on the CPU, where they are
 unrolled: XLA's CPU backend (jaxlib 0.10) leaves a convolution's kernel
@@ -26,8 +27,8 @@ import optax
 
 from jaxdiff import losses, models, parameterization
 from jaxdiff.schedules import Process
-from jaxdiff.train import optim
-from jaxdiff.train.state import TrainState, ema_name
+from jaxdiff.train import optim, phema
+from jaxdiff.train.state import TrainState, ema_name, phema_name
 
 PRECONDITIONINGS = ("none", "edm")
 
@@ -86,8 +87,8 @@ class Objective:
 
 
 def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, ema_decays, *,
-                    ema_warmup: bool = True, conditional: bool = False, grad_accum: int = 1,
-                    scan: bool | None = None):
+                    ema_warmup: bool = True, phema_sigma_rels=(), conditional: bool = False,
+                    grad_accum: int = 1, scan: bool | None = None):
   """The pure train step over k stacked batches.
 
   Args:
@@ -97,6 +98,8 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
     learning_rate_fn: step -> learning rate, for the metrics.
     ema_decays: the EMA decays kept in state.ema.
     ema_warmup: warm the decays up (`optim.ema_decay`).
+    phema_sigma_rels: the power-function EMAs kept in state.ema (`phema.beta`, their
+      gamma solved once here, in float64).
     conditional: feed batch["label"] to the network as its class.
     grad_accum: split each batch into this many micro-batches and average their
       gradients: the same update as the whole batch (t and eps are drawn for the
@@ -114,6 +117,7 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
 
   if scan is None:
     scan = jax.default_backend() != "cpu"
+  gammas = {phema_name(s): float(phema.sigma_rel_to_gamma(s)) for s in phema_sigma_rels}
 
   def loss_fn(params, batch, noise, key_dropout):
     cond = batch["label"] if conditional else None
@@ -152,6 +156,8 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decays = {ema_name(d): optim.ema_decay(d, state.step, ema_warmup) for d in ema_decays}
+    # Update t = step + 1 of a power-function EMA (eq. 127).
+    decays.update({name: phema.beta(gamma, state.step + 1) for name, gamma in gammas.items()})
     ema = {name: optim.ema_update(state.ema[name], params, decay)
            for name, decay in decays.items()}
     metrics = {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads),

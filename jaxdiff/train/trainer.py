@@ -26,7 +26,10 @@ from step 0) to run.num_steps:
     discrete DDPM on images) in the next metrics row;
   * every checkpoint_every steps and at the end: a checkpoint (Orbax, async)
     of the state, the data iterator's position and the run record (the
-    config and the data's spec, also written as train_config.json).
+    config and the data's spec, also written as train_config.json);
+  * every ema.snapshot_every steps and at the end (where it is > 0): a snapshot
+    of the power-function EMAs under <workdir>/phema/ (`phema.save`), never
+    pruned, for post-hoc EMA.
 Only process 0 writes metrics, pictures and the bar; Orbax writes checkpoints
 from every process.
 """
@@ -42,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdiff import data, diagnostics, models, plots
-from jaxdiff.train import (bits_per_dim, checkpoint, generate, optim, sharding,
+from jaxdiff.train import (bits_per_dim, checkpoint, generate, optim, phema, sharding,
                            state as train_state, step)
 from jaxdiff.train.experiment import DataSpec, Experiment, Settings
 from jaxdiff.train.writer import MetricWriter, progress_bar
@@ -202,6 +205,7 @@ def step_parts(experiment: Experiment, mesh):
       step.make_train_step(experiment.model, experiment.objective, optimizer,
                            optim.learning_rate_schedule(experiment.optimizer, run.num_steps),
                            experiment.ema_decays, ema_warmup=experiment.ema_warmup,
+                           phema_sigma_rels=experiment.phema_sigma_rels,
                            conditional=experiment.conditional, grad_accum=run.grad_accum),
       state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh))
   return init, state_sharding, train_step
@@ -239,6 +243,8 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None,
           "new --workdir (the checkpoint is kept)")
 
   checkpoints = checkpoint.manager(workdir, keep=run.keep_checkpoints)
+  snapshots = (phema.manager(workdir, experiment.phema_sigma_rels)
+               if experiment.snapshot_every else None)
   if jax.process_index() == 0:
     (workdir / RECORD).write_text(json.dumps(run_record(experiment), indent=1))
   try:
@@ -246,13 +252,15 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None,
     state = (restored[0] if restored is not None
              else jax.jit(init, out_shardings=state_sharding)())
     return _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, held_out,
-                show_progress, progress_seconds)
+                show_progress, progress_seconds, snapshots)
   finally:
     checkpoint.finish(checkpoints)
+    if snapshots is not None:
+      checkpoint.finish(snapshots)
 
 
 def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, held_out,
-         show_progress, progress_seconds):
+         show_progress, progress_seconds, snapshots=None):
   """The loop itself, from the state's step to num_steps."""
   run = experiment.run
   writes = jax.process_index() == 0
@@ -295,6 +303,12 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, he
         progress.settle(*pending)  # Nothing non-finite goes into a checkpoint.
         pending = None
         checkpoint.save(checkpoints, current, state, iterator, run_record(experiment))
+      if snapshots is not None and (current % experiment.snapshot_every == 0 or done):
+        if pending is not None:
+          progress.settle(*pending)  # A NaN loss is named before the snapshot refuses it.
+          pending = None
+        phema.save(snapshots, current, {s: state.ema[train_state.phema_name(s)]
+                                        for s in experiment.phema_sigma_rels})
   finally:
     bar.close()
     if writer is not None:
