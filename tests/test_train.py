@@ -25,7 +25,8 @@ import pytest
 from conftest import ROOT, tiny_config
 from jaxdiff import data, diagnostics, losses, oracle, parameterization, schedules
 from jaxdiff.models.mlp import MLP
-from jaxdiff.train import (checkpoint, experiment, generate, optim, phema, sharding,
+from jaxdiff.train import (checkpoint, experiment, generate, optim, phema, sample_run,
+                           sharding,
                            state as train_state, step, trainer)
 from jaxdiff.train.writer import read_metrics
 
@@ -585,22 +586,52 @@ def run_sample(*args):
                         text=True, timeout=600)
 
 
-def test_sample_py_samples_a_checkpoint_reproducibly(trained_toy, tmp_path):
-  """sample.py --checkpoint: the checkpoint's own process and network, the default grid
-  named, the same samples for the same seed from the workdir or the step's folder."""
-  first = run_sample("--checkpoint", str(trained_toy), "--num", "16", "--nfe", "4",
-                     "--workdir", str(tmp_path / "a"))
-  assert first.returncode == 0, first.stderr[-3000:]
-  assert "unipc, NFE 4, log_snr grid (4 steps" in first.stdout
-  again = run_sample("--checkpoint", str(trained_toy / "checkpoints" / "20"), "--num", "16",
-                     "--nfe", "4", "--workdir", str(tmp_path / "b"))
+def test_sample_py_killed_and_restarted_ends_with_an_uninterrupted_runs_progress(trained_toy,
+                                                                                tmp_path):
+  """sample.py --checkpoint: the checkpoint's own process and network, the default grid named;
+  SIGKILLed after a saved batch, another command on its folder is refused, and the same
+  command continues it to bitwise the progress of an uninterrupted run of the same job."""
+  command = ("--checkpoint", str(trained_toy / "checkpoints" / "20"), "--num", "803",
+             "--batch-size", "8", "--nfe", "4", "--sampler", "ddpm", "--save-every", "1",
+             "--save-images", "803", "--workdir", str(tmp_path / "killed"))
+  killed = subprocess.Popen([sys.executable, "sample.py", *command], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  record = tmp_path / "killed" / sample_run.RECORD
+  while not (record.is_file() and json.loads(record.read_text())["batches_done"] >= 1):
+    assert killed.poll() is None, killed.communicate()
+    time.sleep(0.005)
+  killed.send_signal(signal.SIGKILL)
+  out, _ = killed.communicate()
+  assert killed.returncode == -signal.SIGKILL
+  # 101 batches (the last padded), at about 50 a second: killed long before the end.
+  assert 1 <= json.loads(record.read_text())["batches_done"] < 100
+  assert "ddpm, NFE 4, log_snr grid (4 steps" in out
+  assert ("--num 803 is not a multiple of the batch 8: the last batch samples 5 extra samples, "
+          "which are dropped") in out
+  other = run_sample(*command, "--seed", "1")  # Another command on the unfinished folder.
+  assert other.returncode != 0 and ("holds the progress of another sampling run; it differs "
+                                    "in seed: 0 there, 1 here") in other.stderr, other.stderr
+  again = run_sample(*command)
   assert again.returncode == 0, again.stderr[-3000:]
-  a, b = (np.load(tmp_path / name / "samples.npz") for name in ("a", "b"))
-  assert a["samples"].shape == (16, 2) and np.all(np.isfinite(a["samples"]))
-  np.testing.assert_array_equal(a["samples"], b["samples"])
-  assert (tmp_path / "a" / "samples.png").is_file()
-  row = json.loads((tmp_path / "a" / "results.json").read_text())["rows"][0]
-  assert row["nfe"] == 4 and row["num_samples"] == 16 and row["params"] == "ema"
+
+  # Uninterrupted, in this process: the same job on the same one device.
+  step_dir, built, params = generate.load(trained_toy)
+  (tmp_path / "whole").mkdir()
+  sample_run.run(built, generate.plan(built, "ddpm", 4), params,
+                 sample_run.Job(803, 8, 0, save_images=803, save_every=0),
+                 sharding.make_mesh({"data": 1}, jax.devices()[:1]), out=tmp_path / "whole", progress=False)
+  with np.load(tmp_path / "whole" / sample_run.PROGRESS) as whole, \
+       np.load(tmp_path / "killed" / sample_run.PROGRESS) as resumed:
+    assert sorted(whole) == sorted(resumed) == ["images", "labels", "x_T"]
+    for key in whole:
+      np.testing.assert_array_equal(resumed[key], whole[key], err_msg=key)
+  samples = np.load(tmp_path / "killed" / "samples.npz")["samples"]
+  assert samples.shape == (803, 2) and np.all(np.isfinite(samples))
+  assert (tmp_path / "killed" / "samples.png").is_file()
+  row = json.loads((tmp_path / "killed" / "results.json").read_text())["rows"][0]
+  assert row["nfe"] == 4 and row["num_samples"] == 803 and row["params"] == "ema"
+  assert row["checkpoint"] == str(step_dir)
+
   bad = run_sample("--checkpoint", str(trained_toy), "--num", "4", "--labels", "1,2",
                    "--workdir", str(tmp_path / "bad"))
   assert bad.returncode != 0 and "--labels needs a class-conditional model" in bad.stderr

@@ -132,7 +132,9 @@ def test_a_failed_start_is_taken_back_by_its_own_program_only(tmp_path, monkeypa
 
 def test_an_unfinished_run_is_refused_naming_its_program(tmp_path, monkeypatch):
   for program, advice in [("bench.py", "bench.py finishes it with the same flags plus --resume"),
-                          ("sample.py", "sample.py cannot take it up")]:
+                          ("sample.py", r"sample.py continues it with the same flags \(--workdir "
+                                        r"naming it\)"),
+                          ("bpd.py", "bpd.py cannot take it up")]:
     failed_start(tmp_path / program, monkeypatch, program)
     workdir.append_row(tmp_path / program, {"i": 0})
     monkeypatch.setattr(sys, "argv", ["train.py"])
