@@ -161,6 +161,7 @@ def sample_checkpoint():
     job = sample_run.Job(_NUM.value, _BATCH.value, _SEED.value, checkpoint_labels(built),
                          _SAVE_IMAGES.value, _KEEP_FEATURES.value, _SAVE_EVERY.value)
     judged = judges(built)
+    sample_run.check_judged(job, judged)
   except (ValueError, FileNotFoundError) as error:
     raise SystemExit(f"cannot sample: {error} (nothing was written)") from None
   mesh = sharding.make_mesh({"data": -1})

@@ -200,15 +200,25 @@ def inception_score(probabilities, splits: int = 10) -> tuple[float, float]:
   return float(np.mean(scores)), float(np.std(scores))
 
 
+# Rows of a distance matrix computed at once by _radii and _inside: their memory is
+# DISTANCE_BLOCK x the other set's size, not N x M.
+DISTANCE_BLOCK = 1024
+
+
 def _radii(features, k: int) -> np.ndarray:
   """[N] distance from each feature to its k-th nearest other feature of the set."""
-  distances = scipy.spatial.distance.cdist(features, features)  # [N, N]
-  return np.partition(distances, k, axis=1)[:, k]  # Column 0 of the sorted row: itself.
+  return np.concatenate([  # Column 0 of each sorted row: the feature itself.
+      np.partition(scipy.spatial.distance.cdist(features[i:i + DISTANCE_BLOCK], features),
+                   k, axis=1)[:, k]
+      for i in range(0, len(features), DISTANCE_BLOCK)])
 
 
 def _inside(points, centres, radii) -> np.ndarray:
   """[P] whether each point lies in a ball of the manifold (centres [C, F], radii [C])."""
-  return np.any(scipy.spatial.distance.cdist(points, centres) <= radii, axis=1)
+  return np.concatenate([
+      np.any(scipy.spatial.distance.cdist(points[i:i + DISTANCE_BLOCK], centres) <= radii,
+             axis=1)
+      for i in range(0, len(points), DISTANCE_BLOCK)])
 
 
 def precision_recall(real_features, generated_features, k: int = 3) -> tuple[float, float]:

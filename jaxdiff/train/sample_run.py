@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jaxdiff import models, samplers, streamed
+from jaxdiff import evaluation, models, samplers, streamed
 from jaxdiff.train import generate, sharding
 from jaxdiff.train.experiment import Experiment
 
@@ -93,6 +93,20 @@ class Result:
   sampled: int
   seconds: float
   resumed_batches: int
+
+
+def check_judged(job: Job, judges) -> None:
+  """Refuses a judged job with fewer samples or kept features than the judges' metrics need
+  (evaluation.MIN_IMAGES: KID's smallest set).
+
+  Raises:
+    ValueError naming the flag.
+  """
+  least = evaluation.MIN_IMAGES
+  if judges and min(job.num, job.keep_features) < least:
+    flag = "--num" if job.num < least else "--keep-features"
+    raise ValueError(f"judging samples (--evaluate, --inception-weights) needs {flag} >= "
+                     f"{least}, got {min(job.num, job.keep_features)}; or pass --evaluate no")
 
 
 def global_batch_size(job: Job, mesh) -> int:
@@ -208,6 +222,7 @@ def run(experiment: Experiment, sample_plan: generate.SamplePlan, params, job: J
   size = global_batch_size(job, mesh)
   num_batches = math.ceil(job.num / size)
   judges = judges or {}
+  check_judged(job, judges)
   step = step_fn or make_step(experiment, sample_plan, job, mesh, judges)
   record = {**(record or {}), **dataclasses.asdict(job), "global_batch": size,
             "plan": sample_plan.describe(), "judges": sorted(judges)}
