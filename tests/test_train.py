@@ -475,8 +475,11 @@ G3 = {"ch": 8, "ch_mult": (1,), "num_res_blocks": 1, "attn_resolutions": (), "nu
      "source 'toy'"),
     ("toy", {"eval__every": 10, "eval__classifier": "yes"}, "eval.classifier 'yes': no "
      "evaluation classifier for the data source 'toy'"),
-    ("digits", {"eval__every": 10, "eval__inception_weights": "/no/such/inception.pth"},
+    ("toy", {"eval__every": 10, "eval__inception_weights": "/no/such/inception.pth"},
      "eval.inception_weights: no file /no/such/inception.pth"),
+    ("toy", {"eval__every": 10, "eval__inception_weights": str(ROOT / "tests" / "conftest.py")},
+     "eval.inception_weights: Inception-v3 judges 8-bit images; the data source 'toy' holds "
+     "points"),
 ])
 def test_what_a_run_would_fail_on_is_refused_by_prepare(kind, overrides, message):
   """trainer.prepare, which train.py runs before it claims the workdir."""

@@ -90,12 +90,12 @@ def check(experiment: Experiment):
                      f"{source!r}; there is one for {list(evaluation.CLASSIFIED_SOURCES)} (use "
                      "eval.classifier 'no', with eval.inception_weights for images)") from None
   weights = settings.inception_weights
-  if weights and not experiment.data.eight_bit:
-    raise ValueError(f"eval.inception_weights: Inception-v3 judges 8-bit images; the data "
-                     f"source {source!r} holds points")
   if weights and not pathlib.Path(weights).is_file():
     raise FileNotFoundError(f"eval.inception_weights: no file {weights} (the Inception-v3 "
                             "weights, pt_inception-2015-12-05-6726825d.pth or its .npz)")
+  if weights and not experiment.data.eight_bit:
+    raise ValueError(f"eval.inception_weights: Inception-v3 judges 8-bit images; the data "
+                     f"source {source!r} holds points")
   if not classifier and not weights:
     hint = ("set eval.classifier 'yes'" if source in evaluation.CLASSIFIED_SOURCES
             else f"there is an evaluation classifier for {list(evaluation.CLASSIFIED_SOURCES)}"
