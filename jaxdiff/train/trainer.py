@@ -301,7 +301,7 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, he
       if current % run.sample_every == 0 or done:
         if picture is not None:
           picture(state, workdir / "samples" / f"step-{current}.png")
-        progress.extra = sensitivity(state, batches)
+        progress.extra.update(sensitivity(state, batches))
         if writes and progress.extra["time_sensitivity"] < diagnostics.DEAD:
           tqdm.write(f"warning: step {current}: the EMA network's output barely depends on t "
                      f"(time sensitivity {progress.extra['time_sensitivity']:.1e} < "
