@@ -10,8 +10,9 @@ data, the sampler of the pictures); a mistake exits with a one-line error and
 nothing written. The workdir (default runs/train-<time>)
 then receives train_config.json (the config and the data's shape), the
 checkpoints (checkpoints/<step>/), metrics.jsonl and TensorBoard events
-(tensorboard/; with --config.bpd.every N also held-out bits/dim), and pictures
-of EMA samples (samples/step-<n>.png). Running
+(tensorboard/; with --config.bpd.every N also held-out bits/dim, with
+--config.eval.every N the samples' Frechet distance, and best.json naming the
+best checkpoint), and pictures of EMA samples (samples/step-<n>.png). Running
 the same command again in the same workdir resumes from the latest complete
 checkpoint, exactly; a config that differs in more than num_steps and the
 cadences is refused, naming the differences. While it runs, the workdir holds
@@ -34,7 +35,7 @@ import jax
 from absl import app, flags, logging
 
 from jaxdiff import cli, processes
-from jaxdiff.train import checkpoint, host_memory, trainer
+from jaxdiff.train import checkpoint, host_memory, periodic_eval, trainer
 
 _CONFIG = cli.define_config("configs/digits.py", "Training configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training folder; default runs/train-<time>. "
@@ -46,10 +47,15 @@ _PROGRESS_SECONDS = flags.DEFINE_float(
 
 
 def build(config):
-  """trainer.prepare's (Experiment, data source, held-out source or None, mesh), or SystemExit
-  naming what is wrong (a TypeError: a config value of the wrong type)."""
+  """trainer.prepare's (Experiment, data source, held-out source or None, mesh) and the judges
+  of the periodic sample quality (None where eval.every is 0; their reference statistics
+  computed or loaded here, before the workdir is claimed), or SystemExit naming what is wrong
+  (a TypeError: a config value of the wrong type)."""
   try:
-    return trainer.prepare(config)
+    built, source, held_out, mesh = trainer.prepare(config)
+    log = print if jax.process_index() == 0 else lambda line: None
+    judges = periodic_eval.judges(built, log=log) if built.run.eval.every else None
+    return built, source, held_out, mesh, judges
   except (ValueError, TypeError, FileNotFoundError, KeyError) as error:
     raise SystemExit(f"invalid training configuration: {error} (nothing was written)") from None
 
@@ -74,11 +80,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   processes.start()
   host_memory.keep_cpu_temporaries()  # Before anything starts the backends.
-  built, source, held_out, mesh = build(_CONFIG.value)
+  built, source, held_out, mesh, judges = build(_CONFIG.value)
   resume = earlier_run(_WORKDIR.value, built)
   with processes.claimed_workdir(_WORKDIR.value, "train", resume) as out:
     try:
-      summary = trainer.train(built, source, out, mesh, held_out=held_out,
+      summary = trainer.train(built, source, out, mesh, held_out=held_out, judges=judges,
                               progress_seconds=_PROGRESS_SECONDS.value)
     except (trainer.ConfigMismatch, FloatingPointError, checkpoint.WriteError) as error:
       raise SystemExit(str(error)) from None

@@ -23,9 +23,10 @@ default of train.py, trains the same network as EDM). Fields:
     power-function EMAs tracked (() none), snapshot_every, the steps between their
     snapshots under <workdir>/phema/ (0: none; a multiple of steps_per_call);
   samples: the picture of EMA samples written every sample_every steps;
-  bpd: held-out bits/dim every bpd.every steps (0: never).
-A restarted run may change num_steps, the cadences, the mesh, grad_accum and
-bpd, nothing else. jaxdiff.train.experiment.Settings parses these once, each
+  bpd: held-out bits/dim every bpd.every steps (0: never);
+  eval: sample quality every eval.every steps (0: never; jaxdiff.train.periodic_eval).
+A restarted run may change num_steps, the cadences, the mesh, grad_accum, bpd
+and eval, nothing else. jaxdiff.train.experiment.Settings parses these once, each
 section into a frozen dataclass that checks its ranges (a seed in [0, 2**32),
 label_dropout and Adam's b1, b2 in [0, 1), ...).
 """
@@ -77,6 +78,14 @@ def get_config():
   # records of the data's test split (or new draws): jaxdiff.train.bits_per_dim.
   config.bpd = ml_collections.ConfigDict({"every": 0, "num": 128, "batch_size": 64,
                                           "num_probes": 1})
+  # Sample quality every eval.every steps (0: never) and at the end: eval.num samples (from
+  # the same x_T at every evaluation) of each of eval.params ("raw", "ema" the first EMA,
+  # "ema:<decay>") judged by the data's evaluation classifier (eval.classifier: auto, yes or
+  # no, as jaxdiff.evaluation.wanted) and, where eval.inception_weights names a weights
+  # file, by Inception-v3 (FID): jaxdiff.train.periodic_eval.
+  config.eval = ml_collections.ConfigDict({
+      "every": 0, "num": 1000, "batch_size": 500, "sampler": "unipc", "nfe": 20,
+      "guidance": 1.0, "params": ("ema",), "classifier": "auto", "inception_weights": ""})
   return config
 
 

@@ -194,3 +194,22 @@ def test_a_full_disk_stops_the_run_with_one_line(tmp_path):
   assert "train.py" not in result.stderr  # No traceback of the program itself.
   assert "Exception ignored" not in result.stderr  # Orbax's writers were waited for.
   assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def test_pruning_keeps_the_best_checkpoint_besides_the_last_ones(tmp_path):
+  """A manager with `best` keeps the last `keep` checkpoints and the one of the lowest metric
+  saved with it (checkpoints without one are pruned as usual); a new manager on the folder
+  reads the saved values back (`checkpoint.best`)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  checkpoints = checkpoint.manager(tmp_path, keep=1, best="fid", asynchronous=False)
+  for step, fid in ((1, 3.0), (2, 1.0), (3, None), (4, 2.0), (5, None)):
+    checkpoints.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"w": jnp.full(2, step, jnp.float32)})),
+        metrics={} if fid is None else {"fid": fid, "params": "ema"})
+  assert checkpoints.all_steps() == [2, 5]
+  checkpoints.close()
+  again = checkpoint.manager(tmp_path, keep=1, best="fid", asynchronous=False)
+  assert checkpoint.best(again, "fid") == (2, 1.0)
+  assert checkpoint.best(again, "frechet_distance") is None
+  again.close()

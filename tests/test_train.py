@@ -1,7 +1,8 @@
 """Training: the optimizer, schedule and EMA against their formulas, the objective
 (EDM preconditioning), the loss falling on the toy set and on digits, exact
-resumption (from a checkpoint, and after SIGKILLs at random moments), NaN
-stops, unreadable checkpoints, and clear errors for bad configs."""
+resumption (from a checkpoint, and after SIGKILLs at random moments), the sample
+quality measured during training, NaN stops, unreadable checkpoints, and clear
+errors for bad configs."""
 
 import dataclasses
 import json
@@ -23,10 +24,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import ROOT, tiny_config
-from jaxdiff import data, diagnostics, losses, oracle, parameterization, schedules
+from jaxdiff import data, diagnostics, losses, metrics, oracle, parameterization, schedules
+from jaxdiff import streamed
 from jaxdiff.models.mlp import MLP
-from jaxdiff.train import (checkpoint, experiment, generate, optim, phema, sample_run,
-                           sharding,
+from jaxdiff.train import (checkpoint, experiment, generate, optim, periodic_eval, phema,
+                           sample_run, sharding,
                            state as train_state, step, trainer)
 from jaxdiff.train.writer import read_metrics
 
@@ -60,13 +62,28 @@ def assert_bitwise_equal(a, b):
 PHEMA = {"ema__phema_sigma_rels": (0.05, 0.10, 0.15), "ema__snapshot_every": 4}
 
 
+def point_judge(source):
+  """A judge of 2-D points by the points themselves (the identity as feature network, one
+  class): its "fid" is the Frechet distance of the Gaussians fitted to the samples and to the
+  data."""
+  points = data.model_arrays(source)[0]  # [N, 2]
+  mu, sigma = metrics.feature_statistics(points)
+  return streamed.Judge("inception", lambda variables, x: (x, jnp.zeros((x.shape[0], 1))), {},
+                        mu, sigma, points, "toy points", len(points))
+
+
+# The sample quality every 5 steps, of the EMA and the raw parameters, judged by point_judge.
+TOY_EVAL = {"eval__every": 5, "eval__num": 32, "eval__batch_size": 32, "eval__nfe": 4,
+            "eval__params": ("ema", "raw")}
+
+
 @pytest.fixture(scope="module")
 def trained_toy(tmp_path_factory, toy_source):
   """A toy run of 20 steps with checkpoints and held-out bits/dim at 10 and 20, post-hoc EMA
-  snapshots at 4, 8, ..., 20 (shared, read only)."""
+  snapshots at 4, 8, ..., 20 and the sample quality every 5 steps (shared, read only)."""
   workdir = tmp_path_factory.mktemp("toy")
-  train(tiny_config(bpd__every=10, bpd__num=16, bpd__batch_size=16, **PHEMA), toy_source,
-        workdir)
+  train(tiny_config(bpd__every=10, bpd__num=16, bpd__batch_size=16, **PHEMA, **TOY_EVAL),
+        toy_source, workdir, judges={"inception": point_judge(toy_source)})
   return workdir
 
 
@@ -221,19 +238,27 @@ def test_training_measures_the_dependence_on_t_and_warns_when_there_is_none(
 def test_resumed_run_is_bitwise_equal_to_the_uninterrupted_one(trained_toy, toy_source,
                                                               tmp_path):
   """The workdir of a run killed after its step-10 checkpoint and its step-12 post-hoc EMA
-  snapshot, resumed: the same parameters, EMAs, optimizer state and metrics at step 20 as
-  the uninterrupted run, and the same snapshots, the one at 12 left as it was."""
-  config = tiny_config(samples__num=0, **PHEMA)
-  shutil.copytree(trained_toy / "checkpoints" / "10", tmp_path / "checkpoints" / "10")
+  snapshot, resumed: the same parameters, EMAs, optimizer state, metrics and sample quality
+  (the evaluation's randomness fixed) at step 20 as the uninterrupted run, the same best
+  checkpoint, and the same snapshots, the one at 12 left as it was."""
+  config = tiny_config(samples__num=0, **PHEMA, **TOY_EVAL)
+  for step_dir in (trained_toy / "checkpoints").iterdir():  # 10, and 5 where it was the best.
+    if int(step_dir.name) <= 10:
+      shutil.copytree(step_dir, tmp_path / "checkpoints" / step_dir.name)
   for step_dir in ("4", "8", "12"):
     shutil.copytree(trained_toy / "phema" / step_dir, tmp_path / "phema" / step_dir)
   written = {f: f.stat().st_mtime_ns for f in (tmp_path / "phema" / "12").rglob("*")}
-  summary = train(config, toy_source, tmp_path)
+  summary = train(config, toy_source, tmp_path, judges={"inception": point_judge(toy_source)})
   assert summary.start_step == 10 and summary.step == 20
   assert_bitwise_equal(final_state(tmp_path, config, toy_source),
                        final_state(trained_toy, config, toy_source))
-  resumed = {r["step"]: r["loss"] for r in read_metrics(tmp_path)}
-  assert resumed == {r["step"]: r["loss"] for r in read_metrics(trained_toy) if r["step"] > 10}
+  measured = lambda row: {k: v for k, v in row.items() if k.startswith("eval/ema")
+                          or k.startswith("eval/raw") or k == "loss"}
+  resumed = {r["step"]: measured(r) for r in read_metrics(tmp_path)}
+  assert resumed == {r["step"]: measured(r) for r in read_metrics(trained_toy) if r["step"] > 10}
+  assert resumed[20]["eval/ema/fid"] > 0
+  best = json.loads((tmp_path / periodic_eval.BEST).read_text())
+  assert best == json.loads((trained_toy / periodic_eval.BEST).read_text())
   assert written == {f: f.stat().st_mtime_ns for f in (tmp_path / "phema" / "12").rglob("*")}
   snapshots, uninterrupted = phema.saved(tmp_path), phema.saved(trained_toy)
   assert [(s.step, s.sigma_rel) for s in snapshots] == [
@@ -279,6 +304,28 @@ def test_post_hoc_ema_of_a_tracked_length_matches_it(trained_toy, toy_source, tm
   with pytest.raises(ValueError, match=r"params 'phema:0.1' needs the post-hoc EMA snapshots "
                      r"of a run trained with ema.phema_sigma_rels .* this one kept none"):
     generate.load(tmp_path, "phema:0.1")
+
+
+def test_sample_quality_is_measured_every_eval_steps_and_the_best_checkpoint_kept(trained_toy):
+  """eval.every 5: a row of each params's figures at 5, 10, 15 and 20; each step whose lowest
+  FID over the params is the lowest so far is checkpointed (also off checkpoint_every) and
+  named in best.json."""
+  rows = {r["step"]: r for r in read_metrics(trained_toy)}
+  assert [s for s, r in rows.items() if "eval/ema/fid" in r] == [5, 10, 15, 20]
+  best, new_bests = None, []
+  for s in (5, 10, 15, 20):
+    for which in ("ema", "raw"):
+      for name in periodic_eval.INCEPTION_FIGURES:
+        assert np.isfinite(rows[s][f"eval/{which}/{name}"]), (s, which, name)
+    value = min(rows[s]["eval/ema/fid"], rows[s]["eval/raw/fid"])
+    if best is None or value < best[0]:
+      best = (value, s, "ema" if value == rows[s]["eval/ema/fid"] else "raw")
+      new_bests.append(s)
+  assert json.loads((trained_toy / periodic_eval.BEST).read_text()) == {
+      "metric": "fid", "step": best[1], "params": best[2], "value": best[0],
+      "checkpoint": f"checkpoints/{best[1]}"}
+  assert sorted(int(p.name) for p in (trained_toy / "checkpoints").iterdir()) == sorted(
+      {10, 20, *new_bests})
 
 
 def test_sigkill_at_random_moments_then_resume_is_bitwise_equal(tmp_path):
@@ -411,6 +458,8 @@ def run_train(*args):
     ({"bpd__num_probes": 0}, "bpd.num_probes must be a positive integer, got 0"),
     ({"bpd__every": 3, "steps_per_call": 5, "log_every": 5, "checkpoint_every": 10,
       "sample_every": 20}, "bpd.every (3) must be a multiple of steps_per_call (5)"),
+    ({"eval__every": 3, "steps_per_call": 5, "log_every": 5, "checkpoint_every": 10,
+      "sample_every": 20}, "eval.every (3) must be a multiple of steps_per_call (5)"),
 ])
 def test_bad_config_values_name_the_field(toy_source, overrides, message):
   with pytest.raises(ValueError) as error:
@@ -454,6 +503,12 @@ def test_bad_config_values_name_the_field(toy_source, overrides, message):
      "snapshots), got -1"),
     ({"steps_per_call": 5, "ema__phema_sigma_rels": (0.1,), "ema__snapshot_every": 3},
      "ema.snapshot_every (3) must be a multiple of steps_per_call (5)"),
+    ({"eval__every": -1}, "eval.every must be an integer >= 0 (0: never), got -1"),
+    ({"eval__num": 5}, "eval.num must be an integer >= 20, got 5"),
+    ({"eval__params": ()}, "eval.params must be a list of distinct names"),
+    ({"eval__params": ("ema:0.5",)}, "eval.params: 'ema:0.5' is not a parameter set of this "
+     "run; it has 'raw', 'ema' and ['ema:0.9999'] (ema.decays)"),
+    ({"eval__classifier": "maybe"}, "eval.classifier must be 'auto', 'yes' or 'no'"),
 ])
 def test_numbers_out_of_range_are_refused_when_the_config_is_parsed(overrides, message):
   """The cheap path: parsing alone, nothing built, traced or compiled."""
@@ -477,20 +532,32 @@ G3 = {"ch": 8, "ch_mult": (1,), "num_res_blocks": 1, "attn_resolutions": (), "nu
     ("digits", {"model__options": G3}, "model.options cannot take this data [8, 8, 1]: Number "
      "of groups (3) does not divide"),
     ("toy", {"seed": -3}, "seed must be an integer in [0, 4294967296), got -3"),
+    # The sample quality during training: its sampler plan, and something to judge with.
+    ("toy", {"eval__every": 10, "eval__sampler": "heun", "eval__nfe": 4},
+     "eval (sampler 'heun', nfe 4): heun"),
+    ("toy", {"eval__every": 10}, "eval.every is 10 but nothing judges the samples of the data "
+     "source 'toy'"),
+    ("toy", {"eval__every": 10, "eval__classifier": "yes"}, "eval.classifier 'yes': no "
+     "evaluation classifier for the data source 'toy'"),
+    ("toy", {"eval__every": 10, "eval__inception_weights": "/no/such/inception.pth"},
+     "eval.inception_weights: no file /no/such/inception.pth"),
+    ("toy", {"eval__every": 10, "eval__inception_weights": str(ROOT / "tests" / "conftest.py")},
+     "eval.inception_weights: Inception-v3 judges 8-bit images; the data source 'toy' holds "
+     "points"),
 ])
 def test_what_a_run_would_fail_on_is_refused_by_prepare(kind, overrides, message):
   """trainer.prepare, which train.py runs before it claims the workdir."""
-  with pytest.raises(ValueError) as error:
+  with pytest.raises((ValueError, FileNotFoundError)) as error:
     trainer.prepare(tiny_config(kind, **overrides))
   assert message in str(error.value)
 
 
-def test_configs_written_before_grad_accum_and_bpd_still_load():
+def test_configs_written_before_grad_accum_bpd_and_eval_still_load():
   config = tiny_config().to_dict()
-  del config["grad_accum"], config["bpd"]
+  del config["grad_accum"], config["bpd"], config["eval"]
   del config["ema"]["phema_sigma_rels"], config["ema"]["snapshot_every"]
   settings = experiment.Settings.from_config(config)
-  assert (settings.run.grad_accum, settings.run.bpd.every) == (1, 0)
+  assert (settings.run.grad_accum, settings.run.bpd.every, settings.run.eval.every) == (1, 0, 0)
   assert (settings.ema.phema_sigma_rels, settings.ema.snapshot_every) == ((), 0)
   # A checkpoint of such a config resumes under today's defaults.
   assert build(tiny_config(), data.make_source("toy", name="checkerboard", num_points=512)

@@ -22,6 +22,11 @@ read (sample.py, bpd.py, the studies: `read_newest`, through `generate.load`)
 skip it with a warning, moving nothing, for the newest one that reads, reading
 each checkpoint's arrays once. A checkpoint written before checksums existed
 restores unverified.
+
+A run that measures its samples' quality (config `eval`) saves that quality with
+the checkpoints of the steps it was measured at (Orbax's per-checkpoint metrics),
+and its manager keeps, besides the last `keep`, the checkpoint of the best (lowest)
+value (`best`): pruning never deletes the best checkpoint so far.
 """
 
 import pathlib
@@ -48,18 +53,32 @@ class WriteError(OSError):
 
 
 def manager(workdir, *, keep: int | None, asynchronous: bool = True, directory=DIRECTORY,
-            items=(STATE, DATA, RUN)) -> ocp.CheckpointManager:
+            items=(STATE, DATA, RUN), best: str | None = None) -> ocp.CheckpointManager:
   """The CheckpointManager of <workdir>/<directory> (checkpoints/: the training state's) with
-  these items, keeping the last `keep` steps (None: all)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                         enable_async_checkpointing=asynchronous)
+  these items, keeping the last `keep` steps (None: all), and where `best` names a metric
+  saved with checkpoints (`save`'s metrics), also the one of its lowest value."""
+  if best is None:
+    keeping = {"max_to_keep": keep}
+  else:
+    policies = ocp.checkpoint_managers
+    lowest = lambda metrics: metrics.get(best, float("inf"))
+    # best_fn makes Orbax write the metrics with a checkpoint (and read them back on resume);
+    # the preservation policy says what pruning keeps.
+    keeping = {"best_fn": lowest, "best_mode": "min",
+               "preservation_policy": policies.AnyPreservationPolicy([
+                   policies.LatestN(keep),
+                   policies.BestN(get_metric_fn=lowest, reverse=True, n=1,
+                                  keep_checkpoints_without_metrics=False)])}
+  options = ocp.CheckpointManagerOptions(enable_async_checkpointing=asynchronous, **keeping)
   return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / directory, options=options,
                                item_names=tuple(items))
 
 
-def save(checkpoints: ocp.CheckpointManager, step: int, state, iterator, run: dict):
+def save(checkpoints: ocp.CheckpointManager, step: int, state, iterator, run: dict,
+         metrics: dict | None = None):
   """Starts writing checkpoint `step` (returns before the arrays are on disk), the checksum of
-  every array added to its run record.
+  every array added to its run record; metrics ({name: float}, e.g. the sample quality at this
+  step) saved with it for the manager's `best`.
 
   Raises:
     FloatingPointError naming the arrays that hold a NaN or inf: nothing is written.
@@ -75,7 +94,7 @@ def save(checkpoints: ocp.CheckpointManager, step: int, state, iterator, run: di
   try:
     checkpoints.save(step, args=ocp.args.Composite(**{
         STATE: ocp.args.StandardSave(state), DATA: grain.checkpoint.CheckpointSave(iterator),
-        RUN: ocp.args.JsonSave({**run, CHECKSUMS: checksums})}))
+        RUN: ocp.args.JsonSave({**run, CHECKSUMS: checksums})}), metrics=metrics)
   except (OSError, ValueError, RuntimeError) as error:  # Orbax re-raises a failed write here.
     raise _write_error(checkpoints, error) from None
 
@@ -109,6 +128,16 @@ def kept(checkpoints: ocp.CheckpointManager) -> str:
   if step is None:
     return f"No checkpoint was written in {checkpoints.directory}."
   return f"The last good checkpoint ({step}) is kept in {checkpoints.directory}."
+
+
+def best(checkpoints: ocp.CheckpointManager, metric: str) -> tuple[int, float] | None:
+  """(step, value) of the kept checkpoint with the lowest `metric` saved with it, or None."""
+  found = [(metrics[metric], step) for step in checkpoints.all_steps()
+           if (metrics := checkpoints.metrics(step)) and metric in metrics]
+  if not found:
+    return None
+  value, step = min(found)
+  return step, float(value)
 
 
 def fingerprint(tree) -> tuple[dict, dict]:

@@ -2,8 +2,8 @@
 
 `Settings.from_config` is the only code that reads a training config
 (configs/train_base.py lists every field): it parses it once into frozen
-dataclasses, one per section (RunSettings holding DataSettings, SampleSettings
-and BpdSettings; ModelSettings; optim.OptimizerConfig; EmaSettings), each
+dataclasses, one per section (RunSettings holding DataSettings, SampleSettings,
+BpdSettings and EvalSettings; ModelSettings; optim.OptimizerConfig; EmaSettings), each
 range-checking its own fields as it is made (`ranges`). `Experiment.build`
 turns the settings and the data's `DataSpec` into the process, objective and
 network; everything downstream receives these objects and numbers, never the
@@ -26,15 +26,19 @@ from jaxdiff.train.step import Objective
 # Fields a restarted run may change: how long, how often and on what devices, not what is
 # trained (a mesh or a gradient accumulation changes only the order of the sums).
 RUN_FIELDS = ("num_steps", "checkpoint_every", "log_every", "sample_every", "keep_checkpoints",
-              "samples", "mesh", "grad_accum", "bpd")
+              "samples", "mesh", "grad_accum", "bpd", "eval")
 # What configs written before a field existed meant by its absence.
-ABSENT = {"grad_accum": 1, "bpd": {"every": 0, "num": 128, "batch_size": 64, "num_probes": 1}}
+ABSENT = {"grad_accum": 1, "bpd": {"every": 0, "num": 128, "batch_size": 64, "num_probes": 1},
+          "eval": {"every": 0, "num": 1000, "batch_size": 500, "sampler": "unipc", "nfe": 20,
+                   "guidance": 1.0, "params": ("ema",), "classifier": "auto",
+                   "inception_weights": ""}}
+MIN_EVAL_SAMPLES = 20  # As jaxdiff.evaluation.MIN_IMAGES.
 ABSENT_EMA = {"phema_sigma_rels": (), "snapshot_every": 0}  # In the section `ema`.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The top-level numbers of RunSettings, and every top-level field of a training config.
 RUN_NUMBERS = ("num_steps", "batch_size", "seed", "checkpoint_every", "log_every",
                "sample_every", "keep_checkpoints", "steps_per_call", "grad_accum")
-TOP_LEVEL = (*RUN_NUMBERS, "mesh", "data", "samples", "bpd", "process", "process_options",
+TOP_LEVEL = (*RUN_NUMBERS, "mesh", "data", "samples", "bpd", "eval", "process", "process_options",
              "loss", "model", "optim", "ema")
 
 
@@ -92,6 +96,61 @@ class BpdSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """The config's `eval`: sample quality every `every` steps (jaxdiff.train.periodic_eval)."""
+
+  every: int  # 0: never.
+  num: int  # Samples per evaluation, of each params.
+  batch_size: int  # Samples per compiled call over the whole mesh.
+  sampler: str  # Of jaxdiff.samplers, at nfe evaluations (`generate.plan` checks both).
+  nfe: int
+  guidance: float  # Classifier-free guidance w of a conditional model.
+  params: tuple  # Which parameters: "raw", "ema" (the first EMA) or "ema:<decay>".
+  classifier: str  # Judge by the data's evaluation classifier: "auto", "yes" or "no".
+  inception_weights: str  # Also judge by Inception-v3 (FID) with this file; "": not.
+
+  def __post_init__(self):
+    ranges.integer("eval.every", self.every, 0, note="0: never")
+    # The features' covariance, KID and precision/recall need a few samples.
+    ranges.integer("eval.num", self.num, MIN_EVAL_SAMPLES)
+    ranges.integer("eval.batch_size", self.batch_size)
+    ranges.integer("eval.nfe", self.nfe)
+    ranges.number("eval.guidance", self.guidance, "(-inf, inf)")
+    if (isinstance(self.params, str) or not self.params
+        or not all(isinstance(p, str) for p in self.params)
+        or len(set(self.params)) != len(self.params)):
+      raise ValueError(f"eval.params must be a list of distinct names, each 'raw', 'ema' (the "
+                       f"first EMA) or 'ema:<decay>', got {self.params!r}")
+    if self.classifier not in ("auto", "yes", "no"):
+      raise ValueError(f"eval.classifier must be 'auto', 'yes' or 'no', got {self.classifier!r}")
+    if not isinstance(self.inception_weights, str):
+      raise ValueError(f"eval.inception_weights must be a file name, or '' for none, got "
+                       f"{self.inception_weights!r}")
+
+  def ema_key(self, which: str, ema_decays: tuple) -> str | None:
+    """The key in TrainState.ema of one of `params` (None: the raw parameters).
+
+    Raises:
+      ValueError naming eval.params and the names this run has.
+    """
+    names = [train_state.ema_name(decay) for decay in ema_decays]
+    kind, _, name = which.partition(":")
+    if which == "raw":
+      return None
+    if which == "ema":
+      return names[0]
+    if kind == "ema" and name:
+      try:
+        key = train_state.ema_name(float(name))
+      except ValueError:
+        key = None
+      if key in names:
+        return key
+    raise ValueError(f"eval.params: {which!r} is not a parameter set of this run; it has "
+                     f"'raw', 'ema' and {['ema:' + n for n in names]} (ema.decays)")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunSettings:
   """How long, how often, on what: the config's top-level numbers, mesh, data, samples, bpd."""
 
@@ -108,6 +167,7 @@ class RunSettings:
   data: DataSettings
   samples: SampleSettings
   bpd: BpdSettings
+  eval: EvalSettings
 
   def __post_init__(self):
     for field in ("num_steps", "batch_size", "checkpoint_every", "log_every", "sample_every",
@@ -117,7 +177,8 @@ class RunSettings:
     k = self.steps_per_call
     for field, value in (("checkpoint_every", self.checkpoint_every),
                          ("log_every", self.log_every), ("sample_every", self.sample_every),
-                         ("num_steps", self.num_steps), ("bpd.every", self.bpd.every)):
+                         ("num_steps", self.num_steps), ("bpd.every", self.bpd.every),
+                         ("eval.every", self.eval.every)):
       if value % k:
         raise ValueError(f"{field} ({value}) must be a multiple of steps_per_call ({k}): the "
                          "state exists only between calls")
@@ -208,14 +269,22 @@ class Settings:
                       mesh=dict(given["mesh"]),
                       data=_section(DataSettings, "data", given["data"]),
                       samples=_section(SampleSettings, "samples", given["samples"]),
-                      bpd=_section(BpdSettings, "bpd", given["bpd"]))
-    ema = dict(given["ema"])
-    ema["decays"] = tuple(ema.get("decays", ()))
-    ema["phema_sigma_rels"] = tuple(ema.get("phema_sigma_rels", ()))
+                      bpd=_section(BpdSettings, "bpd", given["bpd"]),
+                      eval=_section(EvalSettings, "eval",
+                                    {**given["eval"], "params": _tuple(given["eval"], "params")}))
+    ema = _section(EmaSettings, "ema", {**given["ema"], "decays": _tuple(given["ema"], "decays"),
+                                       "phema_sigma_rels": _tuple(given["ema"], "phema_sigma_rels")})
+    for which in run.eval.params:
+      run.eval.ema_key(which, ema.decays)
     return cls(config, run, given["process"], dict(given["process_options"]),
                dict(given["loss"]), _section(ModelSettings, "model", given["model"]),
-               _section(optim.OptimizerConfig, "optim", given["optim"]),
-               _section(EmaSettings, "ema", ema))
+               _section(optim.OptimizerConfig, "optim", given["optim"]), ema)
+
+
+def _tuple(section: dict, field: str):
+  """section[field] as a tuple where it is a list or tuple (as read back from JSON)."""
+  value = section.get(field, ())
+  return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def _section(cls, name: str, values: dict, **given):

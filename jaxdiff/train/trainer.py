@@ -24,14 +24,19 @@ from step 0) to run.num_steps:
     bits/dim on held-out records (`bits_per_dim`: the data's test split or new
     draws, spread over the mesh), bits_per_dim (and vlb_bits_per_dim for a
     discrete DDPM on images) in the next metrics row;
+  * every eval.every steps and at the end (where eval.every > 0): the sample
+    quality of each of eval.params, from the same x_T at every evaluation
+    (`periodic_eval`): eval/<params>/frechet_distance (and fid where Inception
+    judges, kid, ...) in the next metrics row; a step whose quality is the best
+    so far is checkpointed, kept by the pruning, and named in best.json;
   * every checkpoint_every steps and at the end: a checkpoint (Orbax, async)
     of the state, the data iterator's position and the run record (the
     config and the data's spec, also written as train_config.json);
   * every ema.snapshot_every steps and at the end (where it is > 0): a snapshot
     of the power-function EMAs under <workdir>/phema/ (`phema.save`), never
     pruned, for post-hoc EMA.
-Only process 0 writes metrics, pictures and the bar; Orbax writes checkpoints
-from every process.
+Only process 0 writes metrics, pictures, best.json and the bar; every process
+samples; Orbax writes checkpoints from every process.
 """
 
 import dataclasses
@@ -45,7 +50,8 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdiff import data, diagnostics, models, plots
-from jaxdiff.train import (bits_per_dim, checkpoint, generate, optim, phema, sharding,
+from jaxdiff.train import (bits_per_dim, checkpoint, generate, optim, periodic_eval, phema,
+                           sharding,
                            state as train_state, step)
 from jaxdiff.train.experiment import DataSpec, Experiment, Settings
 from jaxdiff.train.writer import MetricWriter, progress_bar
@@ -123,7 +129,8 @@ def prepare(config):
   config parsed once, everything it names built, and everything a run can check checked
   before anything is written: the ranges, the mesh against the batch, the data against the
   batch, the network's shapes on the data (traced by jax.eval_shape, nothing compiled) and
-  the sampler plan of the pictures. The held-out source where bpd.every > 0.
+  the sampler plan of the pictures, and the eval block where eval.every > 0 (its sampler
+  plan, params and judges: `periodic_eval.check`). The held-out source where bpd.every > 0.
 
   Raises:
     ValueError, FileNotFoundError or KeyError naming what is wrong.
@@ -142,6 +149,8 @@ def prepare(config):
   check_network(built)
   if run.samples.num:
     picture_plan(built)
+  if run.eval.every:
+    periodic_eval.check(built)
   held_out = held_out_source(built) if run.bpd.every else None
   return built, source, held_out, mesh
 
@@ -211,13 +220,15 @@ def step_parts(experiment: Experiment, mesh):
   return init, state_sharding, train_step
 
 
-def train(experiment: Experiment, source, workdir, mesh, *, held_out=None,
+def train(experiment: Experiment, source, workdir, mesh, *, held_out=None, judges=None,
           show_progress: bool = True, progress_seconds: float = 30.0):
   """Trains to experiment.run.num_steps in `workdir` (claimed by the caller).
 
   The mesh must split the batch (`prepare` checks it). held_out is the source of the
   periodic bits/dim (run.bpd.every > 0); by default `data.held_out_options` of the training
-  source. progress_seconds: the interval of the progress lines written where standard error
+  source. judges: {name: streamed.Judge} of the periodic sample quality (run.eval.every > 0);
+  by default `periodic_eval.judges` (train.py builds them before it claims the workdir).
+  progress_seconds: the interval of the progress lines written where standard error
   is not a terminal.
 
   Returns:
@@ -242,7 +253,11 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None,
           f"configuration; it differs in: {'; '.join(differences)}. Pass the same config, or a "
           "new --workdir (the checkpoint is kept)")
 
-  checkpoints = checkpoint.manager(workdir, keep=run.keep_checkpoints)
+  if run.eval.every and judges is None:
+    judges = periodic_eval.judges(experiment)
+  checkpoints = checkpoint.manager(
+      workdir, keep=run.keep_checkpoints,
+      best=periodic_eval.best_metric(judges) if run.eval.every else None)
   snapshots = (phema.manager(workdir, experiment.phema_sigma_rels)
                if experiment.snapshot_every else None)
   if jax.process_index() == 0:
@@ -252,7 +267,7 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None,
     state = (restored[0] if restored is not None
              else jax.jit(init, out_shardings=state_sharding)())
     return _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, held_out,
-                show_progress, progress_seconds, snapshots)
+                judges, show_progress, progress_seconds, snapshots)
   finally:
     checkpoint.finish(checkpoints)
     if snapshots is not None:
@@ -260,7 +275,7 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None,
 
 
 def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, held_out,
-         show_progress, progress_seconds, snapshots=None):
+         judges, show_progress, progress_seconds, snapshots=None):
   """The loop itself, from the state's step to num_steps."""
   run = experiment.run
   writes = jax.process_index() == 0
@@ -269,8 +284,12 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, he
   picture = _picture_fn(experiment, mesh, save=writes) if run.samples.num else None
   sensitivity = _sensitivity_fn(experiment, mesh)
   # The held-out bits/dim's own bar only on a terminal: in a log, the training's lines say it.
-  held_out_bpd = _bpd_fn(experiment, mesh, held_out,
-                         show_progress=writes and show_progress and sys.stderr.isatty())
+  on_terminal = writes and show_progress and sys.stderr.isatty()
+  held_out_bpd = _bpd_fn(experiment, mesh, held_out, show_progress=on_terminal)
+  evaluator = None
+  if run.eval.every:
+    evaluator = periodic_eval.Evaluator(experiment, mesh, judges, progress=on_terminal)
+    evaluator.resume(checkpoints, workdir)
   writer = MetricWriter(workdir, start_step) if writes else None
   bar = progress_bar(run.num_steps, start_step, enabled=writes and show_progress,
                      every_seconds=progress_seconds)
@@ -291,7 +310,7 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, he
       if current % run.sample_every == 0 or done:
         if picture is not None:
           picture(state, workdir / "samples" / f"step-{current}.png")
-        progress.extra = sensitivity(state, batches)
+        progress.extra.update(sensitivity(state, batches))
         if writes and progress.extra["time_sensitivity"] < diagnostics.DEAD:
           tqdm.write(f"warning: step {current}: the EMA network's output barely depends on t "
                      f"(time sensitivity {progress.extra['time_sensitivity']:.1e} < "
@@ -299,10 +318,17 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, he
                      "connected?")
       if held_out_bpd is not None and (current % run.bpd.every == 0 or done):
         progress.extra.update(held_out_bpd(state))
-      if current % run.checkpoint_every == 0 or done:
+      quality, best = {}, False  # Saved with this step's checkpoint; whether it is the best.
+      if evaluator is not None and (current % run.eval.every == 0 or done):
+        row, quality, best = evaluator.evaluate(state, current)
+        progress.extra.update(row)
+      if current % run.checkpoint_every == 0 or done or best:
         progress.settle(*pending)  # Nothing non-finite goes into a checkpoint.
         pending = None
-        checkpoint.save(checkpoints, current, state, iterator, run_record(experiment))
+        checkpoint.save(checkpoints, current, state, iterator, run_record(experiment),
+                        metrics=quality)
+        if best and writes:
+          periodic_eval.write_best(workdir, evaluator.metric, evaluator.best)
       if snapshots is not None and (current % experiment.snapshot_every == 0 or done):
         if pending is not None:
           progress.settle(*pending)  # A NaN loss is named before the snapshot refuses it.
