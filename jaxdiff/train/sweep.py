@@ -36,6 +36,7 @@ import numpy as np
 
 from jaxdiff import evaluation, fid, metrics, plots, streamed, workdir
 from jaxdiff.train import checkpoint, generate, sample_run
+from jaxdiff.train.experiment import DataSpec, Experiment
 
 SETTINGS = "sweep.json"
 AXES = ("step", "params", "sampler", "nfe", "guidance")  # The order of cells and tables.
@@ -127,7 +128,7 @@ def frechet(quality: dict) -> float:
 class Sweep:
   """A sweep checked and ready: its cells (each with its plan), the step folders, the
   cells already finished (rows of results.jsonl), the judges and what every cell shares."""
-  experiment: object
+  experiment: Experiment
   cells: list
   plans: dict  # {Cell.plan_key(): generate.SamplePlan}
   step_dirs: dict  # {step: checkpoint folder}
@@ -165,7 +166,9 @@ def prepare(checkpoints, steps: str, params, sampler_names, nfes, guidances,
       raise ValueError(f"{name} must list one or more distinct values, got {list(values)}")
   cells = sorted(Cell(*values) for values in itertools.product(
       step_dirs, params, sampler_names, nfes, [float(w) for w in guidances]))
-  _, experiment, _ = generate.load(step_dirs[max(step_dirs)], params[0])
+  record = checkpoint.read_run(step_dirs[max(step_dirs)])  # The arrays are read below.
+  experiment = Experiment.from_config(record["config"], DataSpec(
+      tuple(record["data"]["shape"]), record["data"]["num_classes"], record["data"]["eight_bit"]))
   plans = {}
   for cell in cells:
     if cell.plan_key() not in plans:
