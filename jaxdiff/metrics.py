@@ -68,8 +68,8 @@ X_c (its mean m), the distance above needs no matrix square root per resample:
 
 since the eigenvalues of S S_r (S the resample's covariance) are those of
 B S B = (X_c B)^T (X_c B) / (N - 1), so Tr (S S_r)^{1/2} is the sum of the singular values of X_c B / sqrt(N - 1), and X_c B is
-the resampled rows of X B (computed once) centred. One SVD of an [N, F] matrix per set
-and resample.
+the resampled rows of X B (computed once) centred: the square roots of the eigenvalues
+of its Gram matrix on the smaller side (F x F or N x N), one per set and resample.
 """
 
 import jax
@@ -253,7 +253,8 @@ def _frechet_to_reference(features, projected, index, mu_ref, trace_ref) -> np.n
     mean = x.mean(axis=0)
     y = projected[rows]
     y_c = y - y.mean(axis=0)
-    trace_sqrt = np.sum(np.linalg.svd(y_c, compute_uv=False)) / np.sqrt(n - 1)
+    gram = y_c.T @ y_c if y_c.shape[1] <= n else y_c @ y_c.T  # The smaller side.
+    trace_sqrt = np.sum(np.sqrt(np.maximum(np.linalg.eigvalsh(gram), 0.0))) / np.sqrt(n - 1)
     out[r] = (np.sum((mean - mu_ref)**2) + np.sum((x - mean)**2) / (n - 1) + trace_ref
               - 2 * trace_sqrt)
   return out
