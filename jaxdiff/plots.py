@@ -8,6 +8,8 @@
                    (Ho & Salimans 2022, fig. 1 shows such a sweep).
   save_image_grid  images tiled into one PNG, pixel for pixel (small images
                    enlarged by an integer factor).
+  plot_lines       a quantity against a swept setting, a line per configuration and
+                   horizontal reference lines (the evaluation sweep's quality plots).
 """
 
 import functools
@@ -165,3 +167,26 @@ def save_image_grid(images, path, *, cols: int | None = None, min_size: int = 32
     r, q = divmod(i, cols)
     canvas[pad + r * th:pad + r * th + h * factor, pad + q * tw:pad + q * tw + w * factor] = pixels[i]
   PIL.Image.fromarray(canvas.squeeze(-1) if c == 1 else canvas).save(path)
+
+
+def plot_lines(lines: dict, path, *, xlabel: str, ylabel: str, references=None,
+               log_x: bool = False, title: str = ""):
+  """A line per label of `lines` {label: ([x], [y])} with markers; `references`
+  {label: y} as dashed horizontal lines; the x ticks at the values plotted. Writes `path`."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for label, (xs, ys) in lines.items():
+    ax.plot(xs, ys, marker="o", markersize=4, label=label)
+  for i, (label, y) in enumerate((references or {}).items()):
+    ax.axhline(y, linestyle="--", linewidth=1, color=f"C{(len(lines) + i) % 10}", label=label)
+  if log_x:
+    ax.set_xscale("log")
+  ticks = sorted({x for xs, _ in lines.values() for x in xs})
+  ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+  ax.minorticks_off()
+  ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

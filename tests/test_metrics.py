@@ -238,3 +238,37 @@ def test_kid_agrees_with_scikit_learns_polynomial_kernel():
                      + (k_bb.sum() - np.trace(k_bb)) / (m * (m - 1)) - 2 * k_ab.mean())
   assert blocks == 10 and kid == pytest.approx(np.mean(estimates), rel=1e-10)
   assert kid > 0  # A shift of 0.2 per feature is seen.
+
+
+def paired_gaussians(n, shift1, shift2, dim=4, seed=0):
+  """Two [n, dim] sets of N(shift, I) features whose rows share their draw (as two samplers
+  share x_T), plus independent noise of their own."""
+  rng = np.random.default_rng(seed)
+  shared = rng.normal(size=(n, dim))
+  own = lambda: shared * 0.8 + 0.6 * rng.normal(size=(n, dim))  # Unit variance.
+  return own() + shift1, own() + shift2
+
+
+def test_paired_bootstrap_of_the_frechet_difference():
+  """Against the reference N(0, I): the full-set difference is that of frechet_distance; two
+  sets of one Gaussian give an interval holding 0, shifted ones one that excludes it (the
+  farther set worse), and the interval narrows as 1/sqrt(N) (width ratio 2 for 4x N)."""
+  mu_ref, sigma_ref = np.zeros(4), np.eye(4)
+  x1, x2 = paired_gaussians(400, 0.0, 0.0)
+  same = metrics.paired_frechet_bootstrap(x1, x2, mu_ref, sigma_ref, num_resamples=200)
+  direct = [metrics.frechet_distance(*metrics.feature_statistics(x), mu_ref, sigma_ref)[0]
+            for x in (x1, x2)]
+  assert same["difference"] == pytest.approx(direct[0] - direct[1], rel=1e-7, abs=1e-10)
+  assert same["low"] < 0 < same["high"]
+  assert same["num_resamples"] == 200 and same["num_samples"] == 400
+
+  widths = []
+  for n in (400, 1600):
+    x1, x2 = paired_gaussians(n, 0.3, 0.5, seed=n)
+    pair = metrics.paired_frechet_bootstrap(x1, x2, mu_ref, sigma_ref, num_resamples=200)
+    assert pair["high"] < 0  # x2 is farther from the reference: d1 - d2 < 0.
+    assert pair["low"] < pair["mean"] < pair["high"]
+    widths.append(pair["high"] - pair["low"])
+  assert widths[0] / widths[1] == pytest.approx(2.0, rel=0.3)
+  with pytest.raises(ValueError, match="two \\[N, F\\] sets of one shape"):
+    metrics.paired_frechet_bootstrap(x1, x2[:10], mu_ref, sigma_ref)

@@ -9,13 +9,15 @@ import shutil
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
 from configs import train_base
-from jaxdiff import data, inception
-from jaxdiff.train import experiment, fitted_grids, generate, sharding, trainer
+from jaxdiff import data, evaluation, inception, metrics, streamed, workdir
+from jaxdiff.train import (experiment, fitted_grids, generate, sample_run, sharding, sweep,
+                           trainer)
 from jaxdiff.train.writer import read_metrics
 from studies import classifier, common, embedding, guidance, schedules, training
 
@@ -278,3 +280,70 @@ def test_fit_grids_py_fits_saves_and_generate_plan_uses_the_fitted_grid(trained_
     paths[1].write_text(json.dumps({**records[1], **change}))
     with pytest.raises(ValueError, match=f"fitted grid {re.escape(str(paths[1]))} .*{message}"):
       generate.plan(built, "unipc", 3, step_dir=step_dir)
+
+
+def quadrant_judge(real_images) -> streamed.Judge:
+  """A judge that compiles in no time: an image's features are its four quadrants' means
+  (the Frechet distance of those to the real images'); uninformative logits."""
+  def apply(variables, images):
+    del variables
+    b, h, w, _ = images.shape
+    features = images.reshape(b, 2, h // 2, 2, w // 2).mean(axis=(2, 4)).reshape(b, 4)
+    return features, jnp.zeros((b, 10))
+
+  features = np.asarray(apply(None, jnp.asarray(real_images))[0], np.float64)
+  return streamed.Judge("inception", apply, None, *metrics.feature_statistics(features),
+                        features[:200], "digits quadrants", len(features))
+
+
+def test_sweep_runs_each_cell_once_resumes_a_killed_one_and_refuses_bad_input(
+    trained_digits, digits_train, tmp_path, monkeypatch):
+  """sweep.py's library on the tiny digits model, 2 samplers x 1 NFE of 20 samples (KID's least): a kill in
+  the second cell's second batch leaves the first cell's row; the same sweep run again skips
+  that cell and continues the killed one from its saved batch; a third run samples nothing.
+  The rows, results.md's pair, the NFE plot. Bad input is refused before anything samples."""
+  judged = {"inception": quadrant_judge(evaluation.source_arrays(digits_train)[0])}
+  job = sample_run.Job(20, 10, 0, save_images=0, keep_features=20, save_every=1)
+  out = tmp_path / "sweep"
+  prepare = lambda *axes, **kw: sweep.prepare(kw.get("path", trained_digits), "last", *axes,
+                                              job, out, judged=judged)
+  with pytest.raises(FileNotFoundError, match="no complete checkpoint in"):
+    prepare(["ema"], ["ddim"], [2], [1.0], path=tmp_path)
+  for axes, message in [((["ema"], ["nope"], [2], [1.0]), "nope"),
+                        ((["ema:0.5"], ["ddim"], [2], [1.0]), "params must be 'raw', 'ema'"),
+                        ((["ema"], ["ddim"], [2], [2.0]), "needs a class-conditional model")]:
+    with pytest.raises(ValueError, match=message):
+      prepare(*axes)
+  with pytest.raises(ValueError, match=r"no checkpoint step is a multiple of 7; there are \[100\]"):
+    sweep.select_steps(trained_digits, "every:7")
+
+  calls = []
+  make_step = sample_run.make_step
+
+  def killed_at_call_4(*args):
+    step = make_step(*args)
+    def counted(*step_args):
+      calls.append(1)
+      if len(calls) == 4:
+        raise KeyboardInterrupt
+      return step(*step_args)
+    return counted
+
+  monkeypatch.setattr(sample_run, "make_step", killed_at_call_4)
+  mesh = sharding.make_mesh({"data": -1})
+  axes = (["ema"], ["ddim", "euler"], [2], [1.0])
+  out.mkdir()
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run(prepare(*axes), out, mesh, progress=False, bootstrap=50)
+  assert [row["sampler"] for row in workdir.read_rows(out)] == ["ddim"]
+  calls.clear()
+  rows = sweep.run(prepare(*axes), out, mesh, progress=False, bootstrap=50)
+  assert len(calls) == 1 and rows[1]["resumed_batches"] == 1  # Batch 2 of the killed cell only.
+  assert [(r["step"], r["sampler"], r["nfe_counted"], r["quality"]["inception"]["num_samples"])
+          for r in workdir.read_rows(out)] == [(100, "ddim", 2, 20), (100, "euler", 2, 20)]
+  report = (out / "results.md").read_text()
+  assert "| 100 | ema | 2 | 1 | ddim | euler |" in report and "resamples those" in report
+  assert (out / "quality-nfe.png").stat().st_size > 0
+  calls.clear()
+  assert len(sweep.run(prepare(*axes), out, mesh, progress=False, bootstrap=50)) == 2
+  assert not calls and len(workdir.read_rows(out)) == 2
