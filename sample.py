@@ -128,21 +128,6 @@ def checkpoint_labels(built):
   return ids
 
 
-def judges(built):
-  """{name: streamed.Judge} of the flags: the evaluation classifier (--evaluate) and
-  Inception-v3 (--inception-weights). The data's statistics first: a bad weights file fails
-  before anything samples."""
-  out = {}
-  if evaluation.wanted(built.run.data.source, _EVALUATE.value):
-    options = {k: v for k, v in built.run.data.options.items() if k != "split"}
-    out["classifier"] = streamed.Judge.classifier(
-        evaluation.reference(built.run.data.source, **options))
-  if _INCEPTION.value:
-    out["inception"] = streamed.Judge.inception(fid.reference(
-        built.run.data.source, _INCEPTION.value, **built.run.data.options))
-  return out
-
-
 def resumable(path) -> bool:
   """Whether --workdir holds an unfinished sample.py run to take up (its progress.json)."""
   path = pathlib.Path(path or "")
@@ -160,7 +145,8 @@ def sample_checkpoint():
                          options=cli.json_object(_OPTIONS), step_dir=step_dir)
     job = sample_run.Job(_NUM.value, _BATCH.value, _SEED.value, checkpoint_labels(built),
                          _SAVE_IMAGES.value, _KEEP_FEATURES.value, _SAVE_EVERY.value)
-    judged = judges(built)
+    judged = streamed.judges(built.run.data.source, built.run.data.options, _EVALUATE.value,
+                             _INCEPTION.value)
     sample_run.check_judged(job, judged)
   except (ValueError, FileNotFoundError) as error:
     raise SystemExit(f"cannot sample: {error} (nothing was written)") from None

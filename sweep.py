@@ -27,7 +27,7 @@ import pathlib
 import jax
 from absl import app, flags, logging
 
-from jaxdiff import cli, processes, workdir
+from jaxdiff import cli, processes
 from jaxdiff.train import sample_run, sharding, sweep
 
 _CHECKPOINTS = flags.DEFINE_string("checkpoints", None, "The training run: its workdir or its "

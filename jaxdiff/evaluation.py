@@ -52,7 +52,6 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 import time
 import zipfile
 from typing import Callable
@@ -63,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdiff import data, metrics
+from jaxdiff import data, metrics, workdir
 from jaxdiff.models.classifier import Classifier
 from jaxdiff.models.compiler import compiler_options
 
@@ -303,12 +302,10 @@ def load_cached(path: pathlib.Path, key: dict):
 
 def save_cached(path: pathlib.Path, key: dict, params, **arrays):
   """Writes the key, the parameters (as params/<module>/<name>) and arrays to path atomically."""
-  path.parent.mkdir(parents=True, exist_ok=True)
   flat = {f"params/{name}": np.asarray(value)
           for name, value in flax.traverse_util.flatten_dict(params, sep="/").items()}
-  with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-    np.savez(f, key=np.array(json.dumps(key, sort_keys=True)), **flat, **arrays)
-  os.replace(f.name, path)
+  workdir.write_atomically(path, lambda f: np.savez(
+      f, key=np.array(json.dumps(key, sort_keys=True)), **flat, **arrays))
 
 
 def reference(kind: str = "digits", *, split: str = "train", heldout_split: str = "test",

@@ -60,11 +60,9 @@ key of any tensor missing, left over or of the wrong shape.
 import argparse
 import functools
 import hashlib
-import os
 import pathlib
 import pickle
 import re
-import tempfile
 import zipfile
 
 import jax
@@ -74,6 +72,7 @@ from flax import linen as nn
 from flax import traverse_util
 from tqdm import tqdm
 
+from jaxdiff import workdir
 from jaxdiff.models.compiler import compiler_options
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -392,10 +391,7 @@ def convert(torch_path, npz_path) -> int:
                      f"suffix), got {npz_path}")
   state = read_torch_weights(torch_path)
   load_torch_state_dict(state)  # Refuse to write what will not load.
-  npz_path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=npz_path.parent, suffix=".tmp", delete=False) as f:
-    np.savez(f, **state)
-  os.replace(f.name, npz_path)
+  workdir.write_atomically(npz_path, lambda f: np.savez(f, **state))
   return len(state)
 
 

@@ -85,6 +85,34 @@ class Judge:
             None if self.train_images is None else np.asarray(self.train_images, np.float32))
 
 
+def judges(source: str, options: dict, classifier: str = "auto", inception_weights=None, *,
+           log=print) -> dict:
+  """{name: Judge} of a data source (`data.make_source(source, **options)`): "classifier",
+  the evaluation classifier where `evaluation.wanted(source, classifier)` (its reference
+  trained or loaded from the cache), and "inception", Inception-v3 with the statistics of
+  `fid.reference` where inception_weights names a file. The one place the programs (sample.py,
+  sweep.py, training's eval block) build their judges.
+
+  Raises:
+    ValueError naming --evaluate yes on data without a classifier, or a bad weights file;
+    FileNotFoundError for a missing weights file.
+  """
+  out = {}
+  if evaluation.wanted(source, classifier):
+    out["classifier"] = Judge.classifier(evaluation.reference(
+        source, log=log, **{k: v for k, v in options.items() if k != "split"}))
+  if inception_weights:
+    out["inception"] = Judge.inception(fid.reference(source, inception_weights, log=log,
+                                                     **options))
+  return out
+
+
+def main_judge(judged: dict) -> str:
+  """The judge whose Frechet distance ranks results: Inception-v3's (FID) where there is one,
+  else the classifier's."""
+  return "inception" if "inception" in judged else "classifier"
+
+
 def inception_part(index, num: int):
   """The part [B] of the Inception Score that sample `index` [B] falls in: np.array_split of
   num samples into min(IS_PARTS, num) contiguous parts, the first num % parts one longer."""

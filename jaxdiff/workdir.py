@@ -26,6 +26,7 @@ import os
 import pathlib
 import re
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -162,6 +163,23 @@ def claim(path, prefix: str, *, resume: bool = False, parent="runs"):
 def _note(marker, line: str):
   marker.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
   marker.flush()
+
+
+def write_atomically(path, write) -> None:
+  """write(binary file) into a temporary file beside path, flushed to disk, then renamed onto
+  path: the file is complete (old or new) or absent, never half-written."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp",
+                                   delete=False) as f:
+    try:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    except BaseException:
+      os.remove(f.name)
+      raise
+  os.replace(f.name, path)
 
 
 def append_row(workdir, row: dict):

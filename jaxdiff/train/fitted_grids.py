@@ -18,12 +18,11 @@ naming the file; `save` never replaces one unless told to.
 import hashlib
 import json
 import math
-import os
 import pathlib
 
 import numpy as np
 
-from jaxdiff import samplers
+from jaxdiff import samplers, workdir
 from jaxdiff.schedules import Process
 
 FOLDER = "grids"
@@ -78,10 +77,8 @@ def save(path, record: dict, *, force: bool = False) -> None:
   path = pathlib.Path(path)
   if path.exists() and not force:
     raise FileExistsError(f"{path} holds a fitted grid already; pass --force to replace it")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_suffix(".json.tmp")
-  temporary.write_text(json.dumps(record, indent=1) + "\n")
-  os.replace(temporary, path)
+  text = json.dumps(record, indent=1) + "\n"
+  workdir.write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def load(path, process: Process, sampler: str, options: dict, nfe: int,

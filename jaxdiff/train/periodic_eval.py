@@ -27,7 +27,6 @@ resumed run rewrites it from the kept checkpoints' saved values.
 """
 
 import json
-import os
 import pathlib
 import time
 
@@ -35,7 +34,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxdiff import evaluation, fid, streamed
+from jaxdiff import evaluation, streamed, workdir
 from jaxdiff.train import checkpoint, generate, sample_run
 from jaxdiff.train.experiment import Experiment
 
@@ -107,30 +106,21 @@ def check(experiment: Experiment):
 
 
 def judges(experiment: Experiment, *, log=print) -> dict:
-  """{name: streamed.Judge} of the eval block: "classifier" (its reference trained or loaded
-  from the cache, `evaluation.reference`) and "inception" (`fid.reference`, its statistics
-  computed or cached; a weights file of the wrong shape is refused here).
+  """{name: streamed.Judge} of the eval block (`streamed.judges`), after `check`.
 
   Raises:
     ValueError or FileNotFoundError as `check`, or naming a bad weights file.
   """
   check(experiment)
-  settings, run = experiment.run.eval, experiment.run
-  out = {}
-  if evaluation.wanted(run.data.source, settings.classifier):
-    options = {k: v for k, v in run.data.options.items() if k != "split"}
-    out["classifier"] = streamed.Judge.classifier(
-        evaluation.reference(run.data.source, log=log, **options))
-  if settings.inception_weights:
-    out["inception"] = streamed.Judge.inception(fid.reference(
-        run.data.source, settings.inception_weights, log=log, **run.data.options))
-  return out
+  run = experiment.run
+  return streamed.judges(run.data.source, run.data.options, run.eval.classifier,
+                         run.eval.inception_weights, log=log)
 
 
 def best_metric(judged: dict) -> str:
-  """The figure the best checkpoint is chosen by: "fid" where Inception judges, else
-  "frechet_distance" (the classifier's)."""
-  return "fid" if "inception" in judged else "frechet_distance"
+  """The figure the best checkpoint is chosen by: the Frechet distance of
+  `streamed.main_judge` ("fid" for Inception-v3's, else "frechet_distance")."""
+  return "fid" if streamed.main_judge(judged) == "inception" else "frechet_distance"
 
 
 def scalars(quality: dict) -> dict:
@@ -158,7 +148,7 @@ class Evaluator:
     self.step_fn = sample_run.make_step(experiment, self.plan, self.job, mesh, judged)
     self.best = None  # {"step", "params", "value"} of the lowest value so far.
 
-  def resume(self, checkpoints, workdir):
+  def resume(self, checkpoints, folder):
     """Takes the best so far from the kept checkpoints' saved values (`checkpoint.best`; a
     run's own later evaluations are redone), and rewrites best.json (process 0)."""
     found = checkpoint.best(checkpoints, self.metric)
@@ -169,7 +159,7 @@ class Evaluator:
                 "value": value}
     self.best = record
     if jax.process_index() == 0:
-      write_best(workdir, self.metric, record)
+      write_best(folder, self.metric, record)
 
   def evaluate(self, state, step: int) -> tuple[dict, dict, bool]:
     """Samples and judges each params of the state at `step`.
@@ -201,15 +191,13 @@ class Evaluator:
     return row, {self.metric: value, "params": which}, is_best
 
 
-def write_best(workdir, metric: str, record: dict | None):
+def write_best(folder, metric: str, record: dict | None):
   """<workdir>/best.json, {"metric", "step", "params", "value", "checkpoint"}, through a
   temporary file renamed into place; removed where there is no best (record None)."""
-  path = pathlib.Path(workdir) / BEST
+  path = pathlib.Path(folder) / BEST
   if record is None:
     path.unlink(missing_ok=True)
     return
   text = json.dumps({"metric": metric, **record,
                      "checkpoint": f"{checkpoint.DIRECTORY}/{record['step']}"}, indent=1)
-  temporary = path.with_name(path.name + ".tmp")
-  temporary.write_text(text + "\n")
-  os.replace(temporary, path)
+  workdir.write_atomically(path, lambda f: f.write((text + "\n").encode()))

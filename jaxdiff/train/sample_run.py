@@ -25,7 +25,6 @@ statistics as an uninterrupted run.
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import time
 
@@ -36,7 +35,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jaxdiff import evaluation, models, samplers, streamed
+from jaxdiff import evaluation, models, samplers, streamed, workdir
 from jaxdiff.train import generate, sharding
 from jaxdiff.train.experiment import Experiment
 
@@ -157,16 +156,6 @@ def _host(x):
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _atomic_save(path: pathlib.Path, write):
-  """write(file) into path's temporary sibling, then renamed onto path."""
-  temporary = path.with_name(path.name + ".tmp")
-  with open(temporary, "wb") as f:
-    write(f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(temporary, path)
-
-
 def load_progress(out: pathlib.Path, record: dict, judges: dict, job: Job):
   """(batches done, NFE, Running, kept images, x_T, labels) saved in `out`, or None where it
   holds no progress.
@@ -198,9 +187,9 @@ def save_progress(out: pathlib.Path, record: dict, batches_done: int, nfe: int, 
   arrays = {f"{name}/{k}": v for name, r in running.items() for k, v in r.arrays().items()}
   arrays.update(images=images, x_T=x_T,
                 labels=np.zeros(0, np.int32) if labels is None else labels)
-  _atomic_save(out / PROGRESS, lambda f: np.savez(f, **arrays))
+  workdir.write_atomically(out / PROGRESS, lambda f: np.savez(f, **arrays))
   text = json.dumps({"run": record, "batches_done": batches_done, "nfe": nfe}, indent=1)
-  _atomic_save(out / RECORD, lambda f: f.write(text.encode()))
+  workdir.write_atomically(out / RECORD, lambda f: f.write(text.encode()))
 
 
 def run(experiment: Experiment, sample_plan: generate.SamplePlan, params, job: Job, mesh, *,

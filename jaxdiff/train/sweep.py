@@ -34,7 +34,7 @@ import re
 import jax
 import numpy as np
 
-from jaxdiff import evaluation, fid, metrics, plots, streamed, workdir
+from jaxdiff import evaluation, metrics, plots, streamed, workdir
 from jaxdiff.train import checkpoint, generate, sample_run
 from jaxdiff.train.experiment import DataSpec, Experiment
 
@@ -92,31 +92,18 @@ def select_steps(path, which: str) -> list[pathlib.Path]:
 
 
 def judges(experiment, evaluate: str, inception_weights=None) -> dict:
-  """{name: streamed.Judge}: the evaluation classifier (`evaluation.wanted(source,
-  evaluate)`) and Inception-v3 with inception_weights; at least one.
+  """{name: streamed.Judge} (`streamed.judges`); at least one.
 
   Raises:
     ValueError when neither is asked for (a sweep needs a quality figure).
   """
-  source, options = experiment.run.data.source, experiment.run.data.options
-  out = {}
-  if evaluation.wanted(source, evaluate):
-    out["classifier"] = streamed.Judge.classifier(evaluation.reference(
-        source, **{k: v for k, v in options.items() if k != "split"}))
-  if inception_weights:
-    out["inception"] = streamed.Judge.inception(fid.reference(source, inception_weights,
-                                                              **options))
+  source = experiment.run.data.source
+  out = streamed.judges(source, experiment.run.data.options, evaluate, inception_weights)
   if not out:
     raise ValueError(f"a sweep needs a quality figure: --inception-weights, or --evaluate "
                      f"yes/auto where the data ({source}) has an evaluation classifier "
                      f"({', '.join(evaluation.CLASSIFIED_SOURCES)})")
   return out
-
-
-def main_judge(judged: dict) -> str:
-  """The judge whose Frechet distance the tables, plots and comparisons use: Inception-v3's
-  (FID) where there is one, else the classifier's."""
-  return "inception" if "inception" in judged else "classifier"
 
 
 def frechet(quality: dict) -> float:
@@ -236,11 +223,11 @@ def run(sweep: Sweep, out: pathlib.Path, mesh, *, progress: bool = True,
       rows.append(json.loads(json.dumps(row, default=workdir.json_default)))
       if writes:
         workdir.append_row(out, row)
-        write_report(out, rows, main_judge(sweep.judges))
+        write_report(out, rows, streamed.main_judge(sweep.judges))
   if writes:
     pairs = compare_pairs(out, rows, sweep.judges, compare, bootstrap) if compare else []
-    write_report(out, rows, main_judge(sweep.judges), pairs)
-    plot(out, rows, main_judge(sweep.judges))
+    write_report(out, rows, streamed.main_judge(sweep.judges), pairs)
+    plot(out, rows, streamed.main_judge(sweep.judges))
   return rows
 
 
@@ -254,7 +241,7 @@ def compare_pairs(out: pathlib.Path, rows, judged: dict, axis: str, num_resample
   """The paired comparisons of the cells that differ in `axis` only: every two of them, the
   first in AXES order as "A", with `metrics.paired_frechet_bootstrap` on the main judge's
   kept features (each cell's progress.npz)."""
-  name = main_judge(judged)
+  name = streamed.main_judge(judged)
   judge = judged[name]
   others = [a for a in AXES if a != axis]
   group_of = lambda row: tuple(row[a] for a in others)
