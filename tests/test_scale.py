@@ -1,4 +1,5 @@
 """Many devices: data parallelism, FSDP and gradient accumulation equal to one device;
+sampling (streamed, sample.py) over 8 devices and over 2 processes equal to one device;
 checkpoints moved between meshes; the compiled step's memory; bad meshes and batches.
 
 The 8-device runs happen in one subprocess (tests/multidevice_runs.py; JAX fixes
@@ -234,7 +235,7 @@ def one_process_reference(num_steps=6):
   return built, jax.tree.map(np.asarray, state)
 
 
-def test_two_processes_train_what_one_process_trains(tmp_path):
+def test_two_processes_train_and_sample_what_one_process_does(tmp_path):
   results = finish(start_two_processes(tmp_path / "run", *TWO_PROCESS_RUN))
   for i, (code, out, err) in enumerate(results):
     assert code == 0, f"process {i}: {err[-3000:]}"
@@ -260,7 +261,8 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
   for i, (code, _, err) in enumerate(results):
     assert code == 0, f"sample.py process {i}: {err[-3000:]}"
   assert "over 8 devices" in results[0][1] and "sampling" not in results[1][1]
-  # Process 0 alone wrote, each file once (no temporary file of a second writer left).
+  # Process 0 wrote the progress and the results (process 1 printed nothing of the run), no
+  # temporary file left behind.
   assert {p.name for p in out.iterdir()} >= {"samples.npz", "samples.png", "results.json",
                                             sample_run.PROGRESS, sample_run.RECORD}
   assert not list(out.glob("*.tmp"))
