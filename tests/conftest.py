@@ -157,3 +157,22 @@ def pf_ode_reference(process_name, x_T, t_0, t_1):
                        atol=1e-10)
   assert solution.success
   return alpha(sigma_1) * solution.y[:, -1].reshape(shape)
+
+
+# --------------------------------------------------------------------------
+# A cheap judge of 2-D samples for the streamed sampling runs (test_sample_run.py, and
+# multidevice_runs.py's eight devices).
+# --------------------------------------------------------------------------
+
+from jaxdiff import streamed  # noqa: E402
+
+
+def point_judge(rng):
+  """A streamed.Judge of 2-D points: linear features [B, 3] and logits [B, 4] of the points,
+  with 20 'training' points for the nearest distances."""
+  w, v = rng.standard_normal((2, 3)), rng.standard_normal((2, 4))
+  reference = rng.standard_normal((40, 3))
+  return streamed.Judge("classifier", lambda variables, x: (x @ variables[0], x @ variables[1]),
+                        (w.astype(np.float32), v.astype(np.float32)), reference.mean(0),
+                        np.cov(reference, rowvar=False), reference, "random points", 40,
+                        rng.standard_normal((20, 2)).astype(np.float32), np.ones(20))

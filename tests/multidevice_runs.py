@@ -6,8 +6,8 @@ The device count is fixed when JAX starts, so these runs live in their own
 process; test_scale.py starts it once and compares what it writes to OUT:
   states.npz     the final train state of each run, leaf by leaf ("run/leaf");
   restored.npz   a checkpoint of the 2 x 4 run restored onto other meshes;
-                 (states.npz also holds samples and held-out log-likelihoods on 8
-                 devices and on 1);
+                 (states.npz also holds samples, a streamed sampling run's images and
+                 statistics, and held-out log-likelihoods, on 8 devices and on 1);
   report.json    the shardings seen, the compiled step's argument bytes and the
                  error messages of bad meshes and batches.
 Every run trains the same residual MLP (its 128 x 128 kernels and up are sharded
@@ -30,8 +30,9 @@ import numpy as np  # noqa: E402
 sys.path[:0] = [str(pathlib.Path(__file__).resolve().parents[1]),
                 str(pathlib.Path(__file__).resolve().parent)]
 from jaxdiff import data  # noqa: E402
+from conftest import point_judge  # noqa: E402
 from jaxdiff.train import (bits_per_dim, checkpoint, experiment, generate, optim,  # noqa: E402
-                           sharding, trainer)
+                           sample_run, sharding, trainer)
 from tiny_config import tiny_config  # noqa: E402
 
 NUM_STEPS = 6
@@ -129,6 +130,20 @@ def main(out):
       x_0, _ = generate.sample_in_batches(built, plan, params, x_T, None, jax.random.PRNGKey(2),
                                           16, mesh=mesh, progress=False)
       states[f"samples_{sampler}/{name}"] = x_0
+
+  # A streamed sampling run (jaxdiff.train.sample_run) of the same EMA on 8 devices and on 1:
+  # DDPM's per-sample noise, 20 samples in global batches of 16 (the last one padded), judged
+  # by a cheap judge whose sums are reduced over the mesh.
+  judges = {"points": point_judge(np.random.default_rng(0))}
+  job = sample_run.Job(20, 16, 4, save_images=20, keep_features=20, save_every=0)
+  for name, mesh in (("one", sharding.make_mesh({"data": 1}, devices[:1])),
+                     ("data8", sharding.make_mesh({"data": 8}))):
+    result = sample_run.run(built, generate.plan(built, "ddpm", 4), params, job, mesh,
+                            judges=judges, progress=False)
+    states[f"sample_run_{name}/images"] = result.images
+    states[f"sample_run_{name}/x_T"] = result.x_T
+    states.update({f"sample_run_{name}/{k}": v
+                   for k, v in result.running["points"].arrays().items()})
 
   # Held-out log-likelihoods of the same EMA, 16 points spread over 8 devices and on 1,
   # under the continuous VP process (the discrete DDPM's interpolated alpha-bar has a kink

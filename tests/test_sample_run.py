@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import point_judge, tiny_config
 from jaxdiff import evaluation, metrics, streamed
 from jaxdiff.models.classifier import Classifier
 from jaxdiff.train import experiment, generate, optim, sample_run, sharding
@@ -105,17 +105,6 @@ def test_sample_i_comes_from_seed_and_i_whatever_the_batch(toy_model):
   np.testing.assert_allclose(runs[5].images, runs[13].images, rtol=0,
                              atol=1e-6 * np.abs(runs[13].images).max())
   assert np.abs(runs[13].images - runs[13].x_T).max() > 0.1  # The network moved them.
-
-
-def point_judge(rng):
-  """A Judge of 2-D points: linear features [B, 3] and logits [B, 4] of the points, with
-  20 'training' points for the nearest distances."""
-  w, v = rng.standard_normal((2, 3)), rng.standard_normal((2, 4))
-  reference = rng.standard_normal((40, 3))
-  return streamed.Judge("classifier", lambda variables, x: (x @ variables[0], x @ variables[1]),
-                        (w.astype(np.float32), v.astype(np.float32)), reference.mean(0),
-                        np.cov(reference, rowvar=False), reference, "random points", 40,
-                        rng.standard_normal((20, 2)).astype(np.float32), np.ones(20))
 
 
 def test_a_run_stopped_between_saves_continues_to_the_same_statistics(toy_model, tmp_path,

@@ -1,4 +1,5 @@
 """Many devices: data parallelism, FSDP and gradient accumulation equal to one device;
+sampling (streamed, sample.py) over 8 devices and over 2 processes equal to one device;
 checkpoints moved between meshes; the compiled step's memory; bad meshes and batches.
 
 The 8-device runs happen in one subprocess (tests/multidevice_runs.py; JAX fixes
@@ -20,7 +21,8 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import ROOT, TEST_XLA_FLAGS, tiny_config
 from jaxdiff import data
-from jaxdiff.train import checkpoint, experiment, optim, sharding, step
+from jaxdiff.train import (checkpoint, experiment, generate, optim, sample_run, sharding,
+                           step)
 from jaxdiff.train.writer import read_metrics
 
 # Six AdamW steps at lr 1e-3 move a weight by up to 6e-3. Another device count or
@@ -90,6 +92,27 @@ def test_samples_spread_over_eight_devices_are_those_of_one(runs, sampler):
   assert one.shape == (20, 2)
   # Four steps of a six-step-old network: large values, float32 rounding relative to them.
   np.testing.assert_allclose(eight, one, rtol=0, atol=1e-6 * np.abs(one).max())
+
+
+def test_a_streamed_sampling_run_on_eight_devices_is_that_of_one(runs):
+  states, _, _ = runs
+  one, eight = run_state(states, "sample_run_one"), run_state(states, "sample_run_data8")
+  assert one.keys() == eight.keys() and one["images"].shape == (20, 2)
+  # x_T_i from (seed, i) alone: the same bits on any device.
+  np.testing.assert_array_equal(eight["x_T"], one["x_T"])
+  # The network on 2 rows per device and on 16 rows: XLA's CPU matmuls may order their float32
+  # sums by the batch's shape (as the samples above), and a six-step-old network's samples
+  # are large (|x| up to 327): measured 1.5e-5 apart at most, 5e-8 of the largest. A row
+  # sampled with another row's noise or computed twice would differ by the rows' spread.
+  np.testing.assert_allclose(eight["images"], one["images"], rtol=0,
+                             atol=1e-6 * np.abs(one["images"]).max())
+  # The judge's sums: each device sums its own 2 rows and the mesh adds the 8 partial sums,
+  # another order than one device's sum of 16 rows: equal to float32 rounding (measured 1.2e-7
+  # relative at most; the counts exact). A device's sum left out of the reduction, or the
+  # padding counted, changes the count.
+  np.testing.assert_array_equal(eight["sum/count"], 20)
+  for key in one.keys() - {"images", "x_T"}:
+    np.testing.assert_allclose(eight[key], one[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
 
 def test_log_likelihoods_spread_over_eight_devices_are_those_of_one(runs):
@@ -169,19 +192,24 @@ TWO_PROCESS_RUN = ("--config.num_steps", "6", "--config.checkpoint_every", "3",
                    "8", "--config.bpd.batch_size", "8")
 
 
-def start_two_processes(workdir, *config_flags, heartbeat=100):
-  """train.py on the tiny toy config in two processes; returns their Popen."""
+def launch_two_processes(program, *flags, heartbeat=100):
+  """program (train.py, sample.py) with the flags in two processes; returns their Popen."""
   with socket.socket() as s:  # A free port for the coordinator.
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
   env = {**os.environ, "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=4",
          "JAX_PLATFORMS": "cpu"}
   return [subprocess.Popen(
-      [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "tests" / "tiny_config.py"),
-       "--workdir", str(workdir), "--coordinator", f"localhost:{port}", "--num-processes", "2",
-       "--process-id", str(i), "--heartbeat-timeout", str(heartbeat), *config_flags],
+      [sys.executable, str(ROOT / program), *flags, "--coordinator", f"localhost:{port}",
+       "--num-processes", "2", "--process-id", str(i), "--heartbeat-timeout", str(heartbeat)],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
+
+
+def start_two_processes(workdir, *config_flags, heartbeat=100):
+  """train.py on the tiny toy config in two processes; returns their Popen."""
+  return launch_two_processes("train.py", "--config", str(ROOT / "tests" / "tiny_config.py"),
+                              "--workdir", str(workdir), *config_flags, heartbeat=heartbeat)
 
 
 def finish(processes, timeout=300):
@@ -207,7 +235,7 @@ def one_process_reference(num_steps=6):
   return built, jax.tree.map(np.asarray, state)
 
 
-def test_two_processes_train_what_one_process_trains(tmp_path):
+def test_two_processes_train_and_sample_what_one_process_does(tmp_path):
   results = finish(start_two_processes(tmp_path / "run", *TWO_PROCESS_RUN))
   for i, (code, out, err) in enumerate(results):
     assert code == 0, f"process {i}: {err[-3000:]}"
@@ -222,6 +250,37 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
   trained = checkpoint.restore_state(checkpoint.find(tmp_path / "run"), abstract)
   for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(reference)):
     np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=ATOL)
+
+  # sample.py on that checkpoint in the same two processes of 4 devices: DDPM (per-sample
+  # noise), 20 samples in global batches of 8 (the last one padded), into one shared folder.
+  out = tmp_path / "samples"
+  results = finish(launch_two_processes(
+      "sample.py", "--checkpoint", str(tmp_path / "run"), "--sampler", "ddpm", "--nfe", "4",
+      "--num", "20", "--batch-size", "8", "--save-images", "20", "--save-every", "1",
+      "--workdir", str(out)))
+  for i, (code, _, err) in enumerate(results):
+    assert code == 0, f"sample.py process {i}: {err[-3000:]}"
+  assert "over 8 devices" in results[0][1] and "sampling" not in results[1][1]
+  # Process 0 wrote the progress and the results (process 1 printed nothing of the run), no
+  # temporary file left behind.
+  assert {p.name for p in out.iterdir()} >= {"samples.npz", "samples.png", "results.json",
+                                            sample_run.PROGRESS, sample_run.RECORD}
+  assert not list(out.glob("*.tmp"))
+  # The same job in this process on one device. The toy data have no evaluation classifier,
+  # so sample.py judges nothing: the samples, their x_T and the progress are compared.
+  _, built, params = generate.load(tmp_path / "run", "ema")
+  one = sample_run.run(built, generate.plan(built, "ddpm", 4), params,
+                       sample_run.Job(20, 8, 0, save_images=20),
+                       sharding.make_mesh({"data": 1}, jax.devices()[:1]), progress=False)
+  with np.load(out / "samples.npz") as samples, np.load(out / sample_run.PROGRESS) as progress:
+    np.testing.assert_array_equal(samples["x_T"], one.x_T)
+    np.testing.assert_array_equal(progress["x_T"], one.x_T)
+    np.testing.assert_array_equal(progress["images"], samples["samples"])
+    # 1 row per device against 8 rows on one: float32 rounding of the network (measured 9.5e-7
+    # apart at most, samples up to 391).
+    np.testing.assert_allclose(samples["samples"], one.images, rtol=0,
+                               atol=1e-6 * np.abs(one.images).max())
+  assert json.loads((out / sample_run.RECORD).read_text())["batches_done"] == 3
 
 
 def test_a_lost_process_stops_the_other_and_both_resume(tmp_path):

@@ -230,9 +230,14 @@ def run(experiment: Experiment, sample_plan: generate.SamplePlan, params, job: J
     first, nfe, running, images, x_T_kept, labels_kept = saved
     labels_kept = labels_kept if experiment.conditional else None
   writes = out is not None and jax.process_index() == 0
-  judge_arguments = jax.device_put({name: judge.arguments() for name, judge in judges.items()},
-                                   sharding.replicated(mesh))
-  params = jax.device_put(params, sharding.replicated(mesh))
+  # Through the host: a restored checkpoint's (or a trained classifier's) arrays sit on this
+  # process's first device, and placing those on a mesh that spans other processes is a
+  # cross-host transfer, which the CPU backend refuses; from numpy each process places its
+  # own copy.
+  judge_arguments = jax.device_put(
+      jax.device_get({name: judge.arguments() for name, judge in judges.items()}),
+      sharding.replicated(mesh))
+  params = jax.device_put(jax.device_get(params), sharding.replicated(mesh))
   rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
   start_time = time.perf_counter()
   for b in tqdm(range(first, num_batches), initial=first, total=num_batches, desc="sampling",
