@@ -62,7 +62,7 @@ def assert_bitwise_equal(a, b):
 PHEMA = {"ema__phema_sigma_rels": (0.05, 0.10, 0.15), "ema__snapshot_every": 4}
 
 
-def point_judge(source):
+def identity_judge(source):
   """A judge of 2-D points by the points themselves (the identity as feature network, one
   class): its "fid" is the Frechet distance of the Gaussians fitted to the samples and to the
   data."""
@@ -72,7 +72,7 @@ def point_judge(source):
                         mu, sigma, points, "toy points", len(points))
 
 
-# The sample quality every 5 steps, of the EMA and the raw parameters, judged by point_judge.
+# The sample quality every 5 steps, of the EMA and the raw parameters, judged by identity_judge.
 TOY_EVAL = {"eval__every": 5, "eval__num": 32, "eval__batch_size": 32, "eval__nfe": 4,
             "eval__params": ("ema", "raw")}
 
@@ -83,7 +83,7 @@ def trained_toy(tmp_path_factory, toy_source):
   snapshots at 4, 8, ..., 20 and the sample quality every 5 steps (shared, read only)."""
   workdir = tmp_path_factory.mktemp("toy")
   train(tiny_config(bpd__every=10, bpd__num=16, bpd__batch_size=16, **PHEMA, **TOY_EVAL),
-        toy_source, workdir, judges={"inception": point_judge(toy_source)})
+        toy_source, workdir, judges={"inception": identity_judge(toy_source)})
   return workdir
 
 
@@ -248,7 +248,7 @@ def test_resumed_run_is_bitwise_equal_to_the_uninterrupted_one(trained_toy, toy_
   for step_dir in ("4", "8", "12"):
     shutil.copytree(trained_toy / "phema" / step_dir, tmp_path / "phema" / step_dir)
   written = {f: f.stat().st_mtime_ns for f in (tmp_path / "phema" / "12").rglob("*")}
-  summary = train(config, toy_source, tmp_path, judges={"inception": point_judge(toy_source)})
+  summary = train(config, toy_source, tmp_path, judges={"inception": identity_judge(toy_source)})
   assert summary.start_step == 10 and summary.step == 20
   assert_bitwise_equal(final_state(tmp_path, config, toy_source),
                        final_state(trained_toy, config, toy_source))
