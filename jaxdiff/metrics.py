@@ -217,14 +217,16 @@ def inception_score(probabilities, splits: int = 10) -> tuple[float, float]:
 
 # Rows of a distance matrix computed at once by _radii and _inside: their memory is
 # DISTANCE_BLOCK x the other set's size, not N x M.
-DISTANCE_BLOCK = 1024
+DISTANCE_BLOCK = 256
 
 
 def _radii(features, k: int) -> np.ndarray:
   """[N] distance from each feature to its k-th nearest other feature of the set."""
-  return np.concatenate([  # Column 0 of each sorted row: the feature itself.
+  # Column 0 of each sorted row: the feature itself. The column is copied: a view would keep
+  # its block's whole distance matrix alive.
+  return np.concatenate([
       np.partition(scipy.spatial.distance.cdist(features[i:i + DISTANCE_BLOCK], features),
-                   k, axis=1)[:, k]
+                   k, axis=1)[:, k].copy()
       for i in range(0, len(features), DISTANCE_BLOCK)])
 
 
