@@ -160,8 +160,8 @@ def test_sampling_reads_the_state_once_and_a_bad_choice_is_the_users(run, monkey
     np.testing.assert_array_equal(got, want)
   # What the user chose is refused as theirs before any array is read, never blamed on the
   # checkpoint (no fallback, no warning).
-  with pytest.raises(ValueError, match=r"params must be 'raw', 'ema' or one of "
-                     r"\['ema:0.9999'\], got 'ema:0.5'"):
+  with pytest.raises(ValueError, match=r"params must be 'raw', 'ema', one of "
+                     r"\['ema:0.9999'\] or 'phema:<sigma_rel>', got 'ema:0.5'"):
     generate.load(run, "ema:0.5")
 
   def override(config):

@@ -97,15 +97,14 @@ def test_a_checkpoint_refuses_data_of_another_shape_and_counts_that_cannot_run(t
 
 def test_sample_py_and_bpd_py_refuse_bad_flags_before_claiming_a_folder(trained_points,
                                                                         tmp_path):
-  """Each refusal is one line naming the flag, and no output folder is claimed (--guidance and
-  --seed are checked where --batch-size is: the test above shows what they refuse)."""
+  """Each refusal is one line naming the flag, and no output folder is claimed (--guidance,
+  --seed, --num and --save-every are checked where --batch-size is: the test above and
+  tests/test_sample_run.py show what they refuse)."""
   # Inception weights with every tensor of pytorch-fid's state dict, none of its shape.
   weights = tmp_path / "wrong-shapes.npz"
   np.savez(weights, **{key: np.zeros(1, np.float32) for key in inception.torch_layout()})
   for program, flags, message in [
       ("sample.py", ["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
-      ("sample.py", ["--num", "0"], "--num must be a positive integer, got 0"),
-      ("sample.py", ["--save-every", "-1"], "--save-every must be an integer >= 0, got -1"),
       ("sample.py", ["--inception-weights", str(weights)], "cannot sample: Conv2d_1a_3x3.bn.bias "
        "has shape (1,); Inception-v3 needs (32,) (nothing was written)"),
       ("sample.py", ["--evaluate", "yes"], "--evaluate yes: no evaluation classifier for the "

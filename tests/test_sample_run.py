@@ -151,3 +151,17 @@ def test_a_run_stopped_between_saves_continues_to_the_same_statistics(toy_model,
     run(tmp_path / "stopped", job=sample_run.Job(23, 4, 1, save_images=10, keep_features=20,
                                                  save_every=2), step=None)
   assert (tmp_path / "stopped" / sample_run.PROGRESS).read_bytes() == before
+
+
+@pytest.mark.parametrize("job, judged, message", [
+    (dict(num=0), False, "--num must be a positive integer, got 0"),
+    (dict(batch_size=-2), False, "--batch-size must be a positive integer, got -2"),
+    (dict(save_every=-1), False, "--save-every must be an integer >= 0, got -1"),
+    (dict(seed=2**32), False, r"--seed must be an integer in \[0, 2\*\*32\)"),
+    (dict(num=10), True, "judging samples .* needs --num >= 20, got 10"),
+    (dict(keep_features=5), True, "judging samples .* needs --keep-features >= 20, got 5"),
+])
+def test_bad_jobs_are_refused_naming_the_flag(job, judged, message):
+  with pytest.raises(ValueError, match=message):
+    sample_run.check_judged(sample_run.Job(**{"num": 100, "batch_size": 10, "seed": 0, **job}),
+                            {"points": None} if judged else {})
