@@ -19,6 +19,14 @@ velocity; see `parameterization`), with the true target:
     sd^2) / (s sd)^2, s = sigma / alpha ("edm"; sd = 0.5); its process
     `schedules.EDM` draws ln sigma ~ N(-1.2, 1.2^2).
 
+Autoencoder loss (`autoencoder_loss`; Rombach et al. 2022, "Latent Diffusion",
+sec. 3 and app. G, their KL-regularised first stage as in their code's
+LPIPSWithDiscriminator with the perceptual and adversarial terms off): per
+example, the reconstruction error summed over pixels (L1 or squared) plus
+kl_weight * KL(q(z | x) || N(0, I)), q(z | x) = N(mean, diag exp(logvar));
+their kl_weight is 1e-6, which keeps the latents close to the data's
+information rather than to N(0, I) (the scaling factor rescales them later).
+
 Variational bound (`vlb_terms`, Ho et al. 2020, eq. 5, with the discretized
 decoder of eq. 13, sec. 3.3; bits/dim as in Nichol & Dhariwal 2021), on a grid
 0 = t_0 < t_1 < ... < t_T:
@@ -120,6 +128,29 @@ def diffusion_loss(denoise_fn, process: Process, x0, key, cond=None, *, predicti
   weight = WEIGHTINGS[weighting](process, t)  # [B]
   loss = weight * _reduce_flat(REDUCTIONS[reduce], jnp.square(output - truth))
   return loss, {"loss": jnp.mean(loss), "t": t, "weight": weight}
+
+
+RECONSTRUCTIONS = {"l1": jnp.abs, "l2": jnp.square}
+
+
+def autoencoder_loss(x, reconstruction, mean, logvar, *, kind: str = "l1",
+                     kl_weight: float = 1e-6):
+  """The KL autoencoder's loss per example (module docstring).
+
+  Args:
+    x, reconstruction: images [B, H, W, C].
+    mean, logvar: the posterior q(z | x) [B, h, w, c].
+    kind: the reconstruction error, a key of RECONSTRUCTIONS.
+    kl_weight: the weight of the KL term.
+
+  Returns:
+    loss [B] and metrics {"reconstruction": the error per pixel [B], "kl": the KL [B]}.
+  """
+  _check_choice("reconstruction", kind, RECONSTRUCTIONS)
+  error = _reduce_flat(jnp.sum, RECONSTRUCTIONS[kind](reconstruction - x))  # [B]
+  kl = gaussian_kl(mean, jnp.exp(logvar), 0.0, 1.0)  # [B]
+  pixels = np.prod(x.shape[1:])
+  return error + kl_weight * kl, {"reconstruction": error / pixels, "kl": kl}
 
 
 # --------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import ml_collections
 
 from jaxdiff import models, schedules
 from jaxdiff.train import optim, phema, ranges, state as train_state
-from jaxdiff.train.step import Objective
+from jaxdiff.train.step import AutoencoderObjective, Objective
 
 # Fields a restarted run may change: how long, how often and on what devices, not what is
 # trained (a mesh or a gradient accumulation changes only the order of the sums).
@@ -35,6 +35,9 @@ ABSENT = {"grad_accum": 1, "bpd": {"every": 0, "num": 128, "batch_size": 64, "nu
 MIN_EVAL_SAMPLES = 20  # As jaxdiff.evaluation.MIN_IMAGES.
 ABSENT_EMA = {"phema_sigma_rels": (), "snapshot_every": 0}  # In the section `ema`.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The model whose run trains an autoencoder (step.AutoencoderObjective, the config's loss
+# holding its fields) rather than a denoiser.
+AUTOENCODER = "autoencoder_kl"
 # The top-level numbers of RunSettings, and every top-level field of a training config.
 RUN_NUMBERS = ("num_steps", "batch_size", "seed", "checkpoint_every", "log_every",
                "sample_every", "keep_checkpoints", "steps_per_call", "grad_accum")
@@ -313,7 +316,7 @@ class Experiment:
   run: RunSettings
   data: DataSpec
   process: schedules.Process
-  objective: Objective
+  objective: Objective | AutoencoderObjective
   model: object  # A Flax module of jaxdiff.models.
   conditional: bool
   optimizer: optim.OptimizerConfig
@@ -340,13 +343,20 @@ class Experiment:
       ValueError naming the offending field and what it accepts.
     """
     process = schedules.make_process(settings.process, **settings.process_options)
-    objective = _section(Objective, "loss", settings.loss, process=process)
     model = settings.model
+    if model.name == AUTOENCODER:
+      objective = _section(AutoencoderObjective, "loss", settings.loss)
+      if model.conditional:
+        raise ValueError("model.conditional: the autoencoder (model.name "
+                         f"{AUTOENCODER!r}) takes no labels; set it False")
+    else:
+      objective = _section(Objective, "loss", settings.loss, process=process)
     if model.conditional and not data.num_classes:
       raise ValueError("model.conditional needs a labelled data source; this one has no classes")
     options = {**model.options, **_data_options(model.name, data),
-               "dtype": DTYPES[model.dtype],
-               "num_classes": data.num_classes if model.conditional else None}
+               "dtype": DTYPES[model.dtype]}
+    if model.name != AUTOENCODER:
+      options["num_classes"] = data.num_classes if model.conditional else None
     if model.conditional:
       options["class_dropout"] = model.label_dropout
     try:
@@ -372,11 +382,16 @@ class Experiment:
     cond = jnp.zeros((1,), jnp.int32) if self.conditional else None
 
     def init():
-      variables = self.model.init(key_init, x, jnp.ones((1,)), cond, deterministic=True)
+      variables = self.objective.init(self.model, key_init, x, cond)
       return train_state.create(variables["params"], optimizer, self.ema_decays, key_train,
                                 self.phema_sigma_rels)
 
     return init
+
+  @property
+  def trains_autoencoder(self) -> bool:
+    """Whether the run trains the autoencoder of latent diffusion, not a denoiser."""
+    return isinstance(self.objective, AutoencoderObjective)
 
   def differences(self, saved_config: dict) -> list[str]:
     """The fields, other than RUN_FIELDS, where saved_config differs from this one."""
@@ -393,7 +408,7 @@ def _data_options(name: str, data: DataSpec) -> dict:
   if len(data.shape) != 3:
     raise ValueError(f"the {name} model takes images [H, W, C]; this data has shape "
                      f"{data.shape}: use the mlp model")
-  return {"in_channels" if name == "dit" else "channels": data.shape[-1]}
+  return {"in_channels" if name in ("dit", AUTOENCODER) else "channels": data.shape[-1]}
 
 
 def _filled(config: dict, leave_out) -> dict:

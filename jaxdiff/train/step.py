@@ -7,6 +7,12 @@ denoising score matching with sigma^2 or likelihood weighting (Song et al.
 2021), the flow-matching velocity (Lipman et al. 2023), and EDM's
 preconditioned x0 with its weight (Karras et al. 2022, eq. 7-8).
 
+`AutoencoderObjective` trains the KL autoencoder of latent diffusion instead
+(`models.autoencoder`; Rombach et al. 2022, sec. 3): reconstruction plus a small
+KL (`losses.autoencoder_loss`). An objective draws a batch's noise, gives the
+loss per example with its metrics, and initialises the network; the step knows
+nothing else of it.
+
 `make_train_step` builds the pure step (state, batch) -> (state, metrics):
 one loss gradient, the optimizer update and every EMA (the constant decays'
 and the power-function EMAs' beta_t, `phema`), with the step's key
@@ -27,7 +33,7 @@ import optax
 
 from jaxdiff import losses, models, parameterization
 from jaxdiff.schedules import Process
-from jaxdiff.train import optim, phema
+from jaxdiff.train import optim, phema, ranges
 from jaxdiff.train.state import TrainState, ema_name, phema_name
 
 PRECONDITIONINGS = ("none", "edm")
@@ -85,6 +91,65 @@ class Objective:
                                  prediction=self.prediction, target=self.target,
                                  weighting=self.weighting, reduce=self.reduce, noise=noise)
 
+  def draw_noise(self, model, shape, key):
+    """The draws of one training batch of images [B, ...] = shape: (t [B], eps)."""
+    del model
+    return losses.training_noise(self.process, shape, key)
+
+  def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool):
+    """Per-example loss [B] of a batch and the step's extra metrics (none)."""
+    cond = batch["label"] if conditional else None
+    loss, _ = self.loss(models.network_fn(model, params, key_dropout), batch["image"], None,
+                        cond, noise)
+    return loss, {}
+
+  def init(self, model, key, x, cond):
+    """The network's variables, traced on x [1, ...] at t = 1."""
+    return model.init(key, x, jnp.ones((x.shape[0],)), cond, deterministic=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderObjective:
+  """The KL autoencoder's loss (`losses.autoencoder_loss`): reconstruction (the config's
+  loss.reconstruction, "l1" or "l2") plus loss.kl_weight times the posterior's KL.
+
+  No perceptual (LPIPS) term: its VGG weights cannot be had offline here. No adversarial
+  term: at the small resolutions trained here the L1 reconstruction is sharp enough for
+  the diffusion model's samples to be limited by the diffusion model, which the
+  reconstructions' own score (`sample.py --checkpoint` of the autoencoder) shows.
+  """
+
+  reconstruction: str = "l1"
+  kl_weight: float = 1e-6
+
+  def __post_init__(self):
+    if self.reconstruction not in losses.RECONSTRUCTIONS:
+      raise ValueError(f"loss.reconstruction must be one of {list(losses.RECONSTRUCTIONS)}, "
+                       f"got {self.reconstruction!r}")
+    ranges.number("loss.kl_weight", self.kl_weight, "[0, inf)")
+
+  def draw_noise(self, model, shape, key):
+    """The posterior's draw eps [B, h, w, c] for images [B, H, W, C] = shape."""
+    return jax.random.normal(key, (shape[0], *model.latent_shape(shape[1:])))
+
+  def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool):
+    """Per-example loss [B] and the batch's reconstruction error per pixel, KL, and the
+    latents' mean and standard deviation (which set the diffusion model's scaling factor)."""
+    del key_dropout, conditional
+    x = batch["image"]
+    reconstruction, mean, logvar = model.apply({"params": params}, x, noise)
+    loss, parts = losses.autoencoder_loss(x, reconstruction, mean, logvar,
+                                          kind=self.reconstruction, kl_weight=self.kl_weight)
+    z = mean + jnp.exp(0.5 * logvar) * noise
+    return loss, {"reconstruction": jnp.mean(parts["reconstruction"]),
+                  "kl": jnp.mean(parts["kl"]), "latent_mean": jnp.mean(z),
+                  "latent_std": jnp.std(z)}
+
+  def init(self, model, key, x, cond):
+    """The autoencoder's variables, traced on x [1, H, W, C]."""
+    del cond
+    return model.init(key, x)
+
 
 def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, ema_decays, *,
                     ema_warmup: bool = True, phema_sigma_rels=(), conditional: bool = False,
@@ -92,8 +157,9 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
   """The pure train step over k stacked batches.
 
   Args:
-    model: a Flax module called as model.apply(variables, x, t, cond, deterministic=...).
-    objective: the loss.
+    model: a Flax module, called by the objective.
+    objective: the loss: an Objective (a denoiser, called as model.apply(variables, x, t,
+      cond, deterministic=...)) or an AutoencoderObjective.
     optimizer: an optax GradientTransformation (`optim.make_optimizer`).
     learning_rate_fn: step -> learning rate, for the metrics.
     ema_decays: the EMA decays kept in state.ema.
@@ -112,7 +178,8 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
   Returns:
     step(state, batches) -> (state, metrics): batches {"image": [k, B, ...],
     "label": [k, B]} make k updates; metrics hold [k] arrays: loss, grad_norm
-    (before clipping), learning_rate and ema_decay/<name> of each step.
+    (before clipping), learning_rate, ema_decay/<name> and the objective's metrics
+    (`AutoencoderObjective.train_loss`) of each step.
   """
 
   if scan is None:
@@ -120,16 +187,16 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
   gammas = {phema_name(s): float(phema.sigma_rel_to_gamma(s)) for s in phema_sigma_rels}
 
   def loss_fn(params, batch, noise, key_dropout):
-    cond = batch["label"] if conditional else None
-    loss, _ = objective.loss(models.network_fn(model, params, key_dropout), batch["image"], None,
-                             cond, noise)
-    return jnp.mean(loss)
+    loss, metrics = objective.train_loss(model, params, batch, noise, key_dropout, conditional)
+    return jnp.mean(loss), metrics
 
   def loss_and_grads(params, batch, key):
+    """((loss, objective's metrics), grads), averaged over the micro-batches."""
     key_loss, key_dropout = jax.random.split(key)
-    noise = losses.training_noise(objective.process, batch["image"].shape, key_loss)
+    noise = objective.draw_noise(model, batch["image"].shape, key_loss)
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     if grad_accum == 1:
-      return jax.value_and_grad(loss_fn)(params, batch, noise, key_dropout)
+      return value_and_grad(params, batch, noise, key_dropout)
     # Micro-batch i: rows i::grad_accum of the batch, so that each stays split over all
     # devices like the batch (a contiguous block would sit on 1 / grad_accum of them).
     micro = jax.tree.map(lambda a: jnp.swapaxes(
@@ -137,11 +204,12 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
 
     def add(total, inputs):
       i, (micro_batch, micro_noise) = inputs
-      value = jax.value_and_grad(loss_fn)(params, micro_batch, micro_noise,
-                                          jax.random.fold_in(key_dropout, i))
+      value = value_and_grad(params, micro_batch, micro_noise,
+                             jax.random.fold_in(key_dropout, i))
       return jax.tree.map(jnp.add, total, value), None
 
-    total = jax.tree.map(jnp.zeros_like, (jnp.float32(0), params))
+    shapes = jax.eval_shape(value_and_grad, params, batch, noise, key_dropout)
+    total = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     inputs = (jnp.arange(grad_accum), micro)
     if scan:
       total, _ = jax.lax.scan(add, total, inputs)
@@ -152,7 +220,7 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
 
   def one_step(state: TrainState, batch):
     key = jax.random.fold_in(state.key, state.step)
-    loss, grads = loss_and_grads(state.params, batch, key)
+    (loss, objective_metrics), grads = loss_and_grads(state.params, batch, key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decays = {ema_name(d): optim.ema_decay(d, state.step, ema_warmup) for d in ema_decays}
@@ -162,7 +230,8 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
            for name, decay in decays.items()}
     metrics = {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads),
                "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
-               **{f"ema_decay/{name}": decay for name, decay in decays.items()}}
+               **{f"ema_decay/{name}": decay for name, decay in decays.items()},
+               **objective_metrics}
     new_state = state.replace(step=state.step + 1, params=params, ema=ema, opt_state=opt_state)
     return new_state, metrics
 

@@ -14,6 +14,11 @@ from step 0) to run.num_steps:
     TensorBoard (`writer`); a tqdm bar shows loss, steps/s and the ETA, or
     where standard error is not a terminal a plain line every
     progress_seconds (`writer.progress_bar`);
+  * an autoencoder's run (`Experiment.trains_autoencoder`) pictures the first
+    EMA's reconstructions of the first samples.num training images (each
+    beside its reconstruction) instead, and logs the reconstruction error, KL
+    and the latents' mean and standard deviation with the loss; it has no
+    sensitivity, bits/dim or sample-quality evaluation;
   * every sample_every steps: a picture of samples.num samples from the first
     EMA with a fixed x_T and fixed labels (samples/step-<n>.png), so progress
     is visible (samples.num = 0: none), and how much the first EMA's output
@@ -115,7 +120,8 @@ class _Progress:
       scalars = {"loss": np.mean(self.window), "grad_norm": metrics["grad_norm"][-1],
                  "learning_rate": metrics["learning_rate"][-1], "steps_per_s": steps_per_s,
                  "images_per_s": steps_per_s * self.run.batch_size,
-                 **{k: v[-1] for k, v in metrics.items() if k.startswith("ema_decay/")},
+                 **{k: v[-1] for k, v in metrics.items()
+                    if k not in ("loss", "grad_norm", "learning_rate")},
                  **self.extra}
       self.extra = {}
       if self.writer is not None:
@@ -147,7 +153,13 @@ def prepare(config):
     raise ValueError(f"data.source {run.data.source!r} with batch_size {run.batch_size}: "
                      f"{error}") from None
   check_network(built)
-  if run.samples.num:
+  if built.trains_autoencoder:
+    for field, every in (("bpd.every", run.bpd.every), ("eval.every", run.eval.every)):
+      if every:
+        raise ValueError(f"{field} = {every}: an autoencoder's run has no bits/dim or sample "
+                         "quality; set it to 0 (sample.py --checkpoint on the autoencoder "
+                         "judges its reconstructions)")
+  elif run.samples.num:
     picture_plan(built)
   if run.eval.every:
     periodic_eval.check(built)
@@ -266,23 +278,29 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None, judge
     restored = checkpoint.restore_latest(workdir, checkpoints, abstract, iterator, check_run)
     state = (restored[0] if restored is not None
              else jax.jit(init, out_shardings=state_sharding)())
-    return _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, held_out,
-                judges, show_progress, progress_seconds, snapshots)
+    return _run(experiment, state, source, iterator, workdir, mesh, checkpoints, train_step,
+                held_out, judges, show_progress, progress_seconds, snapshots)
   finally:
     checkpoint.finish(checkpoints)
     if snapshots is not None:
       checkpoint.finish(snapshots)
 
 
-def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, held_out,
-         judges, show_progress, progress_seconds, snapshots=None):
+def _run(experiment, state, source, iterator, workdir, mesh, checkpoints, train_step,
+         held_out, judges, show_progress, progress_seconds, snapshots=None):
   """The loop itself, from the state's step to num_steps."""
   run = experiment.run
   writes = jax.process_index() == 0
   start_step = current = int(state.step)
   # Every process samples (the network is spread over all of them); process 0 saves.
-  picture = _picture_fn(experiment, mesh, save=writes) if run.samples.num else None
-  sensitivity = _sensitivity_fn(experiment, mesh)
+  picture, sensitivity = None, None
+  if experiment.trains_autoencoder:
+    if run.samples.num:
+      picture = _reconstruction_picture_fn(experiment, mesh, source, save=writes)
+  else:
+    if run.samples.num:
+      picture = _picture_fn(experiment, mesh, save=writes)
+    sensitivity = _sensitivity_fn(experiment, mesh)
   # The held-out bits/dim's own bar only on a terminal: in a log, the training's lines say it.
   on_terminal = writes and show_progress and sys.stderr.isatty()
   held_out_bpd = _bpd_fn(experiment, mesh, held_out, show_progress=on_terminal)
@@ -310,8 +328,9 @@ def _run(experiment, state, iterator, workdir, mesh, checkpoints, train_step, he
       if current % run.sample_every == 0 or done:
         if picture is not None:
           picture(state, workdir / "samples" / f"step-{current}.png")
-        progress.extra.update(sensitivity(state, batches))
-        if writes and progress.extra["time_sensitivity"] < diagnostics.DEAD:
+        if sensitivity is not None:
+          progress.extra.update(sensitivity(state, batches))
+        if writes and progress.extra.get("time_sensitivity", 1.0) < diagnostics.DEAD:
           tqdm.write(f"warning: step {current}: the EMA network's output barely depends on t "
                      f"(time sensitivity {progress.extra['time_sensitivity']:.1e} < "
                      f"{diagnostics.DEAD}; jaxdiff.diagnostics): is its time embedding "
@@ -425,5 +444,27 @@ def _picture_fn(experiment: Experiment, mesh, save: bool):
     else:
       plots.plot_samples_2d({path.stem: x_0[:, :2]}, path,
                             extent=1.1 * float(np.nanmax(np.abs(x_0[:, :2]), initial=1.0)))
+
+  return picture
+
+
+def _reconstruction_picture_fn(experiment: Experiment, mesh, source, save: bool):
+  """(state, path) -> the first EMA's reconstructions (the posterior means decoded) of the
+  first samples.num images of the training data; pictured if save, each image followed by
+  its reconstruction."""
+  num = experiment.run.samples.num
+  x, _ = data.model_arrays(source, num)  # The same images at every picture.
+  ema_name = train_state.ema_name(experiment.ema_decays[0])
+  reconstruct = jax.jit(lambda params, x: experiment.model.apply({"params": params}, x)[0],
+                        out_shardings=sharding.replicated(mesh),
+                        compiler_options=models.compiler_options())
+
+  def picture(state, path):
+    reconstruction = reconstruct(state.ema[ema_name], x)
+    if save:
+      path.parent.mkdir(exist_ok=True)
+      pairs = np.stack([x, np.asarray(jax.device_get(reconstruction))], axis=1)
+      plots.save_image_grid(pairs.reshape(-1, *x.shape[1:]), path,
+                            cols=2 * int(np.ceil(np.sqrt(len(x) / 2))))
 
   return picture
