@@ -47,16 +47,25 @@ TOP_LEVEL = (*RUN_NUMBERS, "mesh", "data", "samples", "bpd", "eval", "process", 
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-  """What the network must fit: a record's shape, the classes (0: none), 8-bit images."""
+  """What the network must fit: a record's shape, the classes (0: none), 8-bit images, and
+  for latents the autoencoder that made them (`latent.record`; None: data space)."""
 
   shape: tuple
   num_classes: int
   eight_bit: bool
+  autoencoder: dict | None = None
 
   @classmethod
   def of(cls, source) -> "DataSpec":
     return cls(tuple(int(n) for n in source.shape), int(source.num_classes),
-               bool(source.eight_bit))
+               bool(source.eight_bit), getattr(source, "autoencoder", None))
+
+  @classmethod
+  def from_record(cls, spec: dict) -> "DataSpec":
+    """The spec a checkpoint's run record stores (a record written before latents existed
+    has no autoencoder)."""
+    return cls(tuple(spec["shape"]), spec["num_classes"], spec["eight_bit"],
+               spec.get("autoencoder"))
 
 
 @dataclasses.dataclass(frozen=True)

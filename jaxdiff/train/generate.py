@@ -59,9 +59,7 @@ def load(path, which: str = "ema", override=None) -> tuple[pathlib.Path, Experim
 
   def build(record):
     config = record["config"] if override is None else override(record["config"])
-    spec = record["data"]
-    experiment = Experiment.from_config(config, DataSpec(
-        tuple(spec["shape"]), spec["num_classes"], spec["eight_bit"]))
+    experiment = Experiment.from_config(config, DataSpec.from_record(record["data"]))
     ema_names = [train_state.ema_name(decay) for decay in experiment.ema_decays]
     kind, _, name = which.partition(":")
     if kind == "phema":

@@ -154,8 +154,7 @@ def prepare(checkpoints, steps: str, params, sampler_names, nfes, guidances,
   cells = sorted(Cell(*values) for values in itertools.product(
       step_dirs, params, sampler_names, nfes, [float(w) for w in guidances]))
   record = checkpoint.read_run(step_dirs[max(step_dirs)])  # The arrays are read below.
-  experiment = Experiment.from_config(record["config"], DataSpec(
-      tuple(record["data"]["shape"]), record["data"]["num_classes"], record["data"]["eight_bit"]))
+  experiment = Experiment.from_config(record["config"], DataSpec.from_record(record["data"]))
   plans = {}
   for cell in cells:
     if cell.plan_key() not in plans:
