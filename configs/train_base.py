@@ -24,7 +24,9 @@ default of train.py, trains the same network as EDM). Fields:
     snapshots under <workdir>/phema/ (0: none; a multiple of steps_per_call);
   samples: the picture of EMA samples written every sample_every steps;
   bpd: held-out bits/dim every bpd.every steps (0: never);
-  eval: sample quality every eval.every steps (0: never; jaxdiff.train.periodic_eval).
+  eval: sample quality every eval.every steps (0: never; jaxdiff.train.periodic_eval);
+  autoencoder: for latent diffusion, the autoencoder whose latents data.source "latents"
+    holds (jaxdiff.train.latent; "": none, the network sees the data).
 A restarted run may change num_steps, the cadences, the mesh, grad_accum, bpd
 and eval, nothing else. jaxdiff.train.experiment.Settings parses these once, each
 section into a frozen dataclass that checks its ranges (a seed in [0, 2**32),
@@ -86,6 +88,7 @@ def get_config():
   config.eval = ml_collections.ConfigDict({
       "every": 0, "num": 1000, "batch_size": 500, "sampler": "unipc", "nfe": 20,
       "guidance": 1.0, "params": ("ema",), "classifier": "auto", "inception_weights": ""})
+  config.autoencoder = ml_collections.ConfigDict({"checkpoint": "", "params": "ema"})
   return config
 
 

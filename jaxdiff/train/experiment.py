@@ -31,7 +31,8 @@ RUN_FIELDS = ("num_steps", "checkpoint_every", "log_every", "sample_every", "kee
 ABSENT = {"grad_accum": 1, "bpd": {"every": 0, "num": 128, "batch_size": 64, "num_probes": 1},
           "eval": {"every": 0, "num": 1000, "batch_size": 500, "sampler": "unipc", "nfe": 20,
                    "guidance": 1.0, "params": ("ema",), "classifier": "auto",
-                   "inception_weights": ""}}
+                   "inception_weights": ""},
+          "autoencoder": {"checkpoint": "", "params": "ema"}}
 MIN_EVAL_SAMPLES = 20  # As jaxdiff.evaluation.MIN_IMAGES.
 ABSENT_EMA = {"phema_sigma_rels": (), "snapshot_every": 0}  # In the section `ema`.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -42,7 +43,7 @@ AUTOENCODER = "autoencoder_kl"
 RUN_NUMBERS = ("num_steps", "batch_size", "seed", "checkpoint_every", "log_every",
                "sample_every", "keep_checkpoints", "steps_per_call", "grad_accum")
 TOP_LEVEL = (*RUN_NUMBERS, "mesh", "data", "samples", "bpd", "eval", "process", "process_options",
-             "loss", "model", "optim", "ema")
+             "loss", "model", "optim", "ema", "autoencoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +243,23 @@ class EmaSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AutoencoderSettings:
+  """The config's `autoencoder`: the one whose latents a latent model is trained on
+  (`latent.load`: a jaxdiff checkpoint of an autoencoder's run, or a diffusers
+  AutoencoderKL folder; "": none, the model sees the data itself) and which of a jaxdiff
+  checkpoint's parameters ("ema", "ema:<decay>", "raw")."""
+
+  checkpoint: str
+  params: str
+
+  def __post_init__(self):
+    for field in ("checkpoint", "params"):
+      if not isinstance(getattr(self, field), str):
+        raise ValueError(f"autoencoder.{field} must be a string, got "
+                         f"{getattr(self, field)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
   """A training config parsed and range-checked once; everything downstream reads these."""
 
@@ -253,6 +271,7 @@ class Settings:
   model: ModelSettings
   optimizer: optim.OptimizerConfig
   ema: EmaSettings
+  autoencoder: AutoencoderSettings
 
   def __post_init__(self):
     k = self.run.steps_per_call
@@ -290,7 +309,8 @@ class Settings:
       run.eval.ema_key(which, ema.decays)
     return cls(config, run, given["process"], dict(given["process_options"]),
                dict(given["loss"]), _section(ModelSettings, "model", given["model"]),
-               _section(optim.OptimizerConfig, "optim", given["optim"]), ema)
+               _section(optim.OptimizerConfig, "optim", given["optim"]), ema,
+               _section(AutoencoderSettings, "autoencoder", given["autoencoder"]))
 
 
 def _tuple(section: dict, field: str):
@@ -421,8 +441,9 @@ def _data_options(name: str, data: DataSpec) -> dict:
 
 
 def _filled(config: dict, leave_out) -> dict:
-  """The config without the fields leave_out, an absent ema field as ABSENT_EMA says."""
-  config = {k: v for k, v in config.items() if k not in leave_out}
+  """The config without the fields leave_out, an absent field as ABSENT (and ABSENT_EMA in
+  ema) says."""
+  config = {k: v for k, v in {**ABSENT, **config}.items() if k not in leave_out}
   if isinstance(config.get("ema"), dict):
     config["ema"] = {**ABSENT_EMA, **config["ema"]}
   return config
