@@ -73,6 +73,20 @@ def toy_source():
   return data.make_source("toy", name="checkerboard", num_points=512)
 
 
+@pytest.fixture(scope="session")
+def tiny_autoencoder(tmp_path_factory, digits_train):
+  """The workdir of a finished 20-step run of tiny_config("autoencoder") on the digits
+  (8x8x1 -> 4x4x2 latents; checkpoints at 10 and 20; shared, read only)."""
+  from jaxdiff.train import experiment, sharding, trainer
+
+  workdir = tmp_path_factory.mktemp("autoencoder")
+  built = experiment.Experiment.from_config(tiny_config("autoencoder"),
+                                            experiment.DataSpec.of(digits_train))
+  trainer.train(built, digits_train, workdir, sharding.make_mesh({"data": -1}),
+                show_progress=False)
+  return workdir
+
+
 # --------------------------------------------------------------------------
 # The samplers' shared harness: processes, a prior, a smooth stand-in network,
 # a network that counts its calls, and the float64 PF-ODE reference of a

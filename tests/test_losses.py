@@ -372,3 +372,19 @@ def test_vlb_rejects_bad_arguments(mixture, ddpm, x0, times, kwargs, match):
   times = _ddpm_times(ddpm) if times is None else times
   with pytest.raises(ValueError, match=match):
     losses.vlb_terms(mixture.denoise_fn(ddpm), ddpm, x0, jax.random.PRNGKey(0), times, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_autoencoder_loss_is_the_summed_reconstruction_error_plus_weighted_kl(kind):
+  """Rombach et al. 2022's first-stage loss, per example, against numpy float64: the KL of
+  N(mean, exp(logvar)) from N(0, 1) is sum (mean^2 + exp(logvar) - 1 - logvar) / 2."""
+  rng = np.random.default_rng(0)
+  x, reconstruction = rng.uniform(-1, 1, (2, 3, 4, 4, 1))
+  mean, logvar = rng.normal(size=(2, 3, 2, 2, 2))
+  loss, metrics = losses.autoencoder_loss(x, reconstruction, mean, logvar, kind=kind,
+                                          kl_weight=0.01)
+  error = np.abs(reconstruction - x) if kind == "l1" else np.square(reconstruction - x)
+  kl = 0.5 * np.sum(mean**2 + np.exp(logvar) - 1 - logvar, axis=(1, 2, 3))
+  np.testing.assert_allclose(loss, error.sum(axis=(1, 2, 3)) + 0.01 * kl, rtol=1e-5)
+  np.testing.assert_allclose(metrics["reconstruction"], error.mean(axis=(1, 2, 3)), rtol=1e-5)
+  np.testing.assert_allclose(metrics["kl"], kl, rtol=1e-5)

@@ -544,6 +544,14 @@ G3 = {"ch": 8, "ch_mult": (1,), "num_res_blocks": 1, "attn_resolutions": (), "nu
     ("toy", {"eval__every": 10, "eval__inception_weights": str(ROOT / "tests" / "conftest.py")},
      "eval.inception_weights: Inception-v3 judges 8-bit images; the data source 'toy' holds "
      "points"),
+    # An autoencoder's run: no bits/dim, no sample quality, no labels, its own loss fields.
+    ("autoencoder", {"bpd__every": 10}, "bpd.every = 10: an autoencoder's run has no"),
+    ("autoencoder", {"eval__every": 10}, "eval.every = 10: an autoencoder's run has no"),
+    ("autoencoder", {"model__conditional": True}, "the autoencoder (model.name "
+     "'autoencoder_kl') takes no labels"),
+    ("autoencoder", {"loss": {"reconstruction": "l3", "kl_weight": 1e-6}},
+     "loss.reconstruction must be one of ['l1', 'l2'], got 'l3'"),
+    ("autoencoder", {"loss": {"prediction": "eps"}}, "unknown loss fields ['prediction']"),
 ])
 def test_what_a_run_would_fail_on_is_refused_by_prepare(kind, overrides, message):
   """trainer.prepare, which train.py runs before it claims the workdir."""
@@ -552,11 +560,22 @@ def test_what_a_run_would_fail_on_is_refused_by_prepare(kind, overrides, message
   assert message in str(error.value)
 
 
+def test_an_autoencoder_run_learns_to_reconstruct_and_logs_its_latents(tiny_autoencoder):
+  rows = [json.loads(line)
+          for line in (tiny_autoencoder / "metrics.jsonl").read_text().splitlines()]
+  assert [row["step"] for row in rows] == [5, 10, 15, 20]
+  assert rows[-1]["reconstruction"] < 0.7 * rows[0]["reconstruction"]
+  for row in rows:  # The loss is the summed L1 plus 1e-6 KL: 64 pixels.
+    assert row["kl"] > 0 and row["latent_std"] > 0 and abs(row["latent_mean"]) < 10
+  assert (tiny_autoencoder / "samples" / "step-20.png").exists()
+
+
 def test_configs_written_before_grad_accum_bpd_and_eval_still_load():
   config = tiny_config().to_dict()
   del config["grad_accum"], config["bpd"], config["eval"]
-  del config["ema"]["phema_sigma_rels"], config["ema"]["snapshot_every"]
+  del config["ema"]["phema_sigma_rels"], config["ema"]["snapshot_every"], config["autoencoder"]
   settings = experiment.Settings.from_config(config)
+  assert settings.autoencoder.checkpoint == ""
   assert (settings.run.grad_accum, settings.run.bpd.every, settings.run.eval.every) == (1, 0, 0)
   assert (settings.ema.phema_sigma_rels, settings.ema.snapshot_every) == ((), 0)
   # A checkpoint of such a config resumes under today's defaults.

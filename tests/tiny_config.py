@@ -1,7 +1,8 @@
 """Tiny training configs for the tests: configs/train_base.py shrunk to seconds.
 
 `python3 train.py --config tests/tiny_config.py` trains the toy one (what
-tiny_config() returns), `--config tests/tiny_config.py:digits` the digits one; the
+tiny_config() returns), `--config tests/tiny_config.py:digits` the digits one,
+`:autoencoder` an autoencoder of the digits; the
 tests build variants with tiny_config(kind, **overrides).
 """
 
@@ -11,7 +12,8 @@ from configs import train_base
 
 
 def tiny_config(kind: str = "toy", **overrides) -> ml_collections.ConfigDict:
-  """configs/train_base.py shrunk: kind "toy" (MLP, checkerboard) or "digits" (U-Net).
+  """configs/train_base.py shrunk: kind "toy" (MLP, checkerboard), "digits" (U-Net) or
+  "autoencoder" (a KL autoencoder of the digits).
 
   overrides: top-level fields, or dotted ones as "optim__learning_rate".
   """
@@ -30,6 +32,12 @@ def tiny_config(kind: str = "toy", **overrides) -> ml_collections.ConfigDict:
     config.data.options = {"name": "checkerboard", "num_points": 512}
     config.model.name = "mlp"
     config.model.options = {"features": 32, "num_blocks": 2}
+  elif kind == "autoencoder":  # 8x8x1 digits -> 4x4x2 latents.
+    config.model.name = "autoencoder_kl"
+    config.model.options = {"block_out_channels": (8, 16), "layers_per_block": 1,
+                            "latent_channels": 2, "norm_num_groups": 4}
+    config.loss = {"reconstruction": "l1", "kl_weight": 1e-6}
+    config.samples.num = 8
   else:
     config.model.options = {"ch": 8, "ch_mult": (1,), "num_res_blocks": 1,
                             "attn_resolutions": (), "num_groups": 4, "dropout": 0.1}
