@@ -1,5 +1,6 @@
 """Networks: the DDPM U-Net (`unet`), the Diffusion Transformer (`dit`), a residual
-MLP for points (`mlp`), shared layers.
+MLP for points (`mlp`), shared layers, and latent diffusion's KL autoencoder
+(`autoencoder`; not a denoiser: `network_fn` does not apply to it).
 
 `make_model(name, **options)` builds one by its name in MODELS;
 `network_fn(model, params)` turns any into the (x, t, cond) -> prediction
@@ -10,6 +11,7 @@ calls a network: its dropout, DiT's learned-sigma channels);
 
 import inspect
 
+from jaxdiff.models.autoencoder import AutoencoderKL
 from jaxdiff.models.compiler import compiler_options
 from jaxdiff.models.dit import DIT_SIZES, DiT, dit
 from jaxdiff.models.layers import num_params
@@ -17,7 +19,7 @@ from jaxdiff.models.mlp import MLP
 from jaxdiff.models.unet import UNet
 
 # name -> constructor; "dit" takes its size ("S/2" ... "XL/8") first.
-MODELS = {"unet": UNet, "dit": dit, "mlp": MLP}
+MODELS = {"unet": UNet, "dit": dit, "mlp": MLP, "autoencoder_kl": AutoencoderKL}
 
 
 def make_model(name: str, **options):
@@ -57,5 +59,5 @@ def network_fn(model, params, dropout_key=None):
   return fn
 
 
-__all__ = ["DIT_SIZES", "DiT", "MLP", "MODELS", "UNet", "compiler_options", "dit", "make_model",
-           "network_fn", "num_params"]
+__all__ = ["AutoencoderKL", "DIT_SIZES", "DiT", "MLP", "MODELS", "UNet", "compiler_options", "dit",
+           "make_model", "network_fn", "num_params"]
