@@ -40,6 +40,21 @@ unconditional half) is diffusers' last id K - 1. For a checkpoint that trained
 all K ids as classes, id K - 1 still gives that class, but cond=None and
 guidance then mean it too: such a model has no unconditional prediction, and
 none is invented. Other class_embed_types are refused.
+
+Latent models. DiT-XL/2-256 denoises Stable Diffusion's VAE latents (32x32x4
+for 256x256 images); with the hub folders downloaded by the user
+(facebook/DiT-XL-2-256: transformer/ and vae/, or stabilityai/sd-vae-ft-ema):
+
+  dit, dit_params = load_diffusers("DiT-XL-2-256/transformer")
+  vae, vae_params = load_diffusers("DiT-XL-2-256/vae")
+  process = schedules.discrete_ddpm("linear", 1000)
+  x_T = jax.random.normal(key, (B, *vae.latent_shape((256, 256, 3))))
+  z, _ = SAMPLERS["ddim"](network_fn(dit, dit_params), process, x_T, key,
+                          grids.diffusers_spacing(1000, 50, "trailing"), cond=labels)
+  images = vae.apply({"params": vae_params}, z / vae.scaling_factor, method="decode")
+
+(images [B, 256, 256, 3] in about [-1, 1]; a VAE with a shift_factor decodes
+z / scaling_factor + shift_factor.) tests/test_weights.py runs this at toy size.
 """
 
 import json
