@@ -7,10 +7,15 @@ class-conditional, see Classes below; with the ADM options of Dhariwal & Nichol
 attention_head_dim, and residual resampling blocks, downsample_type and
 upsample_type "resnet" with ResnetDownsampleBlock2D / ResnetUpsampleBlock2D
 levels) -> `UNet`, and
-`DiTTransformer2DModel` (facebook/DiT-XL-2-256 ...) -> `DiT`. Weights are read
-from safetensors files only: nothing is ever unpickled.
+`DiTTransformer2DModel` (facebook/DiT-XL-2-256 ...) -> `DiT`, and
+`AutoencoderKL` (Stable Diffusion's VAE: stabilityai/sd-vae-ft-ema,
+facebook/DiT-XL-2-256/vae ...) -> `AutoencoderKL`, its scaling_factor and
+shift_factor from config.json; checkpoints saved before diffusers renamed
+the VAE's attention (query, key, value, proj_attn) import too. Weights are
+read from safetensors files only: nothing is ever unpickled.
 
-Every name is mapped in one place, `_unet_modules` / `_dit_modules`: a flat
+Every name is mapped in one place, `_unet_modules` / `_dit_modules` /
+`_autoencoder_modules`: a flat
 dict from each Flax module path to the diffusers module prefix and the layer
 kind, whose `_LEAVES` entry renames and transposes its parameters (PyTorch
 convolutions are [out, in, kh, kw], Flax's [kh, kw, in, out]; linear layers
@@ -35,10 +40,26 @@ unconditional half) is diffusers' last id K - 1. For a checkpoint that trained
 all K ids as classes, id K - 1 still gives that class, but cond=None and
 guidance then mean it too: such a model has no unconditional prediction, and
 none is invented. Other class_embed_types are refused.
+
+Latent models. DiT-XL/2-256 denoises Stable Diffusion's VAE latents (32x32x4
+for 256x256 images); with the hub folders downloaded by the user
+(facebook/DiT-XL-2-256: transformer/ and vae/, or stabilityai/sd-vae-ft-ema):
+
+  dit, dit_params = load_diffusers("DiT-XL-2-256/transformer")
+  vae, vae_params = load_diffusers("DiT-XL-2-256/vae")
+  process = schedules.discrete_ddpm("linear", 1000)
+  x_T = jax.random.normal(key, (B, *vae.latent_shape((256, 256, 3))))
+  z, _ = SAMPLERS["ddim"](network_fn(dit, dit_params), process, x_T, key,
+                          grids.diffusers_spacing(1000, 50, "trailing"), cond=labels)
+  images = vae.apply({"params": vae_params}, z / vae.scaling_factor, method="decode")
+
+(images [B, 256, 256, 3] in about [-1, 1]; a VAE with a shift_factor decodes
+z / scaling_factor + shift_factor.) tests/test_weights.py runs this at toy size.
 """
 
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +68,7 @@ from flax import traverse_util
 from safetensors.numpy import load_file
 
 from jaxdiff.models import dit as dit_lib
+from jaxdiff.models.autoencoder import AutoencoderKL
 from jaxdiff.models.dit import DiT
 from jaxdiff.models.unet import UNet
 
@@ -79,7 +101,13 @@ _DIT_DEFAULTS = dict(
     num_layers=28, attention_bias=True, patch_size=2, activation_fn="gelu-approximate",
     num_embeds_ada_norm=1000, norm_type="ada_norm_zero", norm_elementwise_affine=False,
     norm_eps=1e-5)
-# What Ho et al.'s architecture (the `UNet` here) and DiT's fix.
+_AUTOENCODER_DEFAULTS = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+    up_block_types=("UpDecoderBlock2D",), block_out_channels=(64,), layers_per_block=1,
+    act_fn="silu", latent_channels=4, norm_num_groups=32, scaling_factor=0.18215,
+    shift_factor=None, latents_mean=None, latents_std=None, use_quant_conv=True,
+    use_post_quant_conv=True, mid_block_add_attention=True)
+# What Ho et al.'s architecture (the `UNet` here), DiT's and the KL autoencoder's fix.
 _UNET_REQUIRED = dict(
     center_input_sample=False, time_embedding_type="positional", freq_shift=1,
     flip_sin_to_cos=False, mid_block_type="UNetMidBlock2D", mid_block_scale_factor=1,
@@ -93,6 +121,7 @@ _UNET_RESAMPLING = {
 _UNET_TIME_SHIFTS = {"default": False, "scale_shift": True}  # -> UNet.scale_shift_norm
 _DIT_REQUIRED = dict(attention_bias=True, activation_fn="gelu-approximate",
                      norm_type="ada_norm_zero", norm_elementwise_affine=False)
+_AUTOENCODER_REQUIRED = dict(act_fn="silu", latents_mean=None, latents_std=None)
 
 
 def _with_defaults(config, defaults, required, class_name):
@@ -251,12 +280,17 @@ def _dit_shared_keys(state, model: DiT):
   return keys
 
 
-def _params_from_state(model, modules, state, example_shape, ignored=()):
-  """The Flax params tree of `model` filled from a diffusers state dict (name -> array)."""
-  x = jax.ShapeDtypeStruct(example_shape, jnp.float32)
-  t = jax.ShapeDtypeStruct(example_shape[:1], jnp.float32)
-  shapes = jax.eval_shape(lambda x, t: model.init(jax.random.PRNGKey(0), x, t,
-                                                  deterministic=True), x, t)["params"]
+def _denoiser_inputs(example_shape):
+  """Shapes of a denoiser's (x, t) for one image of example_shape [1, H, W, C]."""
+  return (jax.ShapeDtypeStruct(example_shape, jnp.float32),
+          jax.ShapeDtypeStruct(example_shape[:1], jnp.float32))
+
+
+def _params_from_state(model, modules, state, example_inputs, ignored=()):
+  """The Flax params tree of `model` (called on example_inputs, ShapeDtypeStructs) filled
+  from a diffusers state dict (name -> array)."""
+  shapes = jax.eval_shape(lambda *inputs: model.init(jax.random.PRNGKey(0), *inputs,
+                                                     deterministic=True), *example_inputs)["params"]
   params, used = {}, set(ignored)
   for path, expected in traverse_util.flatten_dict(shapes, sep="/").items():
     module, leaf = path.rsplit("/", 1)
@@ -276,7 +310,7 @@ def _params_from_state(model, modules, state, example_shape, ignored=()):
   left = sorted(set(state) - used)
   if left:
     raise ValueError(f"{len(left)} checkpoint tensors have no place in {model.describe()}: "
-                     f"{left[:8]}")
+                     + ", ".join(f"{k} {tuple(state[k].shape)}" for k in left[:8]))
   return traverse_util.unflatten_dict(params, sep="/")
 
 
@@ -286,7 +320,7 @@ def unet_from_diffusers(config: dict, state: dict, num_train_timesteps: int = 10
   size = config["sample_size"]
   size = size[0] if isinstance(size, (list, tuple)) else size
   return model, _params_from_state(model, _unet_modules(model), state,
-                                   (1, size, size, model.channels))
+                                   _denoiser_inputs((1, size, size, model.channels)))
 
 
 def dit_from_diffusers(config: dict, state: dict, num_train_timesteps: int = 1000):
@@ -294,11 +328,80 @@ def dit_from_diffusers(config: dict, state: dict, num_train_timesteps: int = 100
   model = _dit_from_config(config, num_train_timesteps)
   size = config.get("sample_size", 32)
   return model, _params_from_state(model, _dit_modules(model), state,
-                                   (1, size, size, model.in_channels),
+                                   _denoiser_inputs((1, size, size, model.in_channels)),
                                    ignored=_dit_shared_keys(state, model))
 
 
-IMPORTERS = {"UNet2DModel": unet_from_diffusers, "DiTTransformer2DModel": dit_from_diffusers}
+def _autoencoder_from_config(config):
+  """The `AutoencoderKL` equivalent to a diffusers AutoencoderKL config."""
+  c = _with_defaults(config, _AUTOENCODER_DEFAULTS, _AUTOENCODER_REQUIRED, "AutoencoderKL")
+  levels = len(c["block_out_channels"])
+  down, up = list(c["down_block_types"]), list(c["up_block_types"])
+  if down != ["DownEncoderBlock2D"] * levels or up != ["UpDecoderBlock2D"] * levels:
+    raise ValueError(f"unsupported AutoencoderKL blocks: down_block_types {down}, "
+                     f"up_block_types {up}; jaxdiff imports {levels} DownEncoderBlock2D and "
+                     f"{levels} UpDecoderBlock2D, one per block_out_channels")
+  return AutoencoderKL(
+      in_channels=c["in_channels"], out_channels=c["out_channels"],
+      block_out_channels=tuple(c["block_out_channels"]), layers_per_block=c["layers_per_block"],
+      latent_channels=c["latent_channels"], norm_num_groups=c["norm_num_groups"],
+      mid_block_add_attention=c["mid_block_add_attention"], use_quant_conv=c["use_quant_conv"],
+      use_post_quant_conv=c["use_post_quant_conv"], scaling_factor=c["scaling_factor"],
+      shift_factor=c["shift_factor"])
+
+
+_AE_RES_BLOCK = {"norm1": ("norm1", "norm"), "conv1": ("conv1", "conv"),
+                 "norm2": ("norm2", "norm"), "conv2": ("conv2", "conv"),
+                 "conv_shortcut": ("conv_shortcut", "conv")}
+# diffusers' names of the VAE attention before its Attention class (checkpoints saved then,
+# as on the hub, keep them; diffusers renames them when loading).
+_DEPRECATED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def _autoencoder_modules(model: AutoencoderKL):
+  """Flax module path -> (diffusers module prefix, layer kind): the same names, "/" and
+  "_i" written "." and ".i"."""
+  modules = {"quant_conv": ("quant_conv", "conv"), "post_quant_conv": ("post_quant_conv", "conv")}
+
+  def add(prefix, table):
+    torch_prefix = re.sub(r"_(\d+)", r".\1", prefix.replace("/", "."))  # resnets_0: resnets.0
+    modules.update({f"{prefix}/{k}": (f"{torch_prefix}.{name}", kind)
+                    for k, (name, kind) in table.items()})
+
+  for part in ("encoder", "decoder"):
+    add(part, {"conv_in": ("conv_in", "conv"), "conv_norm_out": ("conv_norm_out", "norm"),
+               "conv_out": ("conv_out", "conv")})
+    add(f"{part}/mid_block/resnets_0", _AE_RES_BLOCK)
+    add(f"{part}/mid_block/attentions_0", _ATTN_BLOCK)
+    add(f"{part}/mid_block/resnets_1", _AE_RES_BLOCK)
+  for level in range(len(model.block_out_channels)):
+    for i in range(model.layers_per_block + 1):  # The decoder's levels have one block more.
+      add(f"encoder/down_blocks_{level}/resnets_{i}", _AE_RES_BLOCK)
+      add(f"decoder/up_blocks_{level}/resnets_{i}", _AE_RES_BLOCK)
+    add(f"encoder/down_blocks_{level}", {"downsamplers_0": ("downsamplers.0.conv", "conv")})
+    add(f"decoder/up_blocks_{level}", {"upsamplers_0": ("upsamplers.0.conv", "conv")})
+  return modules
+
+
+def autoencoder_from_diffusers(config: dict, state: dict, num_train_timesteps: int = 1000):
+  """(AutoencoderKL, params) from a diffusers AutoencoderKL config and state dict;
+  num_train_timesteps is unused (the common signature of IMPORTERS)."""
+  del num_train_timesteps
+  model = _autoencoder_from_config(config)
+  renamed = {}
+  for key, value in state.items():
+    prefix, _, leaf = key.rpartition(".")
+    module, _, name = prefix.rpartition(".")
+    if ".attentions." in module and name in _DEPRECATED_ATTENTION:
+      key = f"{module}.{_DEPRECATED_ATTENTION[name]}.{leaf}"
+    renamed[key] = value
+  f = model.downsampling_factor
+  image = jax.ShapeDtypeStruct((1, f, f, model.in_channels), jnp.float32)
+  return model, _params_from_state(model, _autoencoder_modules(model), renamed, (image,))
+
+
+IMPORTERS = {"UNet2DModel": unet_from_diffusers, "DiTTransformer2DModel": dit_from_diffusers,
+             "AutoencoderKL": autoencoder_from_diffusers}
 
 
 def load_diffusers(directory, num_train_timesteps: int = 1000):
@@ -306,10 +409,12 @@ def load_diffusers(directory, num_train_timesteps: int = 1000):
 
   Args:
     directory: the folder save_pretrained wrote (or a hub snapshot's model subfolder).
-    num_train_timesteps: T of the DiscreteDDPM the network was trained with.
+    num_train_timesteps: T of the DiscreteDDPM the network was trained with (unused for
+      an AutoencoderKL).
 
   Returns:
-    A `UNet` or `DiT` and its float32 params; use `jaxdiff.models.network_fn`.
+    A `UNet` or `DiT` and its float32 params (use `jaxdiff.models.network_fn`), or an
+    `AutoencoderKL` and its params (apply its encode / decode methods).
   """
   directory = pathlib.Path(directory)
   config = json.loads((directory / "config.json").read_text())

@@ -19,28 +19,26 @@ def test_autoencoder_encodes_samples_and_decodes():
   model = make_model("autoencoder_kl", block_out_channels=(8, 16), norm_num_groups=4,
                      in_channels=1, out_channels=2, latent_channels=3)
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 8, 12, 1), minval=-1, maxval=1)
-  params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
+  # Random parameters drawn in numpy: compiling model.init would cost more than the test.
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 0.2, p.shape), jnp.float32),
+                        jax.eval_shape(model.init, jax.random.PRNGKey(1), x)["params"])
   eps = jax.random.normal(jax.random.PRNGKey(2), (2, *model.latent_shape((8, 12, 1))))
 
   @jax.jit
   def run(params):
     apply = lambda *args, **kw: model.apply({"params": params}, *args, **kw)
-    mean, logvar = apply(x, method="encode")
+    recon, mean, logvar = apply(x, eps)
     z = mean + jnp.exp(logvar / 2) * eps  # A sample of q(z | x) = N(mean, exp(logvar)).
-    return (mean, logvar, apply(x, eps), apply(z, method="decode"), apply(x),
-            apply(mean, method="decode"))
+    return recon, mean, logvar, apply(z, method="decode"), apply(mean, method="decode")
 
-  mean, logvar, (recon, mean_, logvar_), decoded, (mode, _, _), decoded_mean = run(params)
+  recon, mean, logvar, decoded, decoded_mean = run(params)
   assert mean.shape == logvar.shape == eps.shape == (2, 4, 6, 3) and recon.shape == (2, 8, 12, 2)
   np.testing.assert_allclose(recon, decoded, atol=1e-5)
-  np.testing.assert_allclose(mean_, mean, atol=1e-6)
-  np.testing.assert_allclose(logvar_, logvar, atol=1e-6)
-  # eps None decodes the posterior's mode, which differs from the sample.
-  np.testing.assert_allclose(mode, decoded_mean, atol=1e-5)
-  assert np.abs(np.asarray(mode - recon)).max() > 1e-3
+  assert np.abs(np.asarray(decoded_mean - recon)).max() > 1e-3  # The sample is not the mode.
   # The log-variance is clipped as diffusers' DiagonalGaussianDistribution clips it.
   params["quant_conv"]["bias"] = jnp.array([0, 0, 0, -1e3, 1e3, 0.0])
-  logvar = run(params)[1]
+  logvar = run(params)[2]
   assert (logvar[..., 0] == -30).all() and (logvar[..., 1] == 20).all()
 
 

@@ -4,6 +4,8 @@ safetensors, give the same outputs in JAX after import (max abs difference
 <= 1e-4 in float32, diffusers' integer step n against jaxdiff's t = (n + 1) / T),
 and unsupported checkpoints are refused by name."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -187,3 +189,102 @@ def test_unsupported_configurations_and_files_are_refused(tmp_path):
   (tmp_path / "config.json").write_text('{"_class_name": "VQModel"}')
   with pytest.raises(ValueError, match="cannot import diffusers class 'VQModel'"):
     weights.load_diffusers(tmp_path)
+
+
+# A two-level KL autoencoder (f = 2) of diffusers' block types, on 16x16 RGB images.
+SMALL_AUTOENCODER = dict(block_out_channels=(32, 64), layers_per_block=2, norm_num_groups=8,
+                         latent_channels=4, sample_size=16,
+                         down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2)
+
+
+@pytest.fixture(scope="module")
+def small_vae(tmp_path_factory):
+  """(diffusers AutoencoderKL with random weights, its save_pretrained folder, the imported
+  AutoencoderKL, its params, jitted encode and decode)."""
+  diffusers = pytest.importorskip("diffusers")
+  model = torch_model(diffusers.AutoencoderKL, 5, **SMALL_AUTOENCODER)
+  directory = tmp_path_factory.mktemp("vae")
+  model.save_pretrained(directory, safe_serialization=True)
+  flax_model, params = weights.load_diffusers(directory)
+  encode = jax.jit(lambda params, x: flax_model.apply({"params": params}, x, method="encode"))
+  decode = jax.jit(lambda params, z: flax_model.apply({"params": params}, z, method="decode"))
+  return model, directory, flax_model, params, encode, decode
+
+
+def assert_close(out, expected_nchw):
+  """max abs difference <= 1e-4 of the output's max abs (> 0.1), NHWC against NCHW."""
+  expected = expected_nchw.numpy().transpose(0, 2, 3, 1)
+  scale = np.abs(expected).max()
+  err = float(np.abs(np.asarray(out) - expected).max())
+  print(f"max abs diff {err:.3g} (output scale {scale:.3g})")
+  assert scale > 0.1 and err <= 1e-4 * scale, (err, scale)
+
+
+def test_autoencoder_kl_import_matches_diffusers(small_vae):
+  torch = pytest.importorskip("torch")
+  model, _, flax_model, params, encode, decode = small_vae
+  assert (flax_model.block_out_channels, flax_model.layers_per_block,
+          flax_model.scaling_factor, flax_model.shift_factor) == ((32, 64), 2, 0.18215, None)
+  x = np.random.default_rng(5).uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32)
+  with torch.no_grad():
+    posterior = model.encode(torch.from_numpy(x)).latent_dist
+    decoded = model.decode(posterior.mean).sample
+  mean, logvar = encode(params, jnp.asarray(x.transpose(0, 2, 3, 1)))
+  assert_close(mean, posterior.mean)
+  assert_close(logvar, posterior.logvar)
+  assert_close(decode(params, mean), decoded)
+
+
+def test_autoencoder_kl_of_another_architecture_is_refused(small_vae):
+  model, params = small_vae[0], small_vae[3]
+  config = dict(model.config)
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
+  # Checkpoints saved before diffusers' Attention class name the mid blocks' attention
+  # query, key, value, proj_attn: the same weights.
+  old = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+  deprecated = {re.sub(r"(attentions\.0)\.(to_q|to_k|to_v|to_out\.0)\.",
+                       lambda m: f"{m[1]}.{old[m[2]]}.", k): v for k, v in state.items()}
+  assert "encoder.mid_block.attentions.0.proj_attn.weight" in deprecated
+  jax.tree.map(np.testing.assert_array_equal, params,
+               weights.autoencoder_from_diffusers(config, deprecated)[1])
+  with pytest.raises(ValueError, match=r"decoder\.up_blocks\.0\.resnets\.2\.conv1\.bias \(64,\)"):
+    weights.autoencoder_from_diffusers({**config, "layers_per_block": 1}, state)  # A block less.
+  with pytest.raises(ValueError, match=r"decoder\.conv_in\.bias has shape \(64,\); "
+                                       r"decoder/conv_in/bias needs \(48,\)"):
+    weights.autoencoder_from_diffusers({**config, "block_out_channels": (32, 48)}, state)
+  with pytest.raises(ValueError, match=r"\{'act_fn': 'relu', 'latents_mean': \[0\.0\]\}"):
+    weights.autoencoder_from_diffusers({**config, "act_fn": "relu", "latents_mean": [0.0]}, state)
+  with pytest.raises(ValueError, match="down_block_types .*jaxdiff imports 2 DownEncoderBlock2D"):
+    weights.autoencoder_from_diffusers(
+        {**config, "down_block_types": ("DownEncoderBlock2D", "AttnDownEncoderBlock2D")}, state)
+
+
+def test_dit_latents_decode_with_imported_vae(tmp_path, small_vae):
+  # The DiT-XL/2-256 recipe at toy size: a DiT on the VAE's latents, both from diffusers
+  # folders, sampled here and decoded by decode(z / scaling_factor).
+  diffusers = pytest.importorskip("diffusers")
+  torch = pytest.importorskip("torch")
+  from jaxdiff import grids, schedules
+  from jaxdiff.models import network_fn
+  from jaxdiff.samplers import SAMPLERS
+  torch_vae, vae_dir, _, _, _, decode = small_vae
+  torch_model(diffusers.DiTTransformer2DModel, 6, num_attention_heads=2, attention_head_dim=8,
+              in_channels=4, out_channels=8, num_layers=1, sample_size=8, patch_size=2,
+              num_embeds_ada_norm=10).save_pretrained(tmp_path / "transformer",
+                                                      safe_serialization=True)
+
+  dit, dit_params = weights.load_diffusers(tmp_path / "transformer")
+  vae, vae_params = weights.load_diffusers(vae_dir)
+  process = schedules.discrete_ddpm("linear", 1000)  # DiT's training process.
+  grid = grids.diffusers_spacing(1000, 4, "trailing")
+  x_T = jax.random.normal(jax.random.PRNGKey(0), (2, *vae.latent_shape((16, 16, 3))))
+  z, _ = SAMPLERS["ddim"](network_fn(dit, dit_params), process, x_T, jax.random.PRNGKey(1),
+                          grid, cond=jnp.array([1, 7]))
+  images = decode(vae_params, z / vae.scaling_factor)  # [2, 16, 16, 3]
+
+  assert images.shape == (2, 16, 16, 3) and np.isfinite(np.asarray(images)).all()
+  with torch.no_grad():
+    expected = torch_vae.decode(torch.from_numpy(
+        np.asarray(z).transpose(0, 3, 1, 2) / vae.scaling_factor)).sample
+  assert_close(images, expected)

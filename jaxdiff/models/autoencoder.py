@@ -47,9 +47,9 @@ NORM_EPS = 1e-6  # Every GroupNorm of diffusers' Encoder and Decoder.
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamp.
 
 
-def _conv(features: int, dtype, name: str, kernel: int = 3, **kwargs):
-  return nn.Conv(features, (kernel, kernel), padding="SAME" if kernel > 1 else "VALID",
-                 dtype=dtype, name=name, **kwargs)
+def _conv(features: int, dtype, name: str | None, kernel: int = 3):
+  """A kernel x kernel convolution of stride 1 keeping H and W (diffusers' padding 1 or 0)."""
+  return nn.Conv(features, (kernel, kernel), padding="SAME", dtype=dtype, name=name)
 
 
 class ResnetBlock(nn.Module):
