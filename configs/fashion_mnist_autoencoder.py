@@ -9,16 +9,16 @@ from configs import train_base
 
 def get_config():
   config = train_base.get_config()
-  config.num_steps = 1500
-  config.batch_size = 64
-  config.checkpoint_every = 500
-  config.sample_every = 500
+  config.num_steps = 1200
+  config.batch_size = 32
+  config.checkpoint_every = 400
+  config.sample_every = 400
   config.samples.num = 32  # Reconstructions pictured beside their images.
   config.data.source = "idx"
   config.data.options = {"split": "train"}
   config.model.name = "autoencoder_kl"
-  config.model.options = {"block_out_channels": (32, 64, 64), "layers_per_block": 1,
-                          "latent_channels": 4, "norm_num_groups": 16}
+  config.model.options = {"block_out_channels": (16, 32, 32), "layers_per_block": 1,
+                          "latent_channels": 4, "norm_num_groups": 8}
   config.loss = {"reconstruction": "l1", "kl_weight": 1e-6}
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 100
