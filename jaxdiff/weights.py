@@ -2,11 +2,15 @@
 
 Supported: `UNet2DModel` in the DDPM configuration family (Ho et al. 2020's
 U-Net as converted by diffusers, e.g. google/ddpm-cifar10-32; unconditional or
-class-conditional, see Classes below; with the ADM options of Dhariwal & Nichol
-2021: resnet_time_scale_shift "scale_shift", multi-head attention by
-attention_head_dim, and residual resampling blocks, downsample_type and
-upsample_type "resnet" with ResnetDownsampleBlock2D / ResnetUpsampleBlock2D
-levels) -> `UNet`, and
+class-conditional, see Classes below; in Ho et al.'s conventions, freq_shift 1,
+flip_sin_to_cos False and downsample_padding 0, in diffusers' defaults, those
+of the models its training scripts make, freq_shift 0, flip_sin_to_cos True
+and downsample_padding 1, or any mix of them (see `UNet`'s time_freq_shift,
+time_flip_sin_to_cos and downsample_padding); with the ADM options of
+Dhariwal & Nichol 2021: resnet_time_scale_shift "scale_shift", multi-head
+attention by attention_head_dim, and residual resampling blocks,
+downsample_type and upsample_type "resnet" with ResnetDownsampleBlock2D /
+ResnetUpsampleBlock2D levels) -> `UNet`, and
 `DiTTransformer2DModel` (facebook/DiT-XL-2-256 ...) -> `DiT`, and
 `AutoencoderKL` (Stable Diffusion's VAE: stabilityai/sd-vae-ft-ema,
 facebook/DiT-XL-2-256/vae ...) -> `AutoencoderKL`, its scaling_factor and
@@ -26,9 +30,10 @@ Time. diffusers (like Ho et al. and DiT) embeds the integer step
 n = 0 .. T - 1, while jaxdiff's DiscreteDDPM puts that step at t = (n + 1) / T;
 the imported networks therefore embed T t - 1 (time_scale = T,
 time_shift = -1): call them with jaxdiff times and they see diffusers' n.
-Two more settings follow diffusers where it departs from the DiT paper's
-code: the time embedding's frequencies (freq_shift 1) and the epsilon of the
-LayerNorm before each MLP (its norm_eps).
+The U-Net's sinusoid (frequency shift and [sin, cos] order) is read from the
+UNet2DModel config. Two settings of the DiT follow diffusers where it departs
+from the DiT paper's code: the time embedding's frequencies (freq_shift 1) and
+the epsilon of the LayerNorm before each MLP (its norm_eps).
 
 Classes. A class-conditional UNet2DModel (class_embed_type None,
 num_class_embeds K) adds row y of a K-row table to the time embedding and has
@@ -109,16 +114,18 @@ _AUTOENCODER_DEFAULTS = dict(
     use_post_quant_conv=True, mid_block_add_attention=True)
 # What Ho et al.'s architecture (the `UNet` here), DiT's and the KL autoencoder's fix.
 _UNET_REQUIRED = dict(
-    center_input_sample=False, time_embedding_type="positional", freq_shift=1,
-    flip_sin_to_cos=False, mid_block_type="UNetMidBlock2D", mid_block_scale_factor=1,
+    center_input_sample=False, time_embedding_type="positional",
+    mid_block_type="UNetMidBlock2D", mid_block_scale_factor=1,
     act_fn="silu", add_attention=True, class_embed_type=None)
 # downsample_type -> (what else it fixes, the down and up block types of levels without
 # attention): strided convolutions (Ho et al.) or residual blocks (UNet.resblock_updown).
 _UNET_RESAMPLING = {
-    "conv": (dict(downsample_padding=0, upsample_type="conv"), ("DownBlock2D", "UpBlock2D")),
+    "conv": (dict(upsample_type="conv"), ("DownBlock2D", "UpBlock2D")),
     "resnet": (dict(upsample_type="resnet"), ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D")),
 }
 _UNET_TIME_SHIFTS = {"default": False, "scale_shift": True}  # -> UNet.scale_shift_norm
+# downsample_padding of the strided convolutions (downsample_type "conv") -> the UNet's.
+_UNET_DOWNSAMPLE_PADDINGS = {0: "same", 1: "symmetric"}
 _DIT_REQUIRED = dict(attention_bias=True, activation_fn="gelu-approximate",
                      norm_type="ada_norm_zero", norm_elementwise_affine=False)
 _AUTOENCODER_REQUIRED = dict(act_fn="silu", latents_mean=None, latents_std=None)
@@ -162,6 +169,14 @@ def _unet_from_config(config, num_train_timesteps):
     raise ValueError(f"unsupported UNet2DModel resnet_time_scale_shift "
                      f"{c['resnet_time_scale_shift']!r}; jaxdiff imports {list(_UNET_TIME_SHIFTS)}")
   scale_shift_norm = _UNET_TIME_SHIFTS[c["resnet_time_scale_shift"]]
+  # Only strided convolutions read downsample_padding: residual ones (downsample_type
+  # "resnet") average-pool, and the UNet's field stays at its default.
+  downsample_padding = "same"
+  if resampling == "conv":
+    if c["downsample_padding"] not in _UNET_DOWNSAMPLE_PADDINGS:
+      raise ValueError(f"unsupported UNet2DModel downsample_padding {c['downsample_padding']!r}; "
+                       f"jaxdiff imports {list(_UNET_DOWNSAMPLE_PADDINGS)}")
+    downsample_padding = _UNET_DOWNSAMPLE_PADDINGS[c["downsample_padding"]]
   # diffusers' mid-block attention has no GroupNorm for "scale_shift" unless given its groups.
   mid_groups = c["attn_norm_num_groups"]
   if mid_groups is None and not scale_shift_norm:
@@ -187,7 +202,10 @@ def _unet_from_config(config, num_train_timesteps):
               num_groups=c["norm_num_groups"], norm_eps=c["norm_eps"],
               num_head_channels=c["attention_head_dim"], scale_shift_norm=scale_shift_norm,
               resblock_updown=resampling == "resnet",
-              time_scale=float(num_train_timesteps), time_shift=-1.0)
+              downsample_padding=downsample_padding,
+              time_scale=float(num_train_timesteps), time_shift=-1.0,
+              time_freq_shift=float(c["freq_shift"]),
+              time_flip_sin_to_cos=bool(c["flip_sin_to_cos"]))
 
 
 def _unet_modules(model: UNet):

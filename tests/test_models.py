@@ -540,7 +540,9 @@ def test_bad_unet_options_name_the_configuration():
       (dict(num_heads=3), r"UNet\(ch=16.* num_heads=3 cannot split its attention width 32"),
       (dict(num_head_channels=12),
        r"UNet\(ch=16.* num_head_channels=12 cannot split its attention width 32"),
-      (dict(time_embedding="learned"), r"UNet\(ch=16.*time_embedding must be one of")):
+      (dict(time_embedding="learned"), r"UNet\(ch=16.*time_embedding must be one of"),
+      (dict(downsample_padding=1), r"UNet\(ch=16.*downsample_padding must be one of "
+                                   r"\['same', 'symmetric'\], got 1")):
     model = MODELS["unet"].clone(**options)
     with pytest.raises(ValueError, match=match):
       jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, cond, deterministic=True))

@@ -17,10 +17,12 @@ from jaxdiff.models import UNet, layers, num_params
 T = 1000
 STEPS = np.array([0, 17, 500, 999])  # diffusers' integer steps n; jaxdiff's t = (n + 1) / T.
 LABELS = np.array([0, 3, 9, 10])  # 10 = the null class of a 10-class model.
-# What the small UNet2DModels below share: RGB, one block per level, 8 groups, and Ho et al.'s
-# conventions (sinusoid order and shift of google/ddpm-cifar10-32, GroupNorm epsilon).
+# Ho et al.'s conventions (google/ddpm-cifar10-32's sinusoid shift and order, downsampling pad);
+# diffusers' defaults (0, True, 1), those of the models its training scripts make, are the others.
+HO_ET_AL = dict(flip_sin_to_cos=False, freq_shift=1, downsample_padding=0)
+# What the small UNet2DModels below share: RGB, one block per level, 8 groups, GroupNorm epsilon.
 SMALL_UNET2D = dict(in_channels=3, out_channels=3, layers_per_block=1, norm_num_groups=8,
-                    flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6)
+                    norm_eps=1e-6)
 
 
 def torch_model(cls, seed, **config):
@@ -35,8 +37,8 @@ def torch_model(cls, seed, **config):
 
 
 def assert_parity(model, tmp_path, x, **kwargs):
-  """Saves the diffusers model, imports it, and asserts that the max abs difference of
-  the outputs is <= 1e-4 on an output of scale > 0.1."""
+  """Saves the diffusers model, imports it, asserts that the max abs difference of the
+  outputs is <= 1e-4 on an output of scale > 0.1, and returns the (model, params) imported."""
   torch = pytest.importorskip("torch")
   model.save_pretrained(tmp_path, safe_serialization=True)
   flax_model, params = weights.load_diffusers(tmp_path, num_train_timesteps=T)
@@ -52,38 +54,44 @@ def assert_parity(model, tmp_path, x, **kwargs):
   err = float(np.abs(np.asarray(out) - expected.transpose(0, 2, 3, 1)).max())
   print(f"max abs diff {err:.3g} (output scale {scale:.3g})")
   assert scale > 0.1 and err <= 1e-4, (err, scale)
+  return flax_model, params
 
 
-def test_unet2d_ddpm_import_matches_diffusers(tmp_path):
+def test_unet2d_default_conventions_import_matches_diffusers(tmp_path):
   diffusers = pytest.importorskip("diffusers")
-  # The google/ddpm-cifar10-32 configuration at small width: 2 levels, attention at 8x8.
+  # The google/ddpm-cifar10-32 architecture at small width (2 levels, attention at 8x8) in
+  # diffusers' default conventions, those of the models its training scripts make: none of
+  # freq_shift, flip_sin_to_cos, downsample_padding given. (Ho et al.'s: the next test.)
   model = torch_model(
       diffusers.UNet2DModel, 0, sample_size=16, block_out_channels=(32, 64),
       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-      up_block_types=("AttnUpBlock2D", "UpBlock2D"), downsample_padding=0,
-      attention_head_dim=None, **SMALL_UNET2D)
+      up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None, **SMALL_UNET2D)
   x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
-  assert_parity(model, tmp_path, x)
+  flax_model, params = assert_parity(model, tmp_path, x)
+  assert (flax_model.time_freq_shift, flax_model.time_flip_sin_to_cos,
+          flax_model.downsample_padding) == (0.0, True, "symmetric")
+  assert num_params(params) == sum(p.numel() for p in model.parameters())
 
 
 def test_class_conditional_unet2d_import_matches_diffusers(tmp_path):
   diffusers = pytest.importorskip("diffusers")
-  # num_class_embeds = 11: ten classes and diffusers' last id, 10, as jaxdiff's null class.
+  # num_class_embeds = 11: ten classes and diffusers' last id, 10, as jaxdiff's null class;
+  # Ho et al.'s conventions.
   model = torch_model(
       diffusers.UNet2DModel, 3, sample_size=8, block_out_channels=(16, 32),
       down_block_types=("AttnDownBlock2D", "DownBlock2D"),
-      up_block_types=("UpBlock2D", "AttnUpBlock2D"), downsample_padding=0,
-      attention_head_dim=None, num_class_embeds=11, **SMALL_UNET2D)
+      up_block_types=("UpBlock2D", "AttnUpBlock2D"), attention_head_dim=None,
+      num_class_embeds=11, **HO_ET_AL, **SMALL_UNET2D)
   x = np.random.default_rng(3).standard_normal((4, 3, 8, 8)).astype(np.float32)
-  assert_parity(model, tmp_path, x, class_labels=LABELS)
-  assert weights.load_diffusers(tmp_path)[0].num_classes == 10
+  assert assert_parity(model, tmp_path, x, class_labels=LABELS)[0].num_classes == 10
 
 
 def test_adm_style_unet2d_import_matches_diffusers(tmp_path):
   diffusers = pytest.importorskip("diffusers")
   # Dhariwal & Nichol's options: scale-shift norm conditioned on time and class, 8-channel
   # heads (2 at width 16 on 8x8, 4 at width 32 in the middle), residual down/upsampling
-  # blocks in both kinds of diffusers levels (Attn*Block2D and Resnet*sampleBlock2D).
+  # blocks in both kinds of diffusers levels (Attn*Block2D and Resnet*sampleBlock2D); the
+  # sinusoid in diffusers' default conventions (its downsample_padding is unused here).
   model = torch_model(
       diffusers.UNet2DModel, 4, sample_size=8, block_out_channels=(16, 32),
       down_block_types=("AttnDownBlock2D", "ResnetDownsampleBlock2D"),
@@ -91,10 +99,10 @@ def test_adm_style_unet2d_import_matches_diffusers(tmp_path):
       upsample_type="resnet", resnet_time_scale_shift="scale_shift", attn_norm_num_groups=8,
       attention_head_dim=8, num_class_embeds=11, **SMALL_UNET2D)
   x = np.random.default_rng(4).standard_normal((4, 3, 8, 8)).astype(np.float32)
-  assert_parity(model, tmp_path, x, class_labels=LABELS)
-  flax_model = weights.load_diffusers(tmp_path)[0]
+  flax_model = assert_parity(model, tmp_path, x, class_labels=LABELS)[0]
   assert (flax_model.scale_shift_norm, flax_model.resblock_updown, flax_model.num_head_channels,
-          flax_model.attn_resolutions) == (True, True, 8, (8,))
+          flax_model.attn_resolutions, flax_model.time_freq_shift,
+          flax_model.time_flip_sin_to_cos) == (True, True, 8, (8,), 0.0, True)
 
 
 def test_fourier_time_embedding_matches_diffusers():
@@ -166,10 +174,9 @@ def test_dit_with_per_block_embedders_is_refused(tmp_path):
 def test_unsupported_configurations_and_files_are_refused(tmp_path):
   config = dict(block_out_channels=(32, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), sample_size=16,
-                flip_sin_to_cos=False, freq_shift=1, downsample_padding=0,
-                attention_head_dim=None)
-  with pytest.raises(ValueError, match=r"\{'downsample_padding': 1\}"):
-    weights.unet_from_diffusers({**config, "downsample_padding": 1}, {})
+                attention_head_dim=None, **HO_ET_AL)
+  with pytest.raises(ValueError, match="downsample_padding 2; jaxdiff imports \\[0, 1\\]"):
+    weights.unet_from_diffusers({**config, "downsample_padding": 2}, {})
   with pytest.raises(ValueError, match=r"\{'class_embed_type': 'timestep'\}"):
     weights.unet_from_diffusers({**config, "class_embed_type": "timestep"}, {})
   with pytest.raises(ValueError, match="num_class_embeds 1"):

@@ -51,6 +51,16 @@ Options reaching the later U-Nets (the defaults switch them all off):
       the VE process, log sigma(t) = log sigma_min + t log(sigma_max/sigma_min)
       is affine in t, so time_scale = log(sigma_max/sigma_min) and
       time_shift = log(sigma_min) embed score_sde's log sigma exactly.
+  time_freq_shift, time_flip_sin_to_cos  the sinusoid's frequencies
+      10000^(-k / (ch / 2 - time_freq_shift)) and its [sin, cos] order (see
+      `layers.timestep_embedding`): Ho et al.'s 1 and [sin, cos] by default;
+      diffusers' UNet2DModel defaults, those of the models its training
+      scripts make, are 0 and [cos, sin] (flip_sin_to_cos=True).
+  downsample_padding  the padding of the stride-2 3x3 downsampling conv:
+      "same", none before and one pixel after in H and W (TensorFlow's 'SAME':
+      Ho et al.; diffusers' downsample_padding=0), or "symmetric", one pixel on
+      every side (diffusers' default downsample_padding=1). Both halve H and
+      W, but the 3x3 windows sit one pixel apart.
 ADM-style: num_head_channels=64, attn_resolutions=(32, 16, 8),
 scale_shift_norm=True, resblock_updown=True. DDPM++-style: resblock_updown
 and skip_rescale, num_res_blocks=4 (score_sde's NCSNpp differs in two
@@ -65,6 +75,8 @@ from flax import linen as nn
 from jaxdiff.models import layers
 
 TIME_EMBEDDINGS = ("positional", "fourier")
+# UNet.downsample_padding -> the (H, W) padding of the stride-2 3x3 downsampling conv.
+DOWNSAMPLE_PADDINGS = {"same": ((0, 1), (0, 1)), "symmetric": ((1, 1), (1, 1))}
 
 
 def upsample_nearest(h):
@@ -164,6 +176,11 @@ class UNet(nn.Module):
       Gaussian Fourier features, NCSN++).
     fourier_scale: standard deviation of the Fourier frequencies (score_sde: 16).
     time_scale, time_shift: the embedding sees time_scale t + time_shift.
+    time_freq_shift, time_flip_sin_to_cos: the sinusoid's convention (Ho et al.:
+      1.0, False; diffusers' UNet2DModel defaults: 0.0, True); unused by "fourier".
+    downsample_padding: "same" (Ho et al.) or "symmetric" (diffusers' default)
+      padding of the strided downsampling conv; unused without resamp_with_conv
+      or with resblock_updown.
     dtype: compute dtype (float32 or bfloat16); parameters stay float32.
     remat: rematerialise the residual blocks in the backward pass.
   """
@@ -188,6 +205,9 @@ class UNet(nn.Module):
   fourier_scale: float = 16.0
   time_scale: float = 1000.0
   time_shift: float = 0.0
+  time_freq_shift: float = 1.0
+  time_flip_sin_to_cos: bool = False
+  downsample_padding: str = "same"
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
 
@@ -228,6 +248,9 @@ class UNet(nn.Module):
     if self.time_embedding not in TIME_EMBEDDINGS:
       raise ValueError(f"{self.describe()}: time_embedding must be one of {TIME_EMBEDDINGS}, "
                        f"got {self.time_embedding!r}")
+    if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
+      raise ValueError(f"{self.describe()}: downsample_padding must be one of "
+                       f"{list(DOWNSAMPLE_PADDINGS)}, got {self.downsample_padding!r}")
     B, H = x.shape[0], x.shape[1]
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (B,))
     kw = dict(num_groups=self.num_groups, norm_eps=self.norm_eps, dtype=self.dtype)
@@ -243,7 +266,8 @@ class UNet(nn.Module):
     # Time (and class) embedding [B, 4 ch].
     fourier = self.time_embedding == "fourier"
     temb = layers.TimeEmbedding(4 * self.ch, 2 * self.ch if fourier else self.ch, self.time_scale,
-                                self.time_shift, freq_shift=1.0, flip_sin_to_cos=False,
+                                self.time_shift, freq_shift=self.time_freq_shift,
+                                flip_sin_to_cos=self.time_flip_sin_to_cos,
                                 fourier_scale=self.fourier_scale if fourier else None,
                                 dtype=self.dtype, name="time_embed")(t)
     temb = layers.add_class_embedding(temb, cond, self.num_classes, self.class_dropout,
@@ -297,5 +321,6 @@ class UNet(nn.Module):
     """Halves H and W: [B, H, W, C] -> [B, H/2, W/2, C]."""
     if not self.resamp_with_conv:
       return downsample_avg(h)
-    # Stride-2 3x3 conv padded (0, 1) like TensorFlow's 'SAME' (Ho et al.; diffusers padding=0).
-    return conv(h.shape[-1], name, strides=(2, 2), padding=((0, 1), (0, 1)))(h)
+    # Stride-2 3x3 conv, padded as DOWNSAMPLE_PADDINGS says.
+    return conv(h.shape[-1], name, strides=(2, 2),
+                padding=DOWNSAMPLE_PADDINGS[self.downsample_padding])(h)
