@@ -167,8 +167,9 @@ def main(out):
   digits = data.make_source("digits", split="test")
   digits = data.ArraySource(np.stack([digits[i]["image"] for i in range(40)]),
                             digits.labels[:40], 10, eight_bit=True, origin="40 digits")
-  ae_params = autoencoder.init(jax.random.PRNGKey(4), np.zeros((1, 8, 8, 1), np.float32),
-                               method="encode")["params"]
+  ae_params = jax.jit(lambda key: autoencoder.init(key, np.zeros((1, 8, 8, 1), np.float32),
+                                                   method="encode"))(jax.random.PRNGKey(4))
+  ae_params = ae_params["params"]  # Initialised in one compilation, not op by op.
   job = encode_run.Job("digits", {}, batch_size=16)
   for name, mesh in (("one", sharding.make_mesh({"data": 1}, devices[:1])),
                      ("data8", sharding.make_mesh({"data": 8}))):
