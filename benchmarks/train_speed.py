@@ -3,6 +3,7 @@ pipeline and PyTorch (diffusers' UNet2DModel trained with the same recipe).
 
   python3 benchmarks/train_speed.py                          # digits and CIFAR-10, with PyTorch
   python3 benchmarks/train_speed.py --model digits --repeats 10
+  python3 benchmarks/train_speed.py --model latent --no-peer    # the encoded-latent pipeline
   python3 benchmarks/train_speed.py --model cifar10 --repeats 3
   python3 benchmarks/train_speed.py --no-peer                # jaxdiff only
   python3 benchmarks/train_speed.py --model digits --no-peer --mesh '{"data": 8}'
@@ -14,7 +15,10 @@ warm-up and cosine schedule, EMA 0.9999 with warm-up, no dropout):
   digits   configs/digits.py: its U-Net (917,889 parameters) at batch 128 on the real 8x8
            digits;
   cifar10  `UNet()`'s defaults (Ho et al.'s CIFAR-10 U-Net, 35,746,307 parameters, dropout
-           0.1) at batch 8 on uniform random [8, 32, 32, 3] in [-1, 1].
+           0.1) at batch 8 on uniform random [8, 32, 32, 3] in [-1, 1];
+  latent   configs/digits.py's U-Net at batch 128 on latents [8, 8, 4] read as a latent run
+           reads them: a `data.latents_source` folder (60,000 random posteriors, as
+           encode.py writes them) whose iterator draws z ~ q(z | x) for every batch.
 Timed, in blocks of --steps calls (the JAX results blocked on at the end of a block,
 so that calls queue as they do in train.py); in each of --repeats rounds every variant
 times one block, so that a drift in the machine's load hits all alike; printed per
@@ -25,7 +29,7 @@ round:
   full step      the step train.py runs (`jaxdiff.train.trainer.step_parts`: clip, AdamW,
                  EMA, metrics; the state donated and rebound every call) on the same
                  fixed batch;
-  full, pipeline (digits) the same step fed as train.py feeds it: data.make_iterator ->
+  full, pipeline (digits, latent) the same step fed as train.py feeds it: data.make_iterator ->
                  np.stack -> sharding.global_batch -> step; the pipeline's host time
                  alone (no step) is printed beside the ratio;
   full, mesh     (with --mesh) the full step on that mesh of simulated CPU devices (their
@@ -108,7 +112,8 @@ from configs import digits  # pylint: disable=wrong-import-position
 
 GOAL_FULL_OVER_BARE = 1.10
 GOAL_PIPELINE = 0.05
-MODELS = {"digits": (128, 10), "cifar10": (8, 2)}  # name: (batch size, default --steps)
+MODELS = {"digits": (128, 10), "cifar10": (8, 2), "latent": (128, 10)}
+LATENT_SHAPE = (8, 8, 4)  # name: (batch size, default --steps)
 
 
 def diffusers_kwargs(model, size):
@@ -157,6 +162,9 @@ def build(name):
   if name == "digits":
     source = data.make_source(config.data.source, **config.data.options)
     spec = experiment.DataSpec.of(source)
+  elif name == "latent":
+    source = latents_source(60000)
+    spec = experiment.DataSpec.of(source)
   else:  # Ho et al.'s CIFAR-10 U-Net (UNet()'s defaults) on random data, same recipe.
     config.batch_size = MODELS[name][0]
     config.model.options = ml_collections.ConfigDict({})
@@ -171,6 +179,27 @@ def build(name):
     local = [{"image": rng.uniform(-1, 1, (run.batch_size, *spec.shape)).astype(np.float32),
               "label": np.zeros(run.batch_size, np.int32)} for _ in range(run.steps_per_call)]
   return exp, source, jax.tree.map(lambda *x: np.stack(x), *local)
+
+
+def latents_source(num):
+  """A data.latents_source of num random posteriors [num, *LATENT_SHAPE[:2], 8] in a
+  temporary folder, laid out as encode.py writes it."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+
+  folder = pathlib.Path(tempfile.mkdtemp(prefix="train_speed-latents-"))
+  rng = np.random.default_rng(0)
+  h, w, c = LATENT_SHAPE
+  posterior = np.concatenate([rng.standard_normal((num, h, w, c)),
+                              rng.uniform(-6, -2, (num, h, w, c))], -1).astype(np.float32)
+  np.save(folder / data.LATENTS, posterior)
+  np.save(folder / data.LATENT_LABELS, rng.integers(0, 10, num).astype(np.int32))
+  autoencoder = {"checkpoint": "", "params": "", "data": None, "fingerprint": "",
+                 "scaling_factor": 1.0, "shift_factor": 0.0, "image_shape": [32, 32, 1],
+                 "latent_shape": list(LATENT_SHAPE)}
+  (folder / data.LATENTS_RECORD).write_text(json.dumps(
+      {"autoencoder": autoencoder, "num": num, "shape": list(LATENT_SHAPE), "num_classes": 10,
+       "stored": data.STORED}))
+  return data.make_source("latents", path=folder)
 
 
 def jaxdiff_calls(exp, source, local_batches):
@@ -575,8 +604,10 @@ def cpu_name() -> str:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model", choices=("digits", "cifar10", "both"), default="both",
-                      help="digits: configs/digits.py at batch 128; cifar10: UNet() at batch 8")
+  parser.add_argument("--model", choices=("digits", "cifar10", "latent", "both"),
+                      default="both", help="digits: configs/digits.py at batch 128; cifar10: "
+                      "UNet() at batch 8; latent: digits' U-Net on encoded latents; both: "
+                      "digits and cifar10")
   parser.add_argument("--repeats", type=int, default=5,
                       help="timed blocks per variant; the median is printed")
   parser.add_argument("--steps", type=int, default=None,

@@ -19,6 +19,14 @@ exactly the batches an uninterrupted run would have. Each Grain element is a
 whole batch (`ShardBatches`): Grain's per-record shuffle and reads cost about
 80 us a record on a 2-core CPU, reading a batch at once about 3 us.
 
+A latents source (`latents_source`, written once by encode.py:
+`jaxdiff.train.encode_run`) holds the posterior q(z | x) = N(mean, diag
+exp(logvar)) of a KL autoencoder for each image of a dataset (Rombach et al.
+2022, sec. 3); its iterator draws a fresh z ~ q(z | x) for every batch, as LDM's
+first stage does on the fly, and yields the diffusion model's
+x_latent = scaling_factor (z - shift_factor), with eps a function of (seed,
+process, position) like every other random choice here.
+
 The 2-D toy sets are FFJORD's (Grathwohl et al. 2019, `lib/toy_data.py`), at
 its scale (coordinates within about +-4); `oracle` draws from the ring mixture
 of `jaxdiff.oracle`. `image_size` crops and resizes images as ADM does
@@ -30,6 +38,7 @@ import dataclasses
 import functools
 import gzip
 import inspect
+import json
 import pathlib
 import struct
 import sys
@@ -49,13 +58,22 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 NUM_CHECKED = 8
 CHANNELS = (1, 3, 4)
 TOY_SETS = ("moons", "swissroll", "checkerboard", "8gaussians")
+# What encode.py writes into its folder (`latents_source` reads it): the posterior of every
+# image, float32 [N, h, w, 2c] (mean and logvar on the channel axis); the labels, int32 [N];
+# what they are, as JSON, written last (a folder without it holds no finished latents).
+LATENTS = "latents.npy"
+LATENT_LABELS = "labels.npy"
+LATENTS_RECORD = "latents.json"
+STORED = "posterior mean and log-variance"
 
 
-def check_records(images, labels, num_classes: int, *, eight_bit: bool, origin: str):
+def check_records(images, labels, num_classes: int, *, eight_bit: bool, origin: str,
+                  posterior: bool = False):
   """Raises ValueError unless the records are what a source promises.
 
   Args:
-    images: uint8 [N, H, W, C] with C in (1, 3, 4) and values beyond 0/1 (eight_bit), or finite
+    images: uint8 [N, H, W, C] with C in (1, 3, 4) and values beyond 0/1 (eight_bit), finite
+      float32 [N, h, w, 2c] posteriors (posterior: mean and logvar of latents), or finite
       float32 [N, D] points.
     labels: integers [N] in [0, num_classes); all 0 when num_classes is 0.
     origin: names the data in the error message.
@@ -76,6 +94,14 @@ def check_records(images, labels, num_classes: int, *, eight_bit: bool, origin: 
     if images.max() <= 1:
       raise ValueError(f"{origin}: uint8 images hold only 0 and 1 (max {images.max()}); 8-bit "
                        "images span 0..255: scale binary or [0, 1] images by 255")
+  elif posterior:
+    if images.dtype != np.float32 or images.ndim != 4 or images.shape[-1] % 2:
+      raise ValueError(f"{origin}: latents must be float32 [N, h, w, 2c] (the posterior's mean "
+                       f"and log-variance), got {images.dtype} {images.shape}; write them with "
+                       "encode.py")
+    if not np.all(np.isfinite(images)):
+      raise ValueError(f"{origin}: latents must be finite, got "
+                       f"{np.sum(~np.isfinite(images))} non-finite values; encode again")
   else:
     if images.dtype != np.float32 or images.ndim != 2:
       raise ValueError(f"{origin}: points must be float32 [N, D], got {images.dtype} "
@@ -438,6 +464,87 @@ def oracle_source(num_points: int = 10000, seed: int = 0, num_modes: int = 8,
                      origin=f"oracle ring ({num_modes} modes)")
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class LatentSource:
+  """An autoencoder's posteriors of a dataset, written by encode.py, read from a memmap.
+
+  Records are {"image": float32 [h, w, 2c], the mean and logvar of q(z | x) concatenated on the
+  channel axis, "label": int32}; `shape` is the latents' (h, w, c), what the diffusion model
+  sees after `to_model`. `autoencoder` is the `jaxdiff.train.latent.record` of the autoencoder
+  (with the scaling and shift the latents are used with), `num_classes` that of the images'
+  data.
+  """
+
+  posterior: np.ndarray  # [N, h, w, 2c], a read-only memmap.
+  labels: np.ndarray  # [N]
+  num_classes: int
+  autoencoder: dict
+  origin: str
+  eight_bit = False
+
+  def __post_init__(self):
+    check_records(np.asarray(self.posterior[:NUM_CHECKED]), self.labels[:NUM_CHECKED],
+                  self.num_classes, eight_bit=False, origin=self.origin, posterior=True)
+    check_records(np.zeros((len(self.labels), 1), np.float32), self.labels, self.num_classes,
+                  eight_bit=False, origin=self.origin)  # All the labels.
+    if len(self.labels) != len(self.posterior):
+      raise ValueError(f"{self.origin}: {len(self.posterior)} latents but {len(self.labels)} "
+                       "labels; encode again")
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    h, w, channels = self.posterior.shape[1:]
+    return (h, w, channels // 2)
+
+  def __len__(self) -> int:
+    return self.posterior.shape[0]
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {"image": np.asarray(self.posterior[index]), "label": self.labels[index]}
+
+  def read_batch(self, index) -> dict[str, np.ndarray]:
+    """The records at index [B] at once: one read of the memmap, not B."""
+    return {"image": self.posterior[index], "label": self.labels[index]}  # [B, h, w, 2c], [B]
+
+  def to_model(self, posterior, eps=None):
+    """Posteriors [B, h, w, 2c] -> the model's x_latent = scaling (z - shift) [B, h, w, c] of
+    z = mean + exp(logvar / 2) eps (eps None: z = mean)."""
+    mean, logvar = np.split(np.asarray(posterior, np.float32), 2, axis=-1)
+    z = mean if eps is None else mean + np.exp(0.5 * logvar) * eps
+    return (self.autoencoder["scaling_factor"]
+            * (z - self.autoencoder["shift_factor"])).astype(np.float32)
+
+  def draw(self, batch, rng):
+    """A batch of posteriors -> x_latent of z ~ q(z | x), eps ~ N(0, I) from rng."""
+    posterior = batch["image"]  # [B, h, w, 2c]
+    eps = rng.standard_normal((*posterior.shape[:-1], posterior.shape[-1] // 2),
+                              dtype=np.float32)
+    return {"image": self.to_model(posterior, eps), "label": batch["label"]}
+
+
+def latents_source(path):
+  """The latents encode.py wrote into the folder `path` (`LATENTS`, `LATENT_LABELS`,
+  `LATENTS_RECORD`): an autoencoder's posterior of every image of a dataset, and its labels."""
+  path = pathlib.Path(path)
+  if not (path / LATENTS_RECORD).is_file():
+    unfinished = (path / "INCOMPLETE").is_file() and (path / LATENTS).is_file()
+    raise FileNotFoundError(
+        f"no {LATENTS_RECORD} in {path}: "
+        + ("it holds an unfinished encode.py run; run its command again to finish it"
+           if unfinished else "encode a dataset into it first, e.g. python3 encode.py "
+           f"--autoencoder AUTOENCODER_WORKDIR --out {path}"))
+  record = json.loads((path / LATENTS_RECORD).read_text())
+  if record.get("stored") != STORED:
+    raise ValueError(f"{path / LATENTS_RECORD} stores {record.get('stored')!r}, not the "
+                     f"{STORED!r} this reader expects; encode again with this encode.py")
+  posterior = np.load(path / LATENTS, mmap_mode="r")
+  if list(posterior.shape) != [record["num"], *record["shape"][:2], 2 * record["shape"][2]]:
+    raise ValueError(f"{path / LATENTS} holds {posterior.shape}, but {LATENTS_RECORD} says "
+                     f"{record['num']} latents of {record['shape']}; encode again")
+  return LatentSource(posterior, np.load(path / LATENT_LABELS), record["num_classes"],
+                      record["autoencoder"], f"latents {path}")
+
+
 SOURCES = {
     "digits": digits_source,
     "idx": idx_source,
@@ -446,6 +553,7 @@ SOURCES = {
     "tfds": tfds_source,
     "toy": toy_source,
     "oracle": oracle_source,
+    "latents": latents_source,
 }
 
 
@@ -509,6 +617,8 @@ class ShardBatches:
     epoch, i = divmod(step, self.batches_per_epoch)
     order = shard_permutation(self.seed, self.size, epoch)  # [size]
     index = order[i * self.batch_size:(i + 1) * self.batch_size]
+    if hasattr(self.source, "read_batch"):
+      return self.source.read_batch(self.start + index)
     records = [self.source[self.start + int(k)] for k in index]
     return {"image": np.stack([r["image"] for r in records]),  # [B, *shape]
             "label": np.array([r["label"] for r in records], np.int32)}  # [B]
@@ -535,10 +645,10 @@ def make_iterator(source, *, batch_size: int, seed: int, process_index: int = 0,
   Args:
     source: a source of SOURCES (or any with len, getitem, `eight_bit`).
     batch_size: the global batch; each process yields batch_size // process_count.
-    seed: fixes the shuffle of every epoch and the flips.
+    seed: fixes the shuffle of every epoch, the flips and the latents' draws.
     process_index, process_count: this process and the number of processes; each reads
       its own contiguous 1 / process_count of the records (the remainder is dropped).
-    random_flip: mirror each image left-right with probability 1/2 (images only).
+    random_flip: mirror each image left-right with probability 1/2 (8-bit images only).
     read_threads: threads preparing batches (0: in the calling thread, best for data in
       memory; more for files).
     worker_count: worker processes preparing batches (grain's mp_prefetch); 0 for none.
@@ -547,7 +657,8 @@ def make_iterator(source, *, batch_size: int, seed: int, process_index: int = 0,
 
   Returns:
     A grain.DatasetIterator of {"image": float32 [B_local, *source.shape] (8-bit images in
-    [-1, 1], points as they are), "label": int32 [B_local]}.
+    [-1, 1], latents as x_latent of a fresh z ~ q(z | x), points as they are), "label":
+    int32 [B_local]}.
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index must lie in [0, process_count = {process_count}), got "
@@ -555,6 +666,11 @@ def make_iterator(source, *, batch_size: int, seed: int, process_index: int = 0,
   if batch_size <= 0 or batch_size % process_count:
     raise ValueError(f"batch_size (the global batch) must be a positive multiple of "
                      f"process_count = {process_count}, got {batch_size}")
+  latent = getattr(source, "autoencoder", None) is not None
+  if random_flip and latent:
+    raise ValueError(f"random_flip mirrors images; {source.origin} holds their latents, and a "
+                     "flipped image's latent is not the flipped latent: set "
+                     "data.random_flip = False")
   if random_flip and not source.eight_bit:
     raise ValueError(f"random_flip mirrors images; this source holds points {source.shape}")
   local_batch = batch_size // process_count
@@ -562,13 +678,16 @@ def make_iterator(source, *, batch_size: int, seed: int, process_index: int = 0,
   if size < local_batch:
     raise ValueError(f"each process's shard holds {size} of the {len(source)} records, fewer "
                      f"than its batch of {local_batch}")
-  # One seed for the shuffles and one for the flips, distinct per process.
-  shuffle_seed, flip_seed = (int(s) for s in
-                             np.random.SeedSequence([seed, process_index]).generate_state(2))
+  # One seed for the shuffles and one for the flips (or the latents' draws), distinct per
+  # process.
+  shuffle_seed, noise_seed = (int(s) for s in
+                              np.random.SeedSequence([seed, process_index]).generate_state(2))
   batches = grain.MapDataset.range(sys.maxsize).map(
       ShardBatches(source, process_index * size, size, local_batch, shuffle_seed))
   if random_flip:
-    batches = batches.random_map(_flip, seed=flip_seed)
+    batches = batches.random_map(_flip, seed=noise_seed)
+  if latent:  # Grain's rng of a random_map is a function of (noise_seed, position).
+    batches = batches.random_map(source.draw, seed=noise_seed)
   if source.eight_bit:
     batches = batches.map(_to_model_space)
   batches = batches.to_iter_dataset(grain.ReadOptions(num_threads=read_threads))
@@ -586,9 +705,12 @@ def to_model_space(images):
 
 def model_arrays(source, num: int | None = None):
   """The first num records (default all) of a source as the model sees them: images mapped
-  to [-1, 1] (`to_model_space`), points as they are, float32 [N, ...]; labels int32 [N]."""
+  to [-1, 1] (`to_model_space`), latents as x_latent of their posterior means, points as they
+  are, float32 [N, ...]; labels int32 [N]."""
   records = [source[i] for i in range(len(source) if num is None else min(num, len(source)))]
   x = np.stack([r["image"] for r in records])
+  if getattr(source, "autoencoder", None) is not None:
+    x = source.to_model(x)
   x = to_model_space(x) if source.eight_bit else x.astype(np.float32)
   return x, np.array([r["label"] for r in records], np.int32)
 

@@ -37,6 +37,7 @@ ROWS = "results.jsonl"
 
 # How each program that can take up its unfinished runs does so.
 RESUMES = {"bench.py": "bench.py finishes it with the same flags plus --resume",
+           "encode.py": "encode.py continues it with the same flags (--out naming it)",
            "sample.py": "sample.py continues it with the same flags (--workdir naming it)",
            "sweep.py": "sweep.py continues it with the same flags (--workdir naming it)",
            "train.py": "train.py resumes it with the same --config"}

@@ -7,7 +7,8 @@ process; test_scale.py starts it once and compares what it writes to OUT:
   states.npz     the final train state of each run, leaf by leaf ("run/leaf");
   restored.npz   a checkpoint of the 2 x 4 run restored onto other meshes;
                  (states.npz also holds samples, a streamed sampling run's images and
-                 statistics, and held-out log-likelihoods, on 8 devices and on 1);
+                 statistics, held-out log-likelihoods and a tiny autoencoder's latents of
+                 40 digits with their scaling factor, on 8 devices and on 1);
   report.json    the shardings seen, the compiled step's argument bytes and the
                  error messages of bad meshes and batches.
 Every run trains the same residual MLP (its 128 x 128 kernels and up are sharded
@@ -31,8 +32,9 @@ sys.path[:0] = [str(pathlib.Path(__file__).resolve().parents[1]),
                 str(pathlib.Path(__file__).resolve().parent)]
 from jaxdiff import data  # noqa: E402
 from conftest import point_judge  # noqa: E402
-from jaxdiff.train import (bits_per_dim, checkpoint, experiment, generate, optim,  # noqa: E402
-                           sample_run, sharding, trainer)
+from jaxdiff.models.autoencoder import AutoencoderKL  # noqa: E402
+from jaxdiff.train import (bits_per_dim, checkpoint, encode_run, experiment,  # noqa: E402
+                           generate, optim, sample_run, sharding, trainer)
 from tiny_config import tiny_config  # noqa: E402
 
 NUM_STEPS = 6
@@ -157,6 +159,27 @@ def main(out):
     score = bits_per_dim.make_batch_fn(continuous, mesh)
     states[f"log_likelihood/{name}"] = np.asarray(score(params, points,
                                                         jax.random.PRNGKey(3))["log_likelihood"])
+
+  # 40 digits encoded by a random tiny autoencoder (8x8x1 -> 4x4x2) on 8 devices and on 1, in
+  # global batches of 16 (the last one padded).
+  autoencoder = AutoencoderKL(in_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                              latent_channels=2, norm_num_groups=4, scaling_factor=1.0)
+  digits = data.make_source("digits", split="test")
+  digits = data.ArraySource(np.stack([digits[i]["image"] for i in range(40)]),
+                            digits.labels[:40], 10, eight_bit=True, origin="40 digits")
+  ae_params = jax.jit(lambda key: autoencoder.init(key, np.zeros((1, 8, 8, 1), np.float32),
+                                                   method="encode"))(jax.random.PRNGKey(4))
+  ae_params = ae_params["params"]  # Initialised in one compilation, not op by op.
+  job = encode_run.Job("digits", {}, batch_size=16)
+  for name, mesh in (("one", sharding.make_mesh({"data": 1}, devices[:1])),
+                     ("data8", sharding.make_mesh({"data": 8}))):
+    (out / f"encode_{name}").mkdir()
+    record = encode_run.run(autoencoder, ae_params, {"checkpoint": "", "params": "",
+                                                     "data": None},
+                            digits, job, mesh, out / f"encode_{name}", progress=False)
+    states[f"encode_{name}/latents"] = np.load(out / f"encode_{name}" / data.LATENTS)
+    states[f"encode_{name}/labels"] = np.load(out / f"encode_{name}" / data.LATENT_LABELS)
+    states[f"encode_{name}/scaling_factor"] = record["autoencoder"]["scaling_factor"]
 
   # Resumed on another mesh: the 2 x 4 run's step-3 checkpoint continued on 1 device.
   shutil.rmtree(step_dir)

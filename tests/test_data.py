@@ -2,6 +2,7 @@
 
 import gzip
 import importlib.abc
+import json
 import struct
 import sys
 
@@ -45,6 +46,15 @@ def tiny_options(kind, tmp_path):
       write_png(tmp_path / f"class{i % 3}" / f"{i}.png",
                 rng.integers(0, 256, (5, 4, 3), dtype=np.uint8))
     return {"path": tmp_path}
+  if kind == "latents":  # As encode.py writes them; a variance of exp(-200): z is the mean.
+    mean = rng.standard_normal((40, 2, 2, 3)).astype(np.float32)
+    np.save(tmp_path / data.LATENTS, np.concatenate([mean, np.full_like(mean, -200)], -1))
+    np.save(tmp_path / data.LATENT_LABELS, rng.integers(0, 5, 40).astype(np.int32))
+    autoencoder = {"scaling_factor": 1.0, "shift_factor": 0.0}
+    (tmp_path / data.LATENTS_RECORD).write_text(json.dumps(
+        {"autoencoder": autoencoder, "num": 40, "shape": [2, 2, 3], "num_classes": 5,
+         "stored": data.STORED}))
+    return {"path": tmp_path}
   return {"digits": {"split": "test"}, "tfds": {"name": "mnist", "split": "train"},
           "toy": {"name": "moons", "num_points": 200}, "oracle": {"num_points": 200}}[kind]
 
@@ -68,15 +78,18 @@ def assert_same_batches(xs, ys):
 
 
 def model_space(source, index):
-  """The record as the iterator yields it, as bytes."""
+  """The record as the iterator yields it, as bytes (latents: at their mean)."""
   image = source[index]["image"]
+  if getattr(source, "autoencoder", None) is not None:
+    return source.to_model(image[None])[0].tobytes()
   return (image.astype(np.float32) / 127.5 - 1 if source.eight_bit else image).tobytes()
 
 
 def test_every_source_is_deterministic_sharded_checked_and_resumable(source):
   # Records: the promised shape, dtype and label range.
   record = source[0]
-  assert record["image"].shape == source.shape and record["label"].dtype == np.int32
+  assert data.model_arrays(source, 1)[0].shape == (1, *source.shape)
+  assert record["label"].dtype == np.int32
   assert record["image"].dtype == (np.uint8 if source.eight_bit else np.float32)
   # Same seed, same batches; another seed, others.
   first = take(data.make_iterator(source, batch_size=8, seed=0), 3)

@@ -126,6 +126,16 @@ def test_log_likelihoods_spread_over_eight_devices_are_those_of_one(runs):
   np.testing.assert_allclose(eight, one, rtol=5e-3)
 
 
+def test_a_dataset_encoded_on_eight_devices_is_that_of_one(runs):
+  """encode_run over 8 devices: the same posteriors, labels and scaling factor as on 1."""
+  states, _, _ = runs
+  one, eight = run_state(states, "encode_one"), run_state(states, "encode_data8")
+  assert one["latents"].shape == (40, 4, 4, 4)
+  np.testing.assert_allclose(eight["latents"], one["latents"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(eight["labels"], one["labels"])
+  assert eight["scaling_factor"] == pytest.approx(one["scaling_factor"], rel=1e-5)
+
+
 @pytest.mark.parametrize("name", ["one", "fsdp4", "back"])
 def test_checkpoints_move_between_meshes_bitwise(runs, name):
   states, restored, report = runs

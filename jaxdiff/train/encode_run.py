@@ -1,0 +1,242 @@
+"""Encoding a dataset once with latent diffusion's autoencoder: over the mesh, resumable.
+
+A latent diffusion model trains on the latents of a fixed first stage
+(Rombach et al. 2022, sec. 3). The images are encoded once, and what is kept is
+each image's posterior q(z | x) = N(mean, diag exp(logvar)), not a sample: every
+epoch then draws a fresh z, as LDM's first stage does on the fly, by reading an
+array (`jaxdiff.data.latents_source`). The output folder holds
+
+  latents.npy   float32 [N, h, w, 2c]: mean and logvar on the channel axis;
+  labels.npy    int32 [N];
+  latents.json  what they are, written last: the autoencoder's `latent.record`
+                (with the scaling factor the latents are used with), the image
+                data encoded, num, shape, stored, scaling_computed, and the
+                latents' mean and standard deviation.
+
+The scaling factor, unless given, is 1 / std(z) over every element of the
+encoded set with z ~ q(z | x) (their sec. 4.3.2 and app. G). By the law of
+total variance, over the N h w c elements,
+
+  Var(z) = Var(mean) + E[exp(logvar)],
+
+computed exactly from running float64 sums of mean, mean^2 and exp(logvar):
+no sampling.
+
+Record i is encoded in global batch i // G, the batch split over the mesh's
+batch devices (and processes, each reading its own rows of the source); the
+last batch is padded with copies of the last record, which are dropped. Every
+save_every batches process 0 flushes the rows written so far and then writes
+progress.json (the batches done and the running sums; atomically): a run
+killed at any moment and started again on the same folder with the same
+settings rewrites from the first batch not saved and ends with bitwise the
+latents and the scaling factor of an uninterrupted run.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from jaxdiff import data, models, workdir
+from jaxdiff.train import latent, sharding
+
+PROGRESS = "progress.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """What to encode and how.
+
+  Attributes:
+    source: the data source's name (jaxdiff.data.SOURCES) and options: 8-bit images.
+    options: its options.
+    batch_size: images per compiled call over the whole mesh (rounded up to a multiple of
+      the mesh's batch devices).
+    scaling_factor: of the latents' record; None: computed, 1 / std(z).
+    save_every: batches between saves of the progress (0: only at the end).
+  """
+  source: str
+  options: dict
+  batch_size: int = 500
+  scaling_factor: float | None = None
+  save_every: int = 10
+
+  def __post_init__(self):
+    if not isinstance(self.batch_size, int) or self.batch_size < 1:
+      raise ValueError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
+    if not isinstance(self.save_every, int) or self.save_every < 0:
+      raise ValueError(f"--save-every must be an integer >= 0, got {self.save_every!r}")
+    if self.scaling_factor is not None and not (math.isfinite(self.scaling_factor)
+                                                and self.scaling_factor > 0):
+      raise ValueError(f"--scaling-factor must be a positive number, 'auto' or 'config', got "
+                       f"{self.scaling_factor}")
+
+
+def check_source(model, source) -> tuple:
+  """The latent shape (h, w, c) of the source's images under the autoencoder.
+
+  Raises:
+    ValueError unless the source holds 8-bit images of the autoencoder's channels whose
+    height and width its downsampling divides.
+  """
+  if not source.eight_bit:
+    raise ValueError(f"{source.origin} holds points {tuple(source.shape)}, not images; the "
+                     "autoencoder encodes 8-bit images")
+  if source.shape[-1] != model.in_channels:
+    raise ValueError(f"{source.origin} holds images of {source.shape[-1]} channels "
+                     f"{tuple(source.shape)}; {model.describe()} encodes {model.in_channels}")
+  return model.latent_shape(tuple(source.shape))
+
+
+def global_batch_size(job: Job, num: int, mesh) -> int:
+  """job.batch_size rounded up to a multiple of the mesh's batch devices, and to at most
+  num (rounded up likewise)."""
+  devices = sharding.batch_devices(mesh)
+  return -(-min(job.batch_size, num) // devices) * devices
+
+
+def make_step(model, mesh):
+  """(params, images [G, H, W, C], labels [G]) -> (posterior [G, h, w, 2c], labels), the
+  batch sharded over the mesh's batch axes, the parameters replicated; jitted once."""
+
+  def step(params, images, labels):
+    mean, logvar = model.apply({"params": params}, images, method="encode")
+    return jnp.concatenate([mean, logvar], axis=-1), labels
+
+  rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
+  return jax.jit(step, in_shardings=(sharding.replicated(mesh), rows, rows),
+                 out_shardings=(rows, rows), compiler_options=models.compiler_options())
+
+
+def _host(x):
+  """A global array (sharded over processes) whole on this host."""
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _images(source, index):
+  """Model-space images [len(index), H, W, C] of the records at index."""
+  return data.to_model_space(np.stack([source[int(i)]["image"] for i in index]))
+
+
+def scaling_of(sums: dict) -> tuple[float, float]:
+  """(mean, std) of z ~ q(z | x) over every element, from the running sums: Var(z) =
+  Var(mean) + E[exp(logvar)] (the law of total variance)."""
+  n = sums["count"]
+  mean = sums["mean"] / n
+  variance = sums["mean_squared"] / n - mean**2 + sums["variance"] / n
+  return mean, math.sqrt(variance)
+
+
+def _add(sums: dict, posterior) -> dict:
+  """The running float64 sums with a batch of posteriors [n, h, w, 2c] added."""
+  mean, logvar = np.split(posterior.astype(np.float64), 2, axis=-1)
+  return {"count": sums["count"] + mean.size, "mean": sums["mean"] + float(np.sum(mean)),
+          "mean_squared": sums["mean_squared"] + float(np.sum(mean**2)),
+          "variance": sums["variance"] + float(np.sum(np.exp(logvar)))}
+
+
+def _load_progress(out: pathlib.Path, run_record: dict):
+  """(batches done, sums) saved in out, or None where it holds no progress.
+
+  Raises:
+    ValueError when the progress there is of another run, naming what differs.
+  """
+  if not (out / PROGRESS).is_file():
+    return None
+  saved = json.loads((out / PROGRESS).read_text())
+  differences = [f"{k}: {saved['run'].get(k)!r} there, {v!r} here"
+                 for k, v in run_record.items() if saved["run"].get(k) != v]
+  if differences:
+    raise ValueError(f"{out} holds the progress of another encoding run; it differs in "
+                     f"{'; '.join(differences)}. Run the same command, or pass a new --out")
+  return int(saved["batches_done"]), saved["sums"]
+
+
+def _save_progress(out: pathlib.Path, run_record: dict, batches_done: int, sums: dict, arrays):
+  """The rows written so far flushed to disk, then progress.json naming them, atomically."""
+  for array in arrays:
+    array.flush()
+  text = json.dumps({"run": run_record, "batches_done": batches_done, "sums": sums}, indent=1)
+  workdir.write_atomically(out / PROGRESS, lambda f: f.write(text.encode()))
+
+
+def run(model, params, origin: dict, source, job: Job, mesh, out, *,
+        progress: bool = True) -> dict:
+  """Encodes every record of source with the autoencoder into the folder out (claimed by the
+  caller), or continues its saved progress; returns latents.json's record.
+
+  Args:
+    model, params, origin: the autoencoder, as `latent.load` gives them.
+    source: the images, a source of jaxdiff.data.SOURCES made from job.source and
+      job.options.
+
+  Raises:
+    ValueError when the source does not fit the autoencoder, or out holds the progress of
+    another run (naming what differs).
+  """
+  latent_shape = check_source(model, source)
+  num = len(source)
+  size = global_batch_size(job, num, mesh)
+  num_batches = math.ceil(num / size)
+  shift_factor = float(model.shift_factor or 0.0)
+  fingerprint = latent.fingerprint(params)
+  run_record = json.loads(json.dumps({
+      "autoencoder": {"checkpoint": origin["checkpoint"], "params": origin["params"],
+                      "fingerprint": fingerprint},
+      "data": {"source": job.source, "options": job.options}, "num": num,
+      "scaling_factor": job.scaling_factor, "global_batch": size}))
+  out = pathlib.Path(out)
+  writes = jax.process_index() == 0
+  saved = _load_progress(out, run_record)
+  first, sums = saved or (0, {"count": 0, "mean": 0.0, "mean_squared": 0.0, "variance": 0.0})
+  arrays = ()
+  if writes:
+    mode = "r+" if saved else "w+"
+    arrays = (np.lib.format.open_memmap(out / data.LATENTS, mode, np.float32,
+                                        (num, *latent_shape[:2], 2 * latent_shape[2])),
+              np.lib.format.open_memmap(out / data.LATENT_LABELS, mode, np.int32, (num,)))
+    if not saved:  # What the run is, before any batch: another command is refused from now on.
+      _save_progress(out, run_record, 0, sums, arrays)
+  step = make_step(model, mesh)
+  # Through the host, as sample_run: each process places its own copy.
+  params = jax.device_put(jax.device_get(params), sharding.replicated(mesh))
+  rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
+  for b in tqdm(range(first, num_batches), initial=first, total=num_batches, desc="encoding",
+                unit="batch", disable=not progress or not writes):
+    index = np.minimum(np.arange(b * size, (b + 1) * size), num - 1)  # Padded: the last record.
+    images = jax.make_array_from_callback(
+        (size, *source.shape), rows, lambda where, index=index: _images(source, index[where[0]]))
+    labels = jax.make_array_from_callback(
+        (size,), rows, lambda where, index=index: np.asarray(
+            [source[int(i)]["label"] for i in index[where]], np.int32))
+    posterior, labels = step(params, images, labels)
+    n = min(size, num - b * size)
+    posterior, labels = _host(posterior)[:n], _host(labels)[:n]  # [n, h, w, 2c], [n]
+    sums = _add(sums, posterior)
+    done = b + 1
+    if writes:
+      arrays[0][b * size:b * size + n] = posterior
+      arrays[1][b * size:b * size + n] = labels
+      if done == num_batches or (job.save_every and done % job.save_every == 0):
+        _save_progress(out, run_record, done, sums, arrays)
+  latent_mean, latent_std = scaling_of(sums)
+  scaling_factor = job.scaling_factor or 1.0 / latent_std
+  record = {"autoencoder": latent.record(model, params, origin, scaling_factor, shift_factor,
+                                         source.shape),
+            "data": {"source": job.source, "options": job.options}, "num": num,
+            "shape": list(latent_shape), "num_classes": int(source.num_classes),
+            "stored": data.STORED, "scaling_computed": job.scaling_factor is None,
+            "latent_mean": latent_mean, "latent_std": latent_std}
+  if writes:
+    text = json.dumps(record, indent=1)
+    workdir.write_atomically(out / data.LATENTS_RECORD, lambda f: f.write(text.encode()))
+    os.remove(out / PROGRESS)
+  return record
