@@ -17,7 +17,7 @@ autoencoder has no training data: pass both.
 float32 [N, h, w, 2c]), labels.npy and, last, latents.json (what they are:
 the autoencoder, its fingerprint and the scaling factor, the data); a training
 config reads them with data.source "latents", data.options {"path": OUT}. The
-scaling factor: --scaling-factor auto computes 1 / std(z) over the whole set
+scaling factor: --scaling-factor auto computes 0.5 / std(z) over the whole set
 (`jaxdiff.train.encode_run`), config takes the diffusers config's (the default
 for a diffusers folder; auto for a jaxdiff one), a number is used as given.
 
@@ -29,7 +29,6 @@ same command with --coordinator, --num-processes and --process-id and an --out
 they all see; process 0 writes.
 """
 
-import json
 import pathlib
 
 from absl import app, flags, logging
@@ -51,7 +50,7 @@ _OPTIONS = flags.DEFINE_string("options", None, "The source's options as JSON; w
                                "'{\"split\": \"test\"}'.")
 _BATCH = flags.DEFINE_integer("batch-size", 500, "Images per compiled call over every device "
                               "(rounded up to a multiple of the devices).")
-_SCALING = flags.DEFINE_string("scaling-factor", None, "auto (1 / std of the latents), config "
+_SCALING = flags.DEFINE_string("scaling-factor", None, "auto (0.5 / std of the latents, EDM's sigma_data), config "
                                "(the diffusers config's) or a number; default: config for a "
                                "diffusers folder, auto otherwise.")
 _SAVE_EVERY = flags.DEFINE_integer("save-every", 10, "Save the progress every this many "

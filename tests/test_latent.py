@@ -34,7 +34,7 @@ def encoded(autoencoder, tmp_path_factory):
   return out, record
 
 
-def test_scaling_factor_is_one_over_the_std_of_z_by_the_law_of_total_variance():
+def test_scaling_factor_is_half_over_the_std_of_z_by_the_law_of_total_variance():
   rng = np.random.default_rng(0)
   mean = rng.normal(0.7, 2.0, (2, 9, 3, 3, 2))  # Two batches of posteriors.
   logvar = rng.normal(-1.0, 0.5, mean.shape)
@@ -62,7 +62,7 @@ def test_encoding_stores_every_images_posterior_its_label_and_the_scaling(autoen
   m, v = np.split(posterior.astype(np.float64), 2, -1)
   std = np.sqrt(np.var(m) + np.mean(np.exp(v)))
   assert record["latent_std"] == pytest.approx(std, rel=1e-9)
-  assert record["autoencoder"]["scaling_factor"] == pytest.approx(1 / std, rel=1e-9)
+  assert record["autoencoder"]["scaling_factor"] == pytest.approx(0.5 / std, rel=1e-9)
   assert record["autoencoder"]["fingerprint"] == latent.fingerprint(params)
   assert record["autoencoder"]["checkpoint"] == origin["checkpoint"]
   assert (record["num"], record["shape"], record["num_classes"]) == (297, [4, 4, 2], 10)

@@ -13,9 +13,13 @@ array (`jaxdiff.data.latents_source`). The output folder holds
                 data encoded, num, shape, stored, scaling_computed, and the
                 latents' mean and standard deviation.
 
-The scaling factor, unless given, is 1 / std(z) over every element of the
-encoded set with z ~ q(z | x) (their sec. 4.3.2 and app. G). By the law of
-total variance, over the N h w c elements,
+The scaling factor, unless given, is LATENT_STD / std(z) over every element of
+the encoded set with z ~ q(z | x) (Rombach et al.'s sec. 4.3.2 and app. G
+rescale to unit variance; LATENT_STD = 0.5 gives the latents the spread of
+images in [-1, 1] that every process here is tuned for, EDM's sigma_data, as
+EDM2 does for Stable Diffusion's latents: Karras et al. 2024, their
+training/encoders.py, final_std 0.5). By the law of total variance, over the
+N h w c elements,
 
   Var(z) = Var(mean) + E[exp(logvar)],
 
@@ -50,6 +54,9 @@ from jaxdiff.train import latent, sharding
 
 PROGRESS = "progress.json"
 
+# The standard deviation a computed scaling factor gives the latents: EDM's sigma_data.
+LATENT_STD = 0.5
+
 
 @dataclasses.dataclass(frozen=True)
 class Job:
@@ -60,7 +67,7 @@ class Job:
     options: its options.
     batch_size: images per compiled call over the whole mesh (rounded up to a multiple of
       the mesh's batch devices).
-    scaling_factor: of the latents' record; None: computed, 1 / std(z).
+    scaling_factor: of the latents' record; None: computed, LATENT_STD / std(z).
     save_every: batches between saves of the progress (0: only at the end).
   """
   source: str
@@ -228,7 +235,7 @@ def run(model, params, origin: dict, source, job: Job, mesh, out, *,
       if done == num_batches or (job.save_every and done % job.save_every == 0):
         _save_progress(out, run_record, done, sums, arrays)
   latent_mean, latent_std = scaling_of(sums)
-  scaling_factor = job.scaling_factor or 1.0 / latent_std
+  scaling_factor = job.scaling_factor or LATENT_STD / latent_std
   record = {"autoencoder": latent.record(model, params, origin, scaling_factor, shift_factor,
                                          source.shape),
             "data": {"source": job.source, "options": job.options}, "num": num,
