@@ -85,6 +85,7 @@ def main(argv):
                        f"{_ATOL.value}")
     generate.check_seed(_SEED.value)
     step_dir, built, params = generate.load(_CHECKPOINT.value, _PARAMS.value)
+    bits_per_dim.check_data_space(built)
     kind, options = built.run.data.source, built.run.data.options
     if _DATA_OPTIONS.value is not None:
       options, held_out = ({**options, **cli.json_object(_DATA_OPTIONS, data.SOURCES.get(kind))},

@@ -41,8 +41,9 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from jaxdiff import cli, evaluation, fid, grids, plots, processes, schedules, streamed, workdir
-from jaxdiff.train import generate, sample_run, sharding
+from jaxdiff import (cli, data, evaluation, fid, grids, plots, processes, schedules, streamed,
+                    workdir)
+from jaxdiff.train import generate, latent, sample_run, sharding
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default "
                                "<training workdir>/samples-<time>.")
@@ -139,14 +140,17 @@ def sample_checkpoint():
   """Samples a trained model as the flags say; writes (or continues) the output folder."""
   try:
     step_dir, built, params = load_checkpoint(_CHECKPOINT.value)
+    if built.trains_autoencoder:
+      return reconstruct_checkpoint(step_dir, built, params)
     plan = generate.plan(built, _SAMPLER.value, _NFE.value, grid=_GRID.value,
                          grid_options=cli.json_object(_GRID_OPTIONS, grids.GRIDS.get(_GRID.value)),
                          guidance_scale=_GUIDANCE.value,
                          options=cli.json_object(_OPTIONS), step_dir=step_dir)
     job = sample_run.Job(_NUM.value, _BATCH.value, _SEED.value, checkpoint_labels(built),
                          _SAVE_IMAGES.value, _KEEP_FEATURES.value, _SAVE_EVERY.value)
-    judged = streamed.judges(built.run.data.source, built.run.data.options, _EVALUATE.value,
-                             _INCEPTION.value)
+    # A latent model's decoded samples are judged as images of the data its autoencoder
+    # encoded.
+    judged = streamed.judges(*latent.image_data(built), _EVALUATE.value, _INCEPTION.value)
     sample_run.check_judged(job, judged)
   except (ValueError, FileNotFoundError) as error:
     raise SystemExit(f"cannot sample: {error} (nothing was written)") from None
@@ -177,11 +181,63 @@ def sample_checkpoint():
       write_results(out, built, plan, step_dir, job, result)
 
 
+def reconstruct_checkpoint(step_dir, built, params):
+  """Judges an autoencoder's reconstructions of --num held-out images of its data (the floor
+  of any latent model of them); writes reconstructions.png (each original beside its
+  reconstruction), reconstructions.npz and results.md / results.json."""
+  try:
+    options, held_out = data.held_out_options(built.run.data.source, built.run.data.options)
+    source = data.make_source(built.run.data.source, **options)
+    if not 1 <= _NUM.value <= len(source):
+      raise ValueError(f"--num must lie in [1, {len(source)}] (the held-out images: "
+                       f"{held_out}), got {_NUM.value}")
+    job = sample_run.Job(_NUM.value, _BATCH.value, 0, None, _SAVE_IMAGES.value,
+                         _KEEP_FEATURES.value)
+    judged = streamed.judges(built.run.data.source, options, _EVALUATE.value, _INCEPTION.value)
+    sample_run.check_judged(job, judged)
+  except (ValueError, FileNotFoundError) as error:
+    raise SystemExit(f"cannot reconstruct: {error} (nothing was written)") from None
+  images, _ = data.model_arrays(source, _NUM.value)
+  mesh = sharding.make_mesh({"data": -1})
+  writes = jax.process_index() == 0
+  if writes:
+    print(f"reconstructing {_NUM.value} images of {built.run.data.source} ({held_out}) with "
+          f"the autoencoder {step_dir}, params {_PARAMS.value}", flush=True)
+  with processes.claimed_workdir(_WORKDIR.value, "reconstructions", False,
+                                 parent=step_dir.parent.parent) as out:
+    result = sample_run.reconstruct(built, params, images, job, mesh, judges=judged)
+    if not writes:
+      return
+    np.savez(out / "reconstructions.npz", reconstructions=result.images, images=result.x_T)
+    pairs = np.stack([result.x_T[:50], result.images[:50]], axis=1)
+    plots.save_image_grid(pairs.reshape(-1, *images.shape[1:]), out / "reconstructions.png",
+                          cols=2 * int(np.ceil(np.sqrt(len(pairs) / 2))))
+    row = {"checkpoint": str(step_dir), "params": _PARAMS.value,
+           "data": f"{built.run.data.source} {options}", "num_images": _NUM.value,
+           "seconds": result.seconds, "images_per_second": result.sampled / result.seconds}
+    table = ("The autoencoder's reconstructions (the posterior means decoded) of held-out "
+             "images: the floor of any latent model of these images.\n\n"
+             + workdir.markdown_table(list(row), [list(row.values())]))
+    quality, inception_quality = {}, None
+    if "classifier" in result.running:
+      quality = evaluate(built, result.running["classifier"], "reconstructions")
+      table += "\n\n" + quality_table(quality)
+    if "inception" in result.running:
+      inception_quality = result.running["inception"].quality()
+      table += "\n\nInception-v3 (jaxdiff.fid): " + fid.format_quality(inception_quality)
+    (out / "results.json").write_text(json.dumps(
+        {"rows": [row], "quality": quality, "inception": inception_quality}, indent=1,
+        default=workdir.json_default))
+    (out / "results.md").write_text(table + "\n")
+    print(table)
+    print(f"\nwrote reconstructions.npz, reconstructions.png and results.md to {out}")
+
+
 def write_results(out, built, plan, step_dir, job, result):
   """samples.npz, samples.png and results.md / results.json of a finished run."""
   np.savez(out / "samples.npz", samples=result.images, x_T=result.x_T,
            labels=result.labels if result.labels is not None else np.zeros(0, np.int32))
-  if built.data.eight_bit:
+  if built.data.makes_images:
     plots.save_image_grid(result.images[:100], out / "samples.png")
   else:
     plots.plot_samples_2d({"samples": result.images[:, :2]}, out / "samples.png",
@@ -207,13 +263,14 @@ def write_results(out, built, plan, step_dir, job, result):
   print(f"\nwrote samples.npz, samples.png and results.md to {out}")
 
 
-def evaluate(built, running):
-  """{set name: quality} of the samples (`streamed.Running.quality`), the held-out real images
-  and noise (`evaluation.reference_rows`)."""
-  options = {k: v for k, v in built.run.data.options.items() if k != "split"}
-  reference = evaluation.reference(built.run.data.source, **options)
+def evaluate(built, running, name: str = "samples"):
+  """{set name: quality} of the samples (`streamed.Running.quality`; a latent model's
+  decoded), the held-out real images and noise (`evaluation.reference_rows`)."""
+  source, options = latent.image_data(built)
+  options = {k: v for k, v in options.items() if k != "split"}
+  reference = evaluation.reference(source, **options)
   samples = running.quality()
-  return {f"samples ({samples['num_samples']})": samples,
+  return {f"{name} ({samples['num_samples']})": samples,
           **evaluation.reference_rows(reference)}
 
 

@@ -34,6 +34,21 @@ from jaxdiff.train.experiment import Experiment
 
 EXACT_MAX_DIMS = 16
 VLB_TERMS = ("prior", "diffusion", "decoder", "total")
+# Why a latent model has no bits/dim here (`check_data_space`).
+LATENT_REFUSAL = ("bits/dim of a latent model would be in latent space: the density of its "
+                  "continuous latents, not of the 8-bit images (the autoencoder's decoder has "
+                  "no likelihood), so not comparable with a pixel model's; judge its decoded "
+                  "samples with sample.py instead")
+
+
+def check_data_space(experiment: Experiment) -> None:
+  """Refuses a latent model (its data the latents of an autoencoder).
+
+  Raises:
+    ValueError saying why (LATENT_REFUSAL).
+  """
+  if experiment.data.autoencoder is not None:
+    raise ValueError(LATENT_REFUSAL)
 
 
 def divergence_for(experiment: Experiment) -> str:

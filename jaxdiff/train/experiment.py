@@ -61,6 +61,20 @@ class DataSpec:
     return cls(tuple(int(n) for n in source.shape), int(source.num_classes),
                bool(source.eight_bit), getattr(source, "autoencoder", None))
 
+  @property
+  def image_shape(self) -> tuple:
+    """The shape of the images a model of these data makes: the autoencoder's images for
+    latents (their samples are decoded), else the records' own shape."""
+    if self.autoencoder is None:
+      return self.shape
+    return tuple(self.autoencoder["image_shape"])
+
+  @property
+  def makes_images(self) -> bool:
+    """Whether a model of these data makes images (8-bit data, or latents decoded to
+    images), not points."""
+    return self.eight_bit or self.autoencoder is not None
+
   @classmethod
   def from_record(cls, spec: dict) -> "DataSpec":
     """The spec a checkpoint's run record stores (a record written before latents existed

@@ -121,3 +121,59 @@ def decoder(autoencoder: dict):
                      f"{autoencoder['params'] or 'diffusers'}) has changed since the latents "
                      f"were encoded: fingerprint {found}, recorded {autoencoder['fingerprint']}")
   return LatentSpace(model, autoencoder["scaling_factor"], autoencoder["shift_factor"]), params
+
+
+def image_data(experiment) -> tuple[str, dict]:
+  """(source, options) of the images an experiment's samples are judged against: for a
+  latent model the image data its autoencoder encoded (its record's "data"; "" and {} where
+  the record names none, as for a diffusers folder), else the run's own data."""
+  record = experiment.data.autoencoder
+  if record is None:
+    return experiment.run.data.source, dict(experiment.run.data.options)
+  if not record.get("data"):
+    return "", {}
+  return record["data"]["source"], dict(record["data"]["options"])
+
+
+def check_named(named, data, source: str):
+  """Refuses a run whose data and named autoencoder disagree, before anything compiles.
+
+  named: the config's autoencoder section (`experiment.AutoencoderSettings`: checkpoint, ""
+    for none, and params); data: the run's DataSpec, whose `autoencoder` is the record of
+    the autoencoder that encoded its latents (None: images or points); source: the config's
+    data.source, for the messages.
+
+  Raises:
+    ValueError naming what disagrees and what would be right: latents without an
+    autoencoder named, an autoencoder named beside data that are not latents, latents
+    encoded by another autoencoder (the fingerprints differ: both named), an autoencoder
+    whose latents have another shape than the data's records. FileNotFoundError where the
+    named autoencoder is not there.
+  """
+  record = data.autoencoder
+  if not named.checkpoint:
+    if record is not None:
+      raise ValueError(f"data.source {source!r} holds latents of the autoencoder at "
+                       f"{record['checkpoint']} (params {record['params'] or 'diffusers'}); "
+                       "name it: autoencoder.checkpoint = that path (the samples are decoded "
+                       "with it)")
+    return
+  if record is None:
+    raise ValueError(f"autoencoder.checkpoint names {named.checkpoint}, but data.source "
+                     f"{source!r} holds no latents: encode the images with encode.py and "
+                     "train on data.source 'latents' with data.options.path the encoded "
+                     "folder, or set autoencoder.checkpoint '' for a model of the data itself")
+  model, params, origin = load(named.checkpoint, named.params)
+  found = fingerprint(params)
+  if found != record["fingerprint"]:
+    raise ValueError(f"the latents of data.source {source!r} were encoded by the autoencoder "
+                     f"at {record['checkpoint']} (params {record['params'] or 'diffusers'}, "
+                     f"fingerprint {record['fingerprint']}); autoencoder.checkpoint names "
+                     f"{origin['checkpoint']} (params {origin['params'] or 'diffusers'}, "
+                     f"fingerprint {found}), another one: name the one that encoded them, or "
+                     "encode the data with this one")
+  latent_shape = tuple(model.latent_shape(tuple(record["image_shape"])))
+  if latent_shape != tuple(data.shape):
+    raise ValueError(f"the autoencoder at {origin['checkpoint']} makes latents of shape "
+                     f"{list(latent_shape)} of images {record['image_shape']}; the records of "
+                     f"data.source {source!r} have shape {list(data.shape)}")

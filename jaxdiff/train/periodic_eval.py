@@ -8,6 +8,8 @@ real data (`jaxdiff.evaluation`; eval.classifier "auto" judges the digits) and,
 where eval.inception_weights names a weights file, by Inception-v3 (`jaxdiff.fid`).
 Their Frechet distance (Heusel et al. 2017, eq. 6) and a few more figures go
 into the next metrics row as eval/<params>/<name> (`scalars`).
+A latent model's samples are decoded by its autoencoder inside the same step
+and judged as images of the data the autoencoder encoded (`latent.image_data`).
 
 The samples' randomness is fixed for the whole run: sample i's x_T, label and
 sampler noise derive from (seed, i) alone (`sample_run`), the seed derived once
@@ -35,7 +37,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxdiff import evaluation, streamed, workdir
-from jaxdiff.train import checkpoint, generate, sample_run
+from jaxdiff.train import checkpoint, generate, latent, sample_run
 from jaxdiff.train.experiment import Experiment
 
 BEST = "best.json"
@@ -81,7 +83,7 @@ def check(experiment: Experiment):
   plan(experiment)
   for which in settings.params:
     settings.ema_key(which, experiment.ema_decays)
-  source = experiment.run.data.source
+  source, _ = latent.image_data(experiment)  # A latent model's: its autoencoder's images.
   try:
     classifier = evaluation.wanted(source, settings.classifier)
   except ValueError:
@@ -92,7 +94,7 @@ def check(experiment: Experiment):
   if weights and not pathlib.Path(weights).is_file():
     raise FileNotFoundError(f"eval.inception_weights: no file {weights} (the Inception-v3 "
                             "weights, pt_inception-2015-12-05-6726825d.pth or its .npz)")
-  if weights and not experiment.data.eight_bit:
+  if weights and not experiment.data.makes_images:
     raise ValueError(f"eval.inception_weights: Inception-v3 judges 8-bit images; the data "
                      f"source {source!r} holds points")
   if not classifier and not weights:
@@ -113,7 +115,7 @@ def judges(experiment: Experiment, *, log=print) -> dict:
   """
   check(experiment)
   run = experiment.run
-  return streamed.judges(run.data.source, run.data.options, run.eval.classifier,
+  return streamed.judges(*latent.image_data(experiment), run.eval.classifier,
                          run.eval.inception_weights, log=log)
 
 
@@ -134,7 +136,8 @@ class Evaluator:
   """The eval block over a run: `evaluate(state, step)` samples and judges each params, and
   keeps the best value so far (seeded from the kept checkpoints by `resume`)."""
 
-  def __init__(self, experiment: Experiment, mesh, judged: dict, *, progress: bool = False):
+  def __init__(self, experiment: Experiment, mesh, judged: dict, *, progress: bool = False,
+               decoder=None):
     settings = experiment.run.eval
     self.experiment, self.mesh, self.judges, self.progress = experiment, mesh, judged, progress
     self.metric = best_metric(judged)
@@ -145,7 +148,12 @@ class Evaluator:
                               keep_features=settings.num, save_every=0)
     self.ema_keys = {which: settings.ema_key(which, experiment.ema_decays)
                      for which in settings.params}
-    self.step_fn = sample_run.make_step(experiment, self.plan, self.job, mesh, judged)
+    # A latent model's autoencoder (`latent.decoder`), loaded once for the run.
+    self.decoder = decoder
+    if experiment.data.autoencoder is not None and decoder is None:
+      self.decoder = latent.decoder(experiment.data.autoencoder)
+    self.step_fn = sample_run.make_step(experiment, self.plan, self.job, mesh, judged,
+                                        self.decoder)
     self.best = None  # {"step", "params", "value"} of the lowest value so far.
 
   def resume(self, checkpoints, folder):
@@ -175,7 +183,7 @@ class Evaluator:
       params = state.params if key is None else state.ema[key]
       result = sample_run.run(self.experiment, self.plan, params, self.job, self.mesh,
                               judges=self.judges, progress=self.progress,
-                              step_fn=self.step_fn)
+                              step_fn=self.step_fn, decoder=self.decoder)
       figures = scalars({name: running.quality() for name, running in result.running.items()})
       row.update({f"eval/{which}/{name}": value for name, value in figures.items()})
       values[which] = figures[self.metric]

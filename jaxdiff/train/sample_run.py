@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from jaxdiff import evaluation, models, samplers, streamed, workdir
-from jaxdiff.train import generate, sharding
+from jaxdiff.train import generate, latent, sharding
 from jaxdiff.train.experiment import Experiment
 
 PROGRESS = "progress.npz"
@@ -116,25 +116,34 @@ def global_batch_size(job: Job, mesh) -> int:
 
 
 def make_step(experiment: Experiment, sample_plan: generate.SamplePlan, job: Job, mesh,
-              judges=None):
-  """(params, {name: judge arguments}, index [G] sharded over the batch axes) ->
-  (x_T, labels, x_0 [G, ...] sharded, {name: per-sample outputs}, {name: sums} replicated,
-  info), jitted once. Rows with index >= job.num are padding: sampled, never counted.
+              judges=None, decoder=None):
+  """(params, decoder params, {name: judge arguments}, index [G] sharded over the batch axes)
+  -> (x_T, labels, x_0 [G, ...] sharded, {name: per-sample outputs}, {name: sums}
+  replicated, info), jitted once. Rows with index >= job.num are padding: sampled, never
+  counted. A latent model's x_0 are its samples decoded (of experiment.data.image_shape, not
+  clipped); the judges see x_0 clipped to [-1, 1].
 
-  judges: {name: streamed.Judge}, or None for none."""
+  judges: {name: streamed.Judge}, or None for none.
+  decoder: (latent.LatentSpace, its params) of a latent model (`latent.decoder`; default:
+    loaded from experiment.data.autoencoder); the step takes its params as an argument (the
+    params given to it ignored for a model of the data itself: pass None)."""
   judges = judges or {}
+  space = None if experiment.data.autoencoder is None else (
+      decoder or latent.decoder(experiment.data.autoencoder))[0]
   sample = generate.make_sample_fn(experiment, sample_plan)
   labels = (None if not experiment.conditional
             else jnp.asarray(job.labels or range(experiment.data.num_classes), jnp.int32))
   root = jax.random.PRNGKey(job.seed)
 
-  def step(params, judge_arguments, index):
+  def step(params, decoder_params, judge_arguments, index):
     keys = jax.vmap(jax.random.fold_in, (None, 0))(root, index)  # k_i: [G]
     x_like = jnp.zeros((index.shape[0], *experiment.data.shape))
     z = samplers.base.standard_normal(samplers.base.fold_in(keys, 0), x_like)
     x_T = experiment.process.sigma(sample_plan.grid[0]) * z
     label = None if labels is None else labels[index % labels.shape[0]]
     x_0, info = sample(params, x_T, samplers.base.fold_in(keys, 1), label)
+    if space is not None:  # [G, h, w, c] -> [G, H, W, C]
+      x_0 = space.decode(decoder_params, x_0)
     images = jnp.clip(x_0, -1.0, 1.0)  # As the pictures show them.
     judged = {name: streamed.batch_sums(judge, judge_arguments[name], images, index,
                                         index < job.num, job.num)
@@ -144,7 +153,7 @@ def make_step(experiment: Experiment, sample_plan: generate.SamplePlan, job: Job
 
   rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
   every = sharding.replicated(mesh)
-  return jax.jit(step, in_shardings=(every, every, rows),
+  return jax.jit(step, in_shardings=(every, every, every, rows),
                  out_shardings=(rows, rows, rows, rows, every, every),
                  compiler_options=models.compiler_options())
 
@@ -154,6 +163,16 @@ def _host(x):
   if x is None:
     return None
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _add(running: dict, sums: dict, per_sample: dict, start: int):
+  """Adds a batch's sums (replicated) and the per-sample outputs its Running keeps (the
+  features while it keeps them, the nearest distances) to each judge's Running."""
+  for name, totals in running.items():
+    wanted = {"features"} if totals.needs_features(start) else set()
+    wanted |= {"nearest"} & set(per_sample[name])
+    totals.add(jax.device_get(sums[name]), {k: _host(per_sample[name][k]) for k in wanted},
+               start)
 
 
 def load_progress(out: pathlib.Path, record: dict, judges: dict, job: Job):
@@ -194,8 +213,10 @@ def save_progress(out: pathlib.Path, record: dict, batches_done: int, nfe: int, 
 
 def run(experiment: Experiment, sample_plan: generate.SamplePlan, params, job: Job, mesh, *,
         judges=None, out=None, record: dict | None = None,
-        progress: bool = True, step_fn=None) -> Result:
-  """Samples and judges job.num samples over the mesh, in global batches.
+        progress: bool = True, step_fn=None, decoder=None) -> Result:
+  """Samples and judges job.num samples over the mesh, in global batches. A latent model's
+  samples are decoded to images in the step, and its Result's images are those (its x_T the
+  latents').
 
   Args:
     judges: {name: streamed.Judge} (None: none), each with its `streamed.Running`.
@@ -203,6 +224,8 @@ def run(experiment: Experiment, sample_plan: generate.SamplePlan, params, job: J
     record: what identifies the run (JSON-serializable), saved with the progress and
       compared on resume; the job and the plan are added to it.
     step_fn: a `make_step` of the same arguments, to reuse its compilation.
+    decoder: (latent.LatentSpace, params) of a latent model, as for `make_step` (default:
+      loaded from experiment.data.autoencoder).
 
   Raises:
     ValueError when out holds the progress of another run; FloatingPointError naming the
@@ -212,13 +235,15 @@ def run(experiment: Experiment, sample_plan: generate.SamplePlan, params, job: J
   num_batches = math.ceil(job.num / size)
   judges = judges or {}
   check_judged(job, judges)
-  step = step_fn or make_step(experiment, sample_plan, job, mesh, judges)
+  if experiment.data.autoencoder is not None and decoder is None:
+    decoder = latent.decoder(experiment.data.autoencoder)
+  step = step_fn or make_step(experiment, sample_plan, job, mesh, judges, decoder)
   record = {**(record or {}), **dataclasses.asdict(job), "global_batch": size,
             "plan": sample_plan.describe(), "judges": sorted(judges)}
   record = json.loads(json.dumps(record))  # Tuples as lists, as read back.
   keep_images = min(job.save_images, job.num)
-  images = np.zeros((keep_images, *experiment.data.shape), np.float32)
-  x_T_kept = np.zeros_like(images)
+  images = np.zeros((keep_images, *experiment.data.image_shape), np.float32)
+  x_T_kept = np.zeros((keep_images, *experiment.data.shape), np.float32)
   labels_kept = np.zeros(keep_images, np.int32) if experiment.conditional else None
   running = {name: streamed.Running(judge, job.num, job.keep_features)
              for name, judge in judges.items()}
@@ -238,6 +263,8 @@ def run(experiment: Experiment, sample_plan: generate.SamplePlan, params, job: J
       jax.device_get({name: judge.arguments() for name, judge in judges.items()}),
       sharding.replicated(mesh))
   params = jax.device_put(jax.device_get(params), sharding.replicated(mesh))
+  decoder_params = None if decoder is None else jax.device_put(jax.device_get(decoder[1]),
+                                                               sharding.replicated(mesh))
   rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
   start_time = time.perf_counter()
   for b in tqdm(range(first, num_batches), initial=first, total=num_batches, desc="sampling",
@@ -246,7 +273,8 @@ def run(experiment: Experiment, sample_plan: generate.SamplePlan, params, job: J
     index = jax.make_array_from_callback(
         (size,), rows, lambda where, start=start: np.arange(start, start + size,
                                                             dtype=np.int32)[where])
-    x_T, label, x_0, per_sample, sums, info = step(params, judge_arguments, index)
+    x_T, label, x_0, per_sample, sums, info = step(params, decoder_params, judge_arguments,
+                                                   index)
     samplers.raise_if_nonfinite(info, sample_plan.grid)
     nfe = int(info["nfe"])
     if start < keep_images:
@@ -255,13 +283,66 @@ def run(experiment: Experiment, sample_plan: generate.SamplePlan, params, job: J
       x_T_kept[start:start + n] = _host(x_T)[:n]
       if labels_kept is not None:
         labels_kept[start:start + n] = _host(label)[:n]
-    for name, totals in running.items():
-      wanted = {"features"} if totals.needs_features(start) else set()
-      wanted |= {"nearest"} & set(per_sample[name])
-      totals.add(jax.device_get(sums[name]), {k: _host(per_sample[name][k]) for k in wanted},
-                 start)
+    _add(running, sums, per_sample, start)
     done = b + 1
     if writes and (done == num_batches or (job.save_every and done % job.save_every == 0)):
       save_progress(out, record, done, nfe, running, images, x_T_kept, labels_kept)
   return Result(running, images, x_T_kept, labels_kept, nfe, (num_batches - first) * size,
                 time.perf_counter() - start_time, first)
+
+
+def reconstruct(experiment: Experiment, params, images, job: Job, mesh, *, judges=None,
+                progress: bool = True) -> Result:
+  """An autoencoder's reconstructions of images [job.num, H, W, C] in [-1, 1] (the same host
+  array in every process), judged as a sampling run's samples are: the floor of any latent
+  model of these images. Each is the decoder's image of the posterior mean of z (no
+  sampling), clipped to [-1, 1] for the judges; one step jitted over the mesh, in global
+  batches of job.batch_size (`global_batch_size`; the last one padded). job.seed is unused.
+
+  Returns:
+    a Result: the judges' statistics, the first job.save_images reconstructions (not
+    clipped) as images and their originals as x_T, the labels None and nfe 0.
+  """
+  judges = judges or {}
+  num, keep_features, save_images = job.num, job.keep_features, job.save_images
+  if len(images) != num:
+    raise ValueError(f"{len(images)} images for a job of {num}")
+  check_judged(job, judges)
+  size = global_batch_size(job, mesh)
+
+  def step(params, judge_arguments, x, index):
+    mean, _ = experiment.model.apply({"params": params}, x, method="encode")
+    reconstruction = experiment.model.apply({"params": params}, mean, method="decode")
+    judged = {name: streamed.batch_sums(judge, judge_arguments[name],
+                                        jnp.clip(reconstruction, -1.0, 1.0), index,
+                                        index < num, num)
+              for name, judge in judges.items()}
+    return (reconstruction, {name: out[1] for name, out in judged.items()},
+            {name: out[0] for name, out in judged.items()})
+
+  rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
+  every = sharding.replicated(mesh)
+  step = jax.jit(step, in_shardings=(every, every, rows, rows),
+                 out_shardings=(rows, rows, every), compiler_options=models.compiler_options())
+  judge_arguments = jax.device_put(
+      jax.device_get({name: judge.arguments() for name, judge in judges.items()}), every)
+  params = jax.device_put(jax.device_get(params), every)
+  padded = np.concatenate([images, np.zeros((-num % size, *images.shape[1:]), images.dtype)])
+  running = {name: streamed.Running(judge, num, keep_features) for name, judge in judges.items()}
+  keep = min(save_images, num)
+  kept = np.zeros((keep, *images.shape[1:]), np.float32)
+  start_time = time.perf_counter()
+  for start in tqdm(range(0, num, size), desc="reconstructing", unit="batch",
+                    disable=not progress or jax.process_index() != 0):
+    x = jax.make_array_from_callback(padded[start:start + size].shape, rows,
+                                     lambda where, start=start: padded[start:start + size][where])
+    index = jax.make_array_from_callback(
+        (size,), rows, lambda where, start=start: np.arange(start, start + size,
+                                                            dtype=np.int32)[where])
+    reconstruction, per_sample, sums = step(params, judge_arguments, x, index)
+    if start < keep:
+      n = min(keep - start, size)
+      kept[start:start + n] = _host(reconstruction)[:n]
+    _add(running, sums, per_sample, start)
+  return Result(running, kept, np.asarray(images[:keep], np.float32), None, 0, len(padded),
+                time.perf_counter() - start_time, 0)

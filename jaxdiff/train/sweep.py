@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from jaxdiff import evaluation, metrics, plots, streamed, workdir
-from jaxdiff.train import checkpoint, generate, sample_run
+from jaxdiff.train import checkpoint, generate, latent, sample_run
 from jaxdiff.train.experiment import DataSpec, Experiment
 
 SETTINGS = "sweep.json"
@@ -97,8 +97,8 @@ def judges(experiment, evaluate: str, inception_weights=None) -> dict:
   Raises:
     ValueError when neither is asked for (a sweep needs a quality figure).
   """
-  source = experiment.run.data.source
-  out = streamed.judges(source, experiment.run.data.options, evaluate, inception_weights)
+  source, options = latent.image_data(experiment)  # A latent model's: its autoencoder's.
+  out = streamed.judges(source, options, evaluate, inception_weights)
   if not out:
     raise ValueError(f"a sweep needs a quality figure: --inception-weights, or --evaluate "
                      f"yes/auto where the data ({source}) has an evaluation classifier "
@@ -195,6 +195,9 @@ def run(sweep: Sweep, out: pathlib.Path, mesh, *, progress: bool = True,
     (out / SETTINGS).write_text(json.dumps(sweep.settings, indent=1))
   rows = list(sweep.rows)
   steps = {}  # {(plan, grid): compiled step}, reused across checkpoints and parameters.
+  # A latent model's autoencoder, loaded once: its samples are decoded to be judged.
+  autoencoder = sweep.experiment.data.autoencoder
+  decoder = None if autoencoder is None else latent.decoder(autoencoder)
   todo = sweep.todo()
   for (step, which), group in itertools.groupby(todo, lambda cell: (cell.step, cell.params)):
     step_dir, _, params = generate.load(sweep.step_dirs[step], which)
@@ -203,7 +206,7 @@ def run(sweep: Sweep, out: pathlib.Path, mesh, *, progress: bool = True,
       compiled = (plan.describe(), np.asarray(plan.grid).tobytes())
       if compiled not in steps:
         steps[compiled] = sample_run.make_step(sweep.experiment, plan, sweep.job, mesh,
-                                               sweep.judges)
+                                               sweep.judges, decoder)
       if writes and progress:
         print(f"cell {len(rows) - len(sweep.rows) + 1}/{len(todo)}: {cell.folder()} "
               f"({plan.describe()})", flush=True)
@@ -212,7 +215,7 @@ def run(sweep: Sweep, out: pathlib.Path, mesh, *, progress: bool = True,
       record = {"checkpoint": str(step_dir.resolve()), **dataclasses.asdict(cell)}
       result = sample_run.run(sweep.experiment, plan, params, sweep.job, mesh,
                               judges=sweep.judges, out=folder, record=record,
-                              progress=progress, step_fn=steps[compiled])
+                              progress=progress, step_fn=steps[compiled], decoder=decoder)
       row = {**dataclasses.asdict(cell), "checkpoint": str(step_dir), "folder": cell.folder(),
              "nfe_counted": result.nfe, "grid": plan.grid_name, "num_samples": sweep.job.num,
              "seed": sweep.job.seed, "seconds": result.seconds,

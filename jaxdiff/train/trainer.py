@@ -20,7 +20,8 @@ from step 0) to run.num_steps:
     and the latents' mean and standard deviation with the loss; it has no
     sensitivity, bits/dim or sample-quality evaluation;
   * every sample_every steps: a picture of samples.num samples from the first
-    EMA with a fixed x_T and fixed labels (samples/step-<n>.png), so progress
+    EMA with a fixed x_T and fixed labels (samples/step-<n>.png; a latent
+    model's decoded by its autoencoder, `latent.decoder`), so progress
     is visible (samples.num = 0: none), and how much the first EMA's output
     depends on t and on the class (`diagnostics.sensitivity` on that step's
     batch; time_sensitivity and class_sensitivity in the next metrics row), with
@@ -55,8 +56,8 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdiff import data, diagnostics, models, plots
-from jaxdiff.train import (bits_per_dim, checkpoint, generate, optim, periodic_eval, phema,
-                           sharding,
+from jaxdiff.train import (bits_per_dim, checkpoint, generate, latent, optim, periodic_eval,
+                           phema, sharding,
                            state as train_state, step)
 from jaxdiff.train.experiment import DataSpec, Experiment, Settings
 from jaxdiff.train.writer import MetricWriter, progress_bar
@@ -133,7 +134,8 @@ class _Progress:
 def prepare(config):
   """(Experiment, data source, held-out source or None, mesh) of a training config: the
   config parsed once, everything it names built, and everything a run can check checked
-  before anything is written: the ranges, the mesh against the batch, the data against the
+  before anything is written: the ranges, the data against the named autoencoder
+  (`latent.check_named`; a latent model's bits/dim is refused), the mesh against the batch, the data against the
   batch, the network's shapes on the data (traced by jax.eval_shape, nothing compiled) and
   the sampler plan of the pictures, and the eval block where eval.every > 0 (its sampler
   plan, params and judges: `periodic_eval.check`). The held-out source where bpd.every > 0.
@@ -145,6 +147,9 @@ def prepare(config):
   run = settings.run
   source = data.make_source(run.data.source, **run.data.options)
   built = Experiment.build(settings, DataSpec.of(source))
+  latent.check_named(settings.autoencoder, built.data, run.data.source)
+  if built.data.autoencoder is not None and run.bpd.every:
+    raise ValueError(f"bpd.every = {run.bpd.every}: {bits_per_dim.LATENT_REFUSAL}; set it to 0")
   mesh = sharding.make_mesh(run.mesh)
   sharding.check_batch_size(mesh, run.batch_size, run.grad_accum)
   try:
@@ -294,19 +299,23 @@ def _run(experiment, state, source, iterator, workdir, mesh, checkpoints, train_
   start_step = current = int(state.step)
   # Every process samples (the network is spread over all of them); process 0 saves.
   picture, sensitivity = None, None
+  # A latent model's autoencoder (loaded once): its samples are decoded to be pictured, judged.
+  decoder = (None if experiment.data.autoencoder is None
+             else latent.decoder(experiment.data.autoencoder))
   if experiment.trains_autoencoder:
     if run.samples.num:
       picture = _reconstruction_picture_fn(experiment, mesh, source, save=writes)
   else:
     if run.samples.num:
-      picture = _picture_fn(experiment, mesh, save=writes)
+      picture = _picture_fn(experiment, mesh, save=writes, decoder=decoder)
     sensitivity = _sensitivity_fn(experiment, mesh)
   # The held-out bits/dim's own bar only on a terminal: in a log, the training's lines say it.
   on_terminal = writes and show_progress and sys.stderr.isatty()
   held_out_bpd = _bpd_fn(experiment, mesh, held_out, show_progress=on_terminal)
   evaluator = None
   if run.eval.every:
-    evaluator = periodic_eval.Evaluator(experiment, mesh, judges, progress=on_terminal)
+    evaluator = periodic_eval.Evaluator(experiment, mesh, judges, progress=on_terminal,
+                                        decoder=decoder)
     evaluator.resume(checkpoints, workdir)
   writer = MetricWriter(workdir, start_step) if writes else None
   bar = progress_bar(run.num_steps, start_step, enabled=writes and show_progress,
@@ -417,13 +426,22 @@ def _bpd_fn(experiment: Experiment, mesh, source, show_progress: bool):
   return evaluate
 
 
-def _picture_fn(experiment: Experiment, mesh, save: bool):
-  """(state, path) -> samples the EMA (fixed x_T and labels); writes their picture if save."""
+def _picture_fn(experiment: Experiment, mesh, save: bool, decoder=None):
+  """(state, path) -> samples the EMA (fixed x_T and labels); writes their picture if save.
+  decoder: (latent.LatentSpace, params) of a latent model, whose samples are decoded in the
+  same jitted call (its params an argument)."""
   run = experiment.run
   plan = picture_plan(experiment)
-  sample = jax.jit(generate.make_sample_fn(experiment, plan),
+  sample_fn = generate.make_sample_fn(experiment, plan)
+
+  def sample_images(params, decoder_params, x_T, key, labels):
+    x_0, info = sample_fn(params, x_T, key, labels)
+    return (x_0 if decoder is None else decoder[0].decode(decoder_params, x_0)), info
+
+  sample = jax.jit(sample_images,
                    out_shardings=sharding.replicated(mesh),  # Whole in every process.
                    compiler_options=models.compiler_options())
+  decoder_params = None if decoder is None else jax.device_get(decoder[1])
   key_noise, key_sampler = jax.random.split(jax.random.fold_in(
       jax.random.PRNGKey(run.seed), 0x5A))  # Apart from the training keys.
   # Host values, the same in every process, which jit places on the mesh itself.
@@ -434,12 +452,12 @@ def _picture_fn(experiment: Experiment, mesh, save: bool):
   ema_name = train_state.ema_name(experiment.ema_decays[0])
 
   def picture(state, path):
-    x_0, _ = sample(state.ema[ema_name], x_T, key_sampler, labels)
+    x_0, _ = sample(state.ema[ema_name], decoder_params, x_T, key_sampler, labels)
     if not save:
       return
     path.parent.mkdir(exist_ok=True)
     x_0 = np.asarray(jax.device_get(x_0))
-    if experiment.data.eight_bit:
+    if experiment.data.makes_images:
       plots.save_image_grid(x_0, path)
     else:
       plots.plot_samples_2d({path.stem: x_0[:, :2]}, path,
