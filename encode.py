@@ -17,7 +17,8 @@ autoencoder has no training data: pass both.
 float32 [N, h, w, 2c]), labels.npy and, last, latents.json (what they are:
 the autoencoder, its fingerprint and the scaling factor, the data); a training
 config reads them with data.source "latents", data.options {"path": OUT}. The
-scaling factor: --scaling-factor auto computes 0.5 / std(z) over the whole set
+scaling factor: --scaling-factor auto centres z on its mean (the shift factor) and
+scales it to std 0.5 over the whole set
 (`jaxdiff.train.encode_run`), config takes the diffusers config's (the default
 for a diffusers folder; auto for a jaxdiff one), a number is used as given.
 

@@ -63,6 +63,7 @@ def test_encoding_stores_every_images_posterior_its_label_and_the_scaling(autoen
   std = np.sqrt(np.var(m) + np.mean(np.exp(v)))
   assert record["latent_std"] == pytest.approx(std, rel=1e-9)
   assert record["autoencoder"]["scaling_factor"] == pytest.approx(0.5 / std, rel=1e-9)
+  assert record["autoencoder"]["shift_factor"] == pytest.approx(np.mean(m), rel=1e-9)
   assert record["autoencoder"]["fingerprint"] == latent.fingerprint(params)
   assert record["autoencoder"]["checkpoint"] == origin["checkpoint"]
   assert (record["num"], record["shape"], record["num_classes"]) == (297, [4, 4, 2], 10)

@@ -13,7 +13,8 @@ array (`jaxdiff.data.latents_source`). The output folder holds
                 data encoded, num, shape, stored, scaling_computed, and the
                 latents' mean and standard deviation.
 
-The scaling factor, unless given, is LATENT_STD / std(z) over every element of
+The scaling factor, unless given, is LATENT_STD / std(z), and the shift factor
+the mean of z (else the autoencoder's own, or 0), over every element of
 the encoded set with z ~ q(z | x) (Rombach et al.'s sec. 4.3.2 and app. G
 rescale to unit variance; LATENT_STD = 0.5 gives the latents the spread of
 images in [-1, 1] that every process here is tuned for, EDM's sigma_data, as
@@ -193,7 +194,6 @@ def run(model, params, origin: dict, source, job: Job, mesh, out, *,
   num = len(source)
   size = global_batch_size(job, num, mesh)
   num_batches = math.ceil(num / size)
-  shift_factor = float(model.shift_factor or 0.0)
   fingerprint = latent.fingerprint(params)
   run_record = json.loads(json.dumps({
       "autoencoder": {"checkpoint": origin["checkpoint"], "params": origin["params"],
@@ -235,7 +235,10 @@ def run(model, params, origin: dict, source, job: Job, mesh, out, *,
       if done == num_batches or (job.save_every and done % job.save_every == 0):
         _save_progress(out, run_record, done, sums, arrays)
   latent_mean, latent_std = scaling_of(sums)
-  scaling_factor = job.scaling_factor or LATENT_STD / latent_std
+  if job.scaling_factor is None:  # Centred, then scaled to std LATENT_STD (EDM2's encoder).
+    scaling_factor, shift_factor = LATENT_STD / latent_std, latent_mean
+  else:
+    scaling_factor, shift_factor = job.scaling_factor, float(model.shift_factor or 0.0)
   record = {"autoencoder": latent.record(model, params, origin, scaling_factor, shift_factor,
                                          source.shape),
             "data": {"source": job.source, "options": job.options}, "num": num,
