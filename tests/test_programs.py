@@ -97,17 +97,16 @@ def test_a_checkpoint_refuses_data_of_another_shape_and_counts_that_cannot_run(t
 
 def test_sample_py_and_bpd_py_refuse_bad_flags_before_claiming_a_folder(trained_points,
                                                                         tmp_path):
-  """Each refusal is one line naming the flag, and no output folder is claimed (--guidance,
-  --seed, --num and --save-every are checked where --batch-size is: the test above and
-  tests/test_sample_run.py show what they refuse)."""
+  """Each refusal is one line naming the flag, and no output folder is claimed. One refusal
+  per program's check block shows the way out (sample.py's --evaluate, --guidance, --seed,
+  --num and --save-every, and bpd.py's --seed, are checked where its --batch-size and
+  --data-options are: the test above, tests/test_sample_run.py and tests/test_evaluation.py
+  show what they refuse)."""
   # Inception weights with every tensor of pytorch-fid's state dict, none of its shape.
   weights = tmp_path / "wrong-shapes.npz"
   np.savez(weights, **{key: np.zeros(1, np.float32) for key in inception.torch_layout()})
   for program, flags, message in [
       ("sample.py", ["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
-      ("sample.py", ["--evaluate", "yes"], "--evaluate yes: no evaluation classifier for the "
-       "data source 'oracle'"),
-      ("bpd.py", ["--seed", "-1"], r"--seed must be an integer in [0, 2**32), got -1"),
       ("bpd.py", ["--data-options", '{"dim": 3}'], "has records of shape (3,); the checkpoint "
        "was trained on (2,)")]:
     out = tmp_path / "out"
