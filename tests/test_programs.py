@@ -233,7 +233,17 @@ def test_study_schedules_trains_both_schedules(tmp_path):
     schedules.prepare(study_options(), train_base.use_edm(config))
 
 
-def test_study_training_shows_loss_and_samples_over_training(tmp_path):
+def test_study_training_shows_loss_and_samples_over_training(tmp_path, monkeypatch):
+  # configs/toy2d.py as the study trains it, its pictures of 20 samples instead of 2000 (their
+  # sampling, five times, was most of this test's time).
+  toy_config = training.toy2d.get_config
+
+  def toy_config_with_small_pictures():
+    config = toy_config()
+    config.samples.num = 20
+    return config
+
+  monkeypatch.setattr(training.toy2d, "get_config", toy_config_with_small_pictures)
   run_in_process(training, study_options(train_steps=5), tmp_path / "study",
                  tiny_config("digits"))
   rows = json.loads((tmp_path / "study" / "results.json").read_text())["rows"]
