@@ -97,17 +97,16 @@ def test_a_checkpoint_refuses_data_of_another_shape_and_counts_that_cannot_run(t
 
 def test_sample_py_and_bpd_py_refuse_bad_flags_before_claiming_a_folder(trained_points,
                                                                         tmp_path):
-  """Each refusal is one line naming the flag, and no output folder is claimed (--guidance,
-  --seed, --num and --save-every are checked where --batch-size is: the test above and
-  tests/test_sample_run.py show what they refuse)."""
+  """Each refusal is one line naming the flag, and no output folder is claimed. One refusal
+  per program's check block shows the way out (sample.py's --evaluate, --guidance, --seed,
+  --num and --save-every, and bpd.py's --seed, are checked where its --batch-size and
+  --data-options are: the test above, tests/test_sample_run.py and tests/test_evaluation.py
+  show what they refuse)."""
   # Inception weights with every tensor of pytorch-fid's state dict, none of its shape.
   weights = tmp_path / "wrong-shapes.npz"
   np.savez(weights, **{key: np.zeros(1, np.float32) for key in inception.torch_layout()})
   for program, flags, message in [
       ("sample.py", ["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
-      ("sample.py", ["--evaluate", "yes"], "--evaluate yes: no evaluation classifier for the "
-       "data source 'oracle'"),
-      ("bpd.py", ["--seed", "-1"], r"--seed must be an integer in [0, 2**32), got -1"),
       ("bpd.py", ["--data-options", '{"dim": 3}'], "has records of shape (3,); the checkpoint "
        "was trained on (2,)")]:
     out = tmp_path / "out"
@@ -234,7 +233,17 @@ def test_study_schedules_trains_both_schedules(tmp_path):
     schedules.prepare(study_options(), train_base.use_edm(config))
 
 
-def test_study_training_shows_loss_and_samples_over_training(tmp_path):
+def test_study_training_shows_loss_and_samples_over_training(tmp_path, monkeypatch):
+  # configs/toy2d.py as the study trains it, its pictures of 20 samples instead of 2000 (their
+  # sampling, five times, was most of this test's time).
+  toy_config = training.toy2d.get_config
+
+  def toy_config_with_small_pictures():
+    config = toy_config()
+    config.samples.num = 20
+    return config
+
+  monkeypatch.setattr(training.toy2d, "get_config", toy_config_with_small_pictures)
   run_in_process(training, study_options(train_steps=5), tmp_path / "study",
                  tiny_config("digits"))
   rows = json.loads((tmp_path / "study" / "results.json").read_text())["rows"]

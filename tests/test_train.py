@@ -329,23 +329,26 @@ def test_sample_quality_is_measured_every_eval_steps_and_the_best_checkpoint_kep
 
 
 def test_sigkill_at_random_moments_then_resume_is_bitwise_equal(tmp_path):
-  """train.py killed five times -- once while a checkpoint is being written, four times a
-  random 0-0.5 s after the run makes progress -- and restarted each time: the final state
-  equals the uninterrupted run's, and metrics.jsonl holds each step once."""
+  """train.py killed three times -- once while a checkpoint is being written, twice a random
+  0-0.5 s after the run makes progress -- and restarted each time: the final state equals the
+  uninterrupted run's, and metrics.jsonl holds each step once."""
   longer = ("--config.num_steps", "300", "--config.log_every", "10", "--config.samples.num",
             "0", "--config.keep_checkpoints", "3")
   # Every run after the first loads its compiled programs from JAX's persistent cache.
   env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   command = [sys.executable, "train.py", "--config", "tests/tiny_config.py", *longer]
-  reference = subprocess.run(command + ["--workdir", str(tmp_path / "reference")], cwd=ROOT,
+  # The uninterrupted run checkpoints at its end only (the cadence changes no update; its 30
+  # checkpoints took half its time).
+  reference = subprocess.run(command + ["--config.checkpoint_every", "300", "--workdir",
+                                        str(tmp_path / "reference")], cwd=ROOT,
                              capture_output=True, text=True, timeout=600, env=env)
   assert reference.returncode == 0, reference.stderr[-3000:]
   workdir = tmp_path / "killed"
   args = command + ["--workdir", str(workdir)]
   rng = random.Random(0)
   kills = 0
-  for kill in range(5):
+  for kill in range(3):
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=env)
     start_rows = len(read_metrics(workdir))
@@ -366,7 +369,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_equal(tmp_path):
     kills += 1
   result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert kills == 5, kills
+  assert kills == 3, kills
   assert not (workdir / "INCOMPLETE").exists()
   config = tiny_config(num_steps=300, log_every=10, samples__num=0, keep_checkpoints=3)
   source = data.make_source("toy", name="checkerboard", num_points=512)
@@ -588,13 +591,13 @@ def test_a_missing_dataset_says_how_to_get_it(tmp_path):
     data.make_source("idx", directory=str(tmp_path))
 
 
+# An unknown config key through train.py: tests/test_cli.py. The refusals of trainer.prepare,
+# each: test_what_a_run_would_fail_on_is_refused_by_prepare; here train.py's way of reporting
+# one of them.
 @pytest.mark.parametrize("args, message", [
-    (("--config.nonexistent", "3"), "unknown config key '--config.nonexistent'"),
     (("--config.num_steps", "abc"), "flag --config.num_steps=abc"),
     (("--config.steps_per_call", "2"), "invalid training configuration: log_every (5) must be "
      "a multiple of steps_per_call (2)"),
-    (("--config.samples.nfe", "3", "--config.samples.sampler", "unipc_x"),
-     "unknown sampler 'unipc_x'"),
 ])
 def test_bad_config_is_refused_before_anything_is_written(tmp_path, args, message):
   result = run_train("--workdir", str(tmp_path / "run"), *args)
@@ -604,15 +607,9 @@ def test_bad_config_is_refused_before_anything_is_written(tmp_path, args, messag
   assert not (tmp_path / "run").exists()
 
 
-def test_unwritable_or_foreign_workdirs_are_refused_at_once(tmp_path, trained_toy):
-  (tmp_path / "file").write_text("")
-  result = run_train("--workdir", str(tmp_path / "file" / "run"))
-  assert result.returncode != 0 and "cannot create workdir" in result.stderr
-  (tmp_path / "photos").mkdir()
-  (tmp_path / "photos" / "cat.png").write_text("")
-  result = run_train("--workdir", str(tmp_path / "photos"))
-  assert result.returncode != 0 and "already holds files (cat.png)" in result.stderr
-  # A training run of another config: named differences, nothing changed.
+def test_a_workdir_of_another_config_is_refused_at_once(tmp_path, trained_toy):
+  """A training run of another config: named differences, nothing changed. (The folders
+  workdir.claim refuses, unwritable or holding other files: tests/test_workdir.py.)"""
   shutil.copytree(trained_toy, tmp_path / "other")
   before = sorted(str(p) for p in (tmp_path / "other").rglob("*"))
   result = run_train("--workdir", str(tmp_path / "other"), "--config.optim.learning_rate",
