@@ -495,7 +495,7 @@ def test_bad_config_values_name_the_field(toy_source, overrides, message):
     ({"samples__nfe": 0}, "samples.nfe must be a positive integer, got 0"),
     ({"samples__guidance": math.nan}, "samples.guidance must be a finite number"),
     ({"bpd__batch_size": 0}, "bpd.batch_size must be a positive integer, got 0"),
-    ({"model__name": "vit"}, "model.name must be one of ['dit', 'mlp', 'unet'], got 'vit'"),
+    ({"model__name": "vit"}, "model.name must be one of ['autoencoder_kl', 'dit', 'mlp', 'unet'], got 'vit'"),
     ({"optim__beta1": 0.9}, "unknown optim fields ['beta1']; optim has the fields"),
     ({"ema__phema_sigma_rels": (0.05, 0.3)}, "ema.phema_sigma_rels must be a finite number in "
      "(0, 0.288675), got 0.3"),
