@@ -26,6 +26,16 @@ from conftest import ROOT, tiny_config
 JOB = encode_run.Job("digits", {"split": "test"}, batch_size=64, save_every=2)
 
 
+def test_an_autoencoder_run_learns_to_reconstruct_and_logs_its_latents(tiny_autoencoder):
+  rows = [json.loads(line)
+          for line in (tiny_autoencoder / "metrics.jsonl").read_text().splitlines()]
+  assert [row["step"] for row in rows] == [5, 10, 15, 20]
+  assert rows[-1]["reconstruction"] < 0.7 * rows[0]["reconstruction"]
+  for row in rows:  # The loss is the summed L1 plus 1e-6 KL: 64 pixels.
+    assert row["kl"] > 0 and row["latent_std"] > 0 and abs(row["latent_mean"]) < 10
+  assert (tiny_autoencoder / "samples" / "step-20.png").exists()
+
+
 @pytest.fixture(scope="module")
 def autoencoder(tiny_autoencoder):
   return latent.load(tiny_autoencoder, "ema")

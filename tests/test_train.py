@@ -563,16 +563,6 @@ def test_what_a_run_would_fail_on_is_refused_by_prepare(kind, overrides, message
   assert message in str(error.value)
 
 
-def test_an_autoencoder_run_learns_to_reconstruct_and_logs_its_latents(tiny_autoencoder):
-  rows = [json.loads(line)
-          for line in (tiny_autoencoder / "metrics.jsonl").read_text().splitlines()]
-  assert [row["step"] for row in rows] == [5, 10, 15, 20]
-  assert rows[-1]["reconstruction"] < 0.7 * rows[0]["reconstruction"]
-  for row in rows:  # The loss is the summed L1 plus 1e-6 KL: 64 pixels.
-    assert row["kl"] > 0 and row["latent_std"] > 0 and abs(row["latent_mean"]) < 10
-  assert (tiny_autoencoder / "samples" / "step-20.png").exists()
-
-
 def test_configs_written_before_grad_accum_bpd_and_eval_still_load():
   config = tiny_config().to_dict()
   del config["grad_accum"], config["bpd"], config["eval"]
