@@ -192,7 +192,8 @@ def test_the_workdir_holds_metrics_pictures_and_events(trained_toy):
   assert (trained_toy / "samples" / "step-20.png").is_file()
   assert list((trained_toy / "tensorboard").glob("events.out.tfevents.*"))
   record = checkpoint.read_run(checkpoint.find(trained_toy))
-  assert record["data"] == {"shape": [2], "num_classes": 0, "eight_bit": False}
+  assert record["data"] == {"shape": [2], "num_classes": 0, "eight_bit": False,
+                          "autoencoder": None}
   assert record["config"]["model"]["options"] == {"features": 32, "num_blocks": 2}
 
 
