@@ -89,8 +89,11 @@ def test_ctrl_c_during_a_compile_ends_with_one_line_not_a_crash(tmp_path):
       "  finally:\n"
       "    print('cleaned up', flush=True)\n"
       "main([])\n")
+  # Without the tests' persistent compilation cache: a cached program would load at once and
+  # end before the SIGINT.
   result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+                          env={**os.environ, "PYTHONPATH": str(ROOT),
+                               "JAX_ENABLE_COMPILATION_CACHE": "false"}, timeout=600)
   assert result.returncode == 130, result.stderr[-2000:]
   assert result.stdout == "cleaned up\n"
   assert result.stderr.startswith("interrupted (Ctrl-C)") and result.stderr.count("\n") == 1
