@@ -215,21 +215,9 @@ def reconstruct_checkpoint(step_dir, built, params):
     row = {"checkpoint": str(step_dir), "params": _PARAMS.value,
            "data": f"{built.run.data.source} {options}", "num_images": _NUM.value,
            "seconds": result.seconds, "images_per_second": result.sampled / result.seconds}
-    table = ("The autoencoder's reconstructions (the posterior means decoded) of held-out "
-             "images: the floor of any latent model of these images.\n\n"
-             + workdir.markdown_table(list(row), [list(row.values())]))
-    quality, inception_quality = {}, None
-    if "classifier" in result.running:
-      quality = evaluate(built, result.running["classifier"], "reconstructions")
-      table += "\n\n" + quality_table(quality)
-    if "inception" in result.running:
-      inception_quality = result.running["inception"].quality()
-      table += "\n\nInception-v3 (jaxdiff.fid): " + fid.format_quality(inception_quality)
-    (out / "results.json").write_text(json.dumps(
-        {"rows": [row], "quality": quality, "inception": inception_quality}, indent=1,
-        default=workdir.json_default))
-    (out / "results.md").write_text(table + "\n")
-    print(table)
+    write_tables(out, built, row, result, "reconstructions",
+                 "The autoencoder's reconstructions (the posterior means decoded) of held-out "
+                 "images: the floor of any latent model of these images.\n\n")
     print(f"\nwrote reconstructions.npz, reconstructions.png and results.md to {out}")
 
 
@@ -247,10 +235,17 @@ def write_results(out, built, plan, step_dir, job, result):
          "steps": len(plan.grid) - 1, "guidance": plan.guidance_scale, "params": _PARAMS.value,
          "num_samples": job.num, "seed": job.seed, "seconds": result.seconds,
          "samples_per_second": result.sampled / result.seconds}
-  table = workdir.markdown_table(list(row), [list(row.values())])
+  write_tables(out, built, row, result, "samples")
+  print(f"\nwrote samples.npz, samples.png and results.md to {out}")
+
+
+def write_tables(out, built, row: dict, result, name: str, preamble: str = ""):
+  """results.md and results.json: the run's row and the judges' figures of its images
+  (`name`: samples or reconstructions); printed."""
+  table = preamble + workdir.markdown_table(list(row), [list(row.values())])
   quality, inception_quality = {}, None
   if "classifier" in result.running:
-    quality = evaluate(built, result.running["classifier"])
+    quality = evaluate(built, result.running["classifier"], name)
     table += "\n\n" + quality_table(quality)
   if "inception" in result.running:
     inception_quality = result.running["inception"].quality()
@@ -260,7 +255,6 @@ def write_results(out, built, plan, step_dir, job, result):
       default=workdir.json_default))
   (out / "results.md").write_text(table + "\n")
   print(table)
-  print(f"\nwrote samples.npz, samples.png and results.md to {out}")
 
 
 def evaluate(built, running, name: str = "samples"):
