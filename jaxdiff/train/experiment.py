@@ -21,7 +21,7 @@ import ml_collections
 
 from jaxdiff import models, schedules
 from jaxdiff.train import optim, phema, ranges, state as train_state
-from jaxdiff.train.step import AutoencoderObjective, Objective
+from jaxdiff.train.step import AutoencoderObjective, ConsistencyObjective, Objective
 
 # Fields a restarted run may change: how long, how often and on what devices, not what is
 # trained (a mesh or a gradient accumulation changes only the order of the sums).
@@ -39,6 +39,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The model whose run trains an autoencoder (step.AutoencoderObjective, the config's loss
 # holding its fields) rather than a denoiser.
 AUTOENCODER = "autoencoder_kl"
+# The denoisers' objectives by the config's loss.kind (the loss's other fields are the
+# objective's); a loss without a kind is "diffusion".
+OBJECTIVES = {"diffusion": Objective, "consistency_training": ConsistencyObjective}
 # The top-level numbers of RunSettings, and every top-level field of a training config.
 RUN_NUMBERS = ("num_steps", "batch_size", "seed", "checkpoint_every", "log_every",
                "sample_every", "keep_checkpoints", "steps_per_call", "grad_accum")
@@ -359,7 +362,7 @@ class Experiment:
   run: RunSettings
   data: DataSpec
   process: schedules.Process
-  objective: Objective | AutoencoderObjective
+  objective: Objective | ConsistencyObjective | AutoencoderObjective
   model: object  # A Flax module of jaxdiff.models.
   conditional: bool
   optimizer: optim.OptimizerConfig
@@ -393,7 +396,11 @@ class Experiment:
         raise ValueError("model.conditional: the autoencoder (model.name "
                          f"{AUTOENCODER!r}) takes no labels; set it False")
     else:
-      objective = _section(Objective, "loss", settings.loss, process=process)
+      loss = dict(settings.loss)
+      kind = loss.pop("kind", "diffusion")
+      if kind not in OBJECTIVES:
+        raise ValueError(f"loss.kind must be one of {list(OBJECTIVES)}, got {kind!r}")
+      objective = _section(OBJECTIVES[kind], "loss", loss, process=process)
     if model.conditional and not data.num_classes:
       raise ValueError("model.conditional needs a labelled data source; this one has no classes")
     options = {**model.options, **_data_options(model.name, data),

@@ -7,6 +7,8 @@ denoising score matching with sigma^2 or likelihood weighting (Song et al.
 2021), the flow-matching velocity (Lipman et al. 2023), and EDM's
 preconditioned x0 with its weight (Karras et al. 2022, eq. 7-8).
 
+`ConsistencyObjective` trains a consistency model from data (Song & Dhariwal
+2023, "Improved Techniques for Training Consistency Models"; `consistency`).
 `AutoencoderObjective` trains the KL autoencoder of latent diffusion instead
 (`models.autoencoder`; Rombach et al. 2022, sec. 3): reconstruction plus a small
 KL (`losses.autoencoder_loss`). An objective draws a batch's noise, gives the
@@ -26,12 +28,13 @@ with the state donated, shardings over the mesh (`sharding`), and
 """
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdiff import losses, models, parameterization
+from jaxdiff import consistency, losses, models, parameterization
 from jaxdiff.schedules import Process
 from jaxdiff.train import optim, phema, ranges
 from jaxdiff.train.state import TrainState, ema_name, phema_name
@@ -91,9 +94,9 @@ class Objective:
                                  prediction=self.prediction, target=self.target,
                                  weighting=self.weighting, reduce=self.reduce, noise=noise)
 
-  def draw_noise(self, model, shape, key):
+  def draw_noise(self, model, shape, key, step):
     """The draws of one training batch of images [B, ...] = shape: (t [B], eps)."""
-    del model
+    del model, step
     return losses.training_noise(self.process, shape, key)
 
   def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool):
@@ -102,6 +105,83 @@ class Objective:
     loss, _ = self.loss(models.network_fn(model, params, key_dropout), batch["image"], None,
                         cond, noise)
     return loss, {}
+
+  def init(self, model, key, x, cond):
+    """The network's variables, traced on x [1, ...] at t = 1."""
+    return model.init(key, x, jnp.ones((x.shape[0],)), cond, deterministic=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencyObjective:
+  """Consistency training with iCT's improved techniques (`consistency.consistency_loss`
+  without a teacher): the pseudo-Huber distance (or "l2"), the interval index drawn from
+  the discrete log-normal over the levels, the levels doubling along the exponential
+  curriculum over curriculum_steps (iCT's K, their whole run), lambda = 1 / (s_{i+1} - s_i),
+  and the student itself, not differentiated, as the target (no EMA teacher), with the
+  student's dropout masks (iCT, sec. 3.2: the same dropout in both).
+
+  The network is wrapped by `consistency.preconditioned`: the model is a consistency
+  function, an x0 prediction that the `consistency` sampler turns into samples in one or
+  a few calls.
+  """
+
+  process: Process
+  curriculum_steps: int
+  distance: str = "pseudo_huber"
+  scales: tuple = consistency.ICT_SCALES
+  p_mean: float = consistency.ICT_P_MEAN
+  p_std: float = consistency.ICT_P_STD
+  prediction: ClassVar[str] = "x0"
+
+  def __post_init__(self):
+    if self.distance not in consistency.DISTANCES:
+      raise ValueError(f"loss.distance must be one of {list(consistency.DISTANCES)}, got "
+                       f"{self.distance!r}")
+    ranges.integer("loss.curriculum_steps", self.curriculum_steps, 1)
+    scales = tuple(self.scales)
+    if (len(scales) != 2 or not all(isinstance(n, int) for n in scales)
+        or not 1 <= scales[0] <= scales[1]):
+      raise ValueError(f"loss.scales must be two integers (s0, s1), 1 <= s0 <= s1: the "
+                       f"curriculum's first and last number of intervals, got {self.scales!r}")
+    ranges.number("loss.p_std", self.p_std, "(0, inf)")
+    object.__setattr__(self, "scales", scales)
+
+  def denoise_fn(self, network_fn):
+    """(x_t, t, cond) -> the consistency function f(x_t, t) (`consistency.preconditioned`)."""
+    return consistency.preconditioned(network_fn, self.process)
+
+  def told_fn(self, network_fn):
+    """(x_t, t, t_told, cond) -> f(x_t, t) with the network's time input taken at t_told."""
+
+    def fn(x, t, t_told, cond=None):
+      told = parameterization.edm_c_noise(self.process, t_told)
+      return self.denoise_fn(lambda x_in, _, c: network_fn(x_in, told, c))(x, t, cond)
+
+    return fn
+
+  def num_scales(self, step):
+    """N(k): the curriculum's number of levels at training step k."""
+    return consistency.ict_num_scales(step, self.curriculum_steps, self.scales)
+
+  def draw_noise(self, model, shape, key, step):
+    """(i [B], N [B], z [B, ...]): interval indices from the log-normal over the N(step)
+    levels, N, and the noise shared by both levels."""
+    del model
+    key_i, key_z = jax.random.split(key)
+    num_scales = self.num_scales(step)
+    levels = consistency.level(self.process, jnp.arange(self.scales[1] + 1), num_scales)
+    logits = consistency.lognormal_logits(levels, num_scales, self.p_mean, self.p_std)
+    i = jax.random.categorical(key_i, logits, shape=(shape[0],))
+    return i, jnp.full((shape[0],), num_scales), jax.random.normal(key_z, shape)
+
+  def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool):
+    """Per-example loss [B] and the step's number of levels N."""
+    i, num_scales, z = noise
+    cond = batch["label"] if conditional else None
+    student = self.denoise_fn(models.network_fn(model, params, key_dropout))
+    loss, _ = consistency.consistency_loss(student, student, self.process, batch["image"], i,
+                                           num_scales, z, self.distance, cond=cond)
+    return loss, {"num_scales": num_scales[0].astype(jnp.float32)}
 
   def init(self, model, key, x, cond):
     """The network's variables, traced on x [1, ...] at t = 1."""
@@ -128,8 +208,9 @@ class AutoencoderObjective:
                        f"got {self.reconstruction!r}")
     ranges.number("loss.kl_weight", self.kl_weight, "[0, inf)")
 
-  def draw_noise(self, model, shape, key):
+  def draw_noise(self, model, shape, key, step):
     """The posterior's draw eps [B, h, w, c] for images [B, H, W, C] = shape."""
+    del step
     return jax.random.normal(key, (shape[0], *model.latent_shape(shape[1:])))
 
   def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool):
@@ -190,10 +271,10 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
     loss, metrics = objective.train_loss(model, params, batch, noise, key_dropout, conditional)
     return jnp.mean(loss), metrics
 
-  def loss_and_grads(params, batch, key):
+  def loss_and_grads(params, batch, key, step):
     """((loss, objective's metrics), grads), averaged over the micro-batches."""
     key_loss, key_dropout = jax.random.split(key)
-    noise = objective.draw_noise(model, batch["image"].shape, key_loss)
+    noise = objective.draw_noise(model, batch["image"].shape, key_loss, step)
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     if grad_accum == 1:
       return value_and_grad(params, batch, noise, key_dropout)
@@ -220,7 +301,7 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
 
   def one_step(state: TrainState, batch):
     key = jax.random.fold_in(state.key, state.step)
-    (loss, objective_metrics), grads = loss_and_grads(state.params, batch, key)
+    (loss, objective_metrics), grads = loss_and_grads(state.params, batch, key, state.step)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decays = {ema_name(d): optim.ema_decay(d, state.step, ema_warmup) for d in ema_decays}
