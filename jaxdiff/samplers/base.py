@@ -431,7 +431,8 @@ class Sampler:
   def __call__(self, denoise_fn, process: Process, x_T, key, grid, *, cond=None, **options):
     options = self.resolve(options)
     if self.stochastic(options) and key is None and jnp.shape(grid)[0] - 1 > self.noiseless_steps:
-      where = f" on grids of more than {self.noiseless_steps} steps" if self.noiseless_steps else ""
+      many = self.noiseless_steps
+      where = f" on grids of more than {many} step{'s' * (many > 1)}" if many else ""
       raise ValueError(f"{self.name} with {_own(self, options)} draws noise{where} and needs a "
                        "PRNG key (jax.random.PRNGKey(seed)), got key=None")
     if key is not None and per_sample(key) and key.shape[0] != x_T.shape[0]:
