@@ -430,7 +430,7 @@ class Sampler:
 
   def __call__(self, denoise_fn, process: Process, x_T, key, grid, *, cond=None, **options):
     options = self.resolve(options)
-    if self.stochastic(options) and key is None and jnp.shape(grid)[0] - 1 > self.noiseless_steps:
+    if self.stochastic(options) and key is None and jnp.size(grid) - 1 > self.noiseless_steps:
       many = self.noiseless_steps
       where = f" on grids of more than {many} step{'s' * (many > 1)}" if many else ""
       raise ValueError(f"{self.name} with {_own(self, options)} draws noise{where} and needs a "
