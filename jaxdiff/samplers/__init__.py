@@ -15,6 +15,7 @@ when.
 """
 
 from jaxdiff.samplers import ode, pc
+from jaxdiff.samplers.consistency import consistency
 from jaxdiff.samplers.ddim import ddim
 from jaxdiff.samplers.ddpm import ddpm
 from jaxdiff.samplers.deis import deis
@@ -47,6 +48,7 @@ SAMPLERS = {
     "dpm_solver_3m_sde": dpm_solver_3m_sde,
     "deis": deis,
     "sa_solver": sa_solver,
+    "consistency": consistency,
 }
 
 

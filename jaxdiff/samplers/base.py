@@ -342,6 +342,12 @@ def one_call_per_step(num_steps: int, ends_at_zero: bool, options: dict) -> int:
   return num_steps
 
 
+# The order of a sampler that is no solver of the denoiser it is given: it is exact
+# only for the function it presumes (a consistency function), so no step-size
+# convergence on the PF-ODE or the mixture is declared or tested.
+NOT_A_SOLVER = None
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampler:
   """A registry entry; calling it samples:
@@ -360,8 +366,13 @@ class Sampler:
     options: name -> Option, the sampler's own options.
     order: options -> the global order of convergence in the step size
       (of the ODE solution for deterministic samplers; of the law of x_0
-      -- the weak order -- for stochastic ones).
+      -- the weak order -- for stochastic ones), or NOT_A_SOLVER for a
+      sampler that solves no equation of the denoiser it is given (the
+      consistency sampler: right only for a consistency function).
     stochastic: options -> whether it draws noise (needs a key).
+    noiseless_steps: grids of at most this many steps draw no noise even
+      where `stochastic` says it does, and take key=None (the consistency
+      sampler's one step: 1).
     nfe: (N, ends_at_zero, options) -> network calls on a grid of N steps;
       None for samplers that choose their own steps (adaptive).
     run: replaces init/step for samplers that do not step along the grid
@@ -376,6 +387,7 @@ class Sampler:
   stochastic: Callable
   nfe: Optional[Callable] = one_call_per_step
   run: Optional[Callable] = None
+  noiseless_steps: int = 0
 
   def resolve(self, options: dict) -> dict:
     """Every option (the sampler's and COMMON_OPTIONS), defaults filled in, checked.
@@ -418,9 +430,11 @@ class Sampler:
 
   def __call__(self, denoise_fn, process: Process, x_T, key, grid, *, cond=None, **options):
     options = self.resolve(options)
-    if self.stochastic(options) and key is None:
-      raise ValueError(f"{self.name} with {_own(self, options)} draws noise and needs a PRNG "
-                       "key (jax.random.PRNGKey(seed)), got key=None")
+    if self.stochastic(options) and key is None and jnp.size(grid) - 1 > self.noiseless_steps:
+      many = self.noiseless_steps
+      where = f" on grids of more than {many} step{'s' * (many > 1)}" if many else ""
+      raise ValueError(f"{self.name} with {_own(self, options)} draws noise{where} and needs a "
+                       "PRNG key (jax.random.PRNGKey(seed)), got key=None")
     if key is not None and per_sample(key) and key.shape[0] != x_T.shape[0]:
       raise ValueError(f"{self.name}: per-sample keys must be one per row of x_T "
                        f"({x_T.shape[0]}), got {key.shape[0]}")
