@@ -48,10 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm import tqdm
 
 from jaxdiff import data, models, workdir
-from jaxdiff.train import latent, sharding
+from jaxdiff.train import latent, sharding, writer
 
 PROGRESS = "progress.json"
 
@@ -216,8 +215,10 @@ def run(model, params, origin: dict, source, job: Job, mesh, out, *,
   # Through the host, as sample_run: each process places its own copy.
   params = jax.device_put(jax.device_get(params), sharding.replicated(mesh))
   rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
-  for b in tqdm(range(first, num_batches), initial=first, total=num_batches, desc="encoding",
-                unit="batch", disable=not progress or not writes):
+  # A bar on a terminal, a line every 30 s in a log.
+  bar = writer.progress_bar(num_batches, first, enabled=progress and writes, every_seconds=30,
+                            unit="batch", desc="encoding")
+  for b in range(first, num_batches):
     index = np.minimum(np.arange(b * size, (b + 1) * size), num - 1)  # Padded: the last record.
     images = jax.make_array_from_callback(
         (size, *source.shape), rows, lambda where, index=index: _images(source, index[where[0]]))
@@ -234,6 +235,8 @@ def run(model, params, origin: dict, source, job: Job, mesh, out, *,
       arrays[1][b * size:b * size + n] = labels
       if done == num_batches or (job.save_every and done % job.save_every == 0):
         _save_progress(out, run_record, done, sums, arrays)
+    bar.update(1)
+  bar.close()
   latent_mean, latent_std = scaling_of(sums)
   if job.scaling_factor is None:  # Centred, then scaled to std LATENT_STD (EDM2's encoder).
     scaling_factor, shift_factor = LATENT_STD / latent_std, latent_mean
