@@ -49,8 +49,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default "
                                "<training workdir>/samples-<time>.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Sample this trained model: a training "
                                   "workdir, its checkpoints/ folder or one <step>/ folder.")
-_SAMPLER = flags.DEFINE_string("sampler", "unipc", "A registered sampler.")
-_NFE = flags.DEFINE_integer("nfe", 20, "Network evaluations per sample.")
+_SAMPLER = flags.DEFINE_string("sampler", None, "A registered sampler; default: consistency "
+                                "for a consistency model, else unipc.")
+_NFE = flags.DEFINE_integer("nfe", None, "Network evaluations per sample; default: 1 for a "
+                            "consistency model, else 20.")
 _NUM = flags.DEFINE_integer("num", 1000, "Number of samples.")
 _GRID = flags.DEFINE_string("grid", None, "A grid of jaxdiff.grids.GRIDS; default: the one "
                             "fit_grids.py fitted for the sampler, options and NFE where there "
@@ -142,7 +144,10 @@ def sample_checkpoint():
     step_dir, built, params = load_checkpoint(_CHECKPOINT.value)
     if built.trains_autoencoder:
       return reconstruct_checkpoint(step_dir, built, params)
-    plan = generate.plan(built, _SAMPLER.value, _NFE.value, grid=_GRID.value,
+    default_sampler, default_nfe = generate.default_sampler(built)
+    sampler = _SAMPLER.value or default_sampler
+    nfe = default_nfe if _NFE.value is None else _NFE.value
+    plan = generate.plan(built, sampler, nfe, grid=_GRID.value,
                          grid_options=cli.json_object(_GRID_OPTIONS, grids.GRIDS.get(_GRID.value)),
                          guidance_scale=_GUIDANCE.value,
                          options=cli.json_object(_OPTIONS), step_dir=step_dir)
@@ -160,13 +165,16 @@ def sample_checkpoint():
   if writes:
     print(f"sampling {step_dir}: {plan.describe()}, {job.num} samples in batches of {size} "
           f"over {mesh.devices.size} devices, params {_PARAMS.value}", flush=True)
+    if _SAMPLER.value is None and generate.is_consistency_model(built):
+      print(f"a consistency model: the consistency sampler at NFE {plan.nfe} by default "
+            "(--sampler and --nfe choose others)", flush=True)
     if job.num % size:
       print(f"--num {job.num} is not a multiple of the batch {size}: the last batch samples "
             f"{size - job.num % size} extra samples, which are dropped", flush=True)
   train_dir = step_dir.parent.parent
   resume = resumable(_WORKDIR.value)
   record = {"checkpoint": str(step_dir.resolve()), "params": _PARAMS.value,
-            "sampler": plan.sampler, "nfe": _NFE.value, "options": plan.options,
+            "sampler": plan.sampler, "nfe": plan.nfe, "options": plan.options,
             "guidance": plan.guidance_scale}
   with processes.claimed_workdir(_WORKDIR.value, "samples", resume, parent=train_dir) as out:
     if writes:

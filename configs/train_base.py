@@ -11,8 +11,10 @@ default of train.py, trains the same network as EDM). Fields:
     the batch is split over both, the state's large arrays over fsdp;
   data: a source of jaxdiff.data.SOURCES with its options, random_flip;
   process, process_options: jaxdiff.schedules.make_process;
-  loss: the Objective of jaxdiff.train.step (prediction, target, weighting,
-    reduce, preconditioning);
+  loss: the objective of jaxdiff.train.step: by loss.kind (absent: "diffusion"),
+    the denoiser's Objective (prediction, target, weighting, reduce,
+    preconditioning), or consistency training or distillation
+    (jaxdiff.train.experiment.OBJECTIVES);
   model: a network of jaxdiff.models.MODELS with its options (channels,
     num_classes and class_dropout follow from data and the fields below),
     conditional (on the data's labels), label_dropout (the null class's
@@ -26,7 +28,9 @@ default of train.py, trains the same network as EDM). Fields:
   bpd: held-out bits/dim every bpd.every steps (0: never);
   eval: sample quality every eval.every steps (0: never; jaxdiff.train.periodic_eval);
   autoencoder: for latent diffusion, the autoencoder whose latents data.source "latents"
-    holds (jaxdiff.train.latent; "": none, the network sees the data).
+    holds (jaxdiff.train.latent; "": none, the network sees the data);
+  teacher: the trained diffusion model a distillation learns from
+    (jaxdiff.train.teacher; "": none).
 A restarted run may change num_steps, the cadences, the mesh, grad_accum, bpd
 and eval, nothing else. jaxdiff.train.experiment.Settings parses these once, each
 section into a frozen dataclass that checks its ranges (a seed in [0, 2**32),
@@ -89,6 +93,7 @@ def get_config():
       "every": 0, "num": 1000, "batch_size": 500, "sampler": "unipc", "nfe": 20,
       "guidance": 1.0, "params": ("ema",), "classifier": "auto", "inception_weights": ""})
   config.autoencoder = ml_collections.ConfigDict({"checkpoint": "", "params": "ema"})
+  config.teacher = ml_collections.ConfigDict({"checkpoint": "", "params": "ema"})
   return config
 
 

@@ -154,7 +154,7 @@ def test_consistency_objective_in_the_train_step():
   from jaxdiff.train import state as train_state
 
   process = PROCESSES["edm"]
-  objective = step.ConsistencyObjective(process, curriculum_steps=16, scales=(2, 8))
+  objective = step.ConsistencyTraining(process, curriculum_steps=16, scales=(2, 8))
   model = models.make_model("mlp", dim=2, features=32, num_blocks=1, time_scale=1.0)
   noise = objective.draw_noise(model, (512, 2), jax.random.PRNGKey(0), 12)
   i, num_scales, z = noise
@@ -183,3 +183,44 @@ def test_consistency_objective_in_the_train_step():
   assert np.all(np.isfinite(metrics["loss"]))
   np.testing.assert_array_equal(metrics["num_scales"],
                                 consistency.ict_num_scales(jnp.arange(24, 32), 16, (2, 8)))
+
+
+def test_distillation_of_the_oracle_lands_on_its_modes():
+  """Consistency distillation with the exact denoiser of a two-mode mixture as the teacher
+  (EDM process, N = 18, Heun, pseudo-Huber, a target EMA of 0.95): after 800 Adam steps a
+  small MLP's one-step samples lie on the modes (87% within 3 stds, 0.70 in the mode of
+  weight 0.7); the untrained student's do not."""
+  from jaxdiff import models, oracle
+  from jaxdiff.train import state as train_state
+
+  process = PROCESSES["edm"]
+  std = 0.15
+  mixture = oracle.GaussianMixture(np.array([0.3, 0.7]), np.array([[-0.8, 0.4], [0.7, -0.5]]),
+                                   np.array([std, std]))
+  teacher = mixture.denoise_fn(process, "x0")
+  objective = step.ConsistencyDistillation(process, num_scales=18, target_decay=0.95)
+  # time_scale 1000: the MLP's sinusoidal embedding sees 1000 c_noise = 250 ln(sigma), the
+  # paper's own noise input (at 1 it barely tells the levels apart).
+  model = models.make_model("mlp", dim=2, features=64, num_blocks=2, time_scale=1000.0)
+  params = objective.init(model, jax.random.PRNGKey(0), jnp.zeros((1, 2)), None)["params"]
+  optimizer = optax.adam(1e-3)
+  state = train_state.create(params, optimizer, (), jax.random.PRNGKey(1), target=True)
+  train = jax.jit(step.make_train_step(model, objective, optimizer, lambda s: 1e-3, (),
+                                       teacher_x0=lambda _, x, t, cond: teacher(x, t, cond)))
+  data = mixture.sample(jax.random.PRNGKey(2), 800 * 256).reshape(800, 1, 256, 2)
+
+  def one_step_samples(params):
+    x_T = process.t_max * jax.random.normal(jax.random.PRNGKey(3), (2000, 2))
+    x, _ = samplers.get_sampler("consistency")(
+        objective.denoise_fn(models.network_fn(model, params)), process, x_T, None,
+        jnp.array([process.t_max, process.t_min]), prediction="x0")
+    distance = jnp.linalg.norm(x[:, None, :] - mixture.means[None], axis=-1)  # [2000, 2]
+    return np.asarray(jnp.min(distance, axis=1)), np.asarray(jnp.argmin(distance, axis=1))
+
+  near, _ = one_step_samples(params)
+  assert np.mean(near < 3 * std) < 0.5
+  for k in range(800):
+    state, _ = train(state, {"image": data[k]}, jnp.zeros(()))
+  near, mode = one_step_samples(state.params)
+  assert np.mean(near < 3 * std) > 0.8, np.mean(near < 3 * std)
+  assert abs(np.mean(mode == 1) - 0.7) < 0.05, np.mean(mode == 1)

@@ -21,7 +21,8 @@ import ml_collections
 
 from jaxdiff import models, schedules
 from jaxdiff.train import optim, phema, ranges, state as train_state
-from jaxdiff.train.step import AutoencoderObjective, ConsistencyObjective, Objective
+from jaxdiff.train.step import (AutoencoderObjective, ConsistencyDistillation,
+                                ConsistencyTraining, Objective)
 
 # Fields a restarted run may change: how long, how often and on what devices, not what is
 # trained (a mesh or a gradient accumulation changes only the order of the sums).
@@ -32,7 +33,8 @@ ABSENT = {"grad_accum": 1, "bpd": {"every": 0, "num": 128, "batch_size": 64, "nu
           "eval": {"every": 0, "num": 1000, "batch_size": 500, "sampler": "unipc", "nfe": 20,
                    "guidance": 1.0, "params": ("ema",), "classifier": "auto",
                    "inception_weights": ""},
-          "autoencoder": {"checkpoint": "", "params": "ema"}}
+          "autoencoder": {"checkpoint": "", "params": "ema"},
+          "teacher": {"checkpoint": "", "params": "ema"}}
 MIN_EVAL_SAMPLES = 20  # As jaxdiff.evaluation.MIN_IMAGES.
 ABSENT_EMA = {"phema_sigma_rels": (), "snapshot_every": 0}  # In the section `ema`.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -41,12 +43,13 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 AUTOENCODER = "autoencoder_kl"
 # The denoisers' objectives by the config's loss.kind (the loss's other fields are the
 # objective's); a loss without a kind is "diffusion".
-OBJECTIVES = {"diffusion": Objective, "consistency_training": ConsistencyObjective}
+OBJECTIVES = {"diffusion": Objective, "consistency_training": ConsistencyTraining,
+              "consistency_distillation": ConsistencyDistillation}
 # The top-level numbers of RunSettings, and every top-level field of a training config.
 RUN_NUMBERS = ("num_steps", "batch_size", "seed", "checkpoint_every", "log_every",
                "sample_every", "keep_checkpoints", "steps_per_call", "grad_accum")
 TOP_LEVEL = (*RUN_NUMBERS, "mesh", "data", "samples", "bpd", "eval", "process", "process_options",
-             "loss", "model", "optim", "ema", "autoencoder")
+             "loss", "model", "optim", "ema", "autoencoder", "teacher")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,19 +263,23 @@ class EmaSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class AutoencoderSettings:
-  """The config's `autoencoder`: the one whose latents a latent model is trained on
-  (`latent.load`: a jaxdiff checkpoint of an autoencoder's run, or a diffusers
-  AutoencoderKL folder; "": none, the model sees the data itself) and which of a jaxdiff
-  checkpoint's parameters ("ema", "ema:<decay>", "raw")."""
+class NamedCheckpoint:
+  """A config section naming another model by its checkpoint and which of its parameters
+  ("ema", "ema:<decay>", "raw"; "" checkpoint: none).
 
+  `autoencoder`: the one whose latents a latent model is trained on (`latent.load`: a
+  jaxdiff checkpoint of an autoencoder's run, or a diffusers AutoencoderKL folder).
+  `teacher`: the diffusion model a distillation learns from (`teacher.load`).
+  """
+
+  section: str
   checkpoint: str
   params: str
 
   def __post_init__(self):
     for field in ("checkpoint", "params"):
       if not isinstance(getattr(self, field), str):
-        raise ValueError(f"autoencoder.{field} must be a string, got "
+        raise ValueError(f"{self.section}.{field} must be a string, got "
                          f"{getattr(self, field)!r}")
 
 
@@ -288,7 +295,8 @@ class Settings:
   model: ModelSettings
   optimizer: optim.OptimizerConfig
   ema: EmaSettings
-  autoencoder: AutoencoderSettings
+  autoencoder: NamedCheckpoint
+  teacher: NamedCheckpoint
 
   def __post_init__(self):
     k = self.run.steps_per_call
@@ -327,7 +335,9 @@ class Settings:
     return cls(config, run, given["process"], dict(given["process_options"]),
                dict(given["loss"]), _section(ModelSettings, "model", given["model"]),
                _section(optim.OptimizerConfig, "optim", given["optim"]), ema,
-               _section(AutoencoderSettings, "autoencoder", given["autoencoder"]))
+               _section(NamedCheckpoint, "autoencoder", given["autoencoder"],
+                        section="autoencoder"),
+               _section(NamedCheckpoint, "teacher", given["teacher"], section="teacher"))
 
 
 def _tuple(section: dict, field: str):
@@ -362,7 +372,7 @@ class Experiment:
   run: RunSettings
   data: DataSpec
   process: schedules.Process
-  objective: Objective | ConsistencyObjective | AutoencoderObjective
+  objective: Objective | ConsistencyTraining | ConsistencyDistillation | AutoencoderObjective
   model: object  # A Flax module of jaxdiff.models.
   conditional: bool
   optimizer: optim.OptimizerConfig
@@ -434,7 +444,8 @@ class Experiment:
     def init():
       variables = self.objective.init(self.model, key_init, x, cond)
       return train_state.create(variables["params"], optimizer, self.ema_decays, key_train,
-                                self.phema_sigma_rels)
+                                self.phema_sigma_rels,
+                                target=bool(getattr(self.objective, "target_decay", 0.0)))
 
     return init
 

@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from jaxdiff import grids, guidance, models, samplers
 from jaxdiff.train import (checkpoint, fitted_grids, optim, phema, sharding,
-                           state as train_state)
+                           state as train_state, step)
 from jaxdiff.train.experiment import DataSpec, Experiment
 
+CONSISTENCY = "consistency"  # The sampler of consistency models (`samplers.consistency`).
 SEEDS = 2**32  # Seeds lie in [0, 2^32): jax.random.PRNGKey folds 2^32 + s onto s.
 
 
@@ -181,7 +182,8 @@ class SamplePlan:
   options: dict
 
   def describe(self) -> str:
-    grid_options = "".join(f", {k}={v:.4g}" for k, v in self.grid_options.items())
+    grid_options = "".join(f", {k}={v:.4g}" if isinstance(v, float) else f", {k}={v}"
+                           for k, v in self.grid_options.items())
     words = [f"{self.sampler}", f"NFE {self.nfe}", f"{self.grid_name} grid ({len(self.grid) - 1} "
              f"steps{grid_options})", *(f"{k}={v}" for k, v in self.options.items())]
     if self.guidance_scale != 1.0:
@@ -202,10 +204,13 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
   """
   options = dict(options or {})
   samplers.check_options(sampler, options)
+  _check_consistency(experiment, sampler, nfe)
   fitted = None if step_dir is None else fitted_grids.path_for(step_dir, sampler, options, nfe)
   use_fitted = grid is None and fitted is not None and fitted.exists()
   if grid is None:
     grid, grid_options = grids.default_for(experiment.process)
+    if sampler == CONSISTENCY:  # Its last call is at t_min: a grid to 0 would waste one.
+      grid_options = {**grid_options, "end": "t_min"}
   grid_options = dict(grid_options or {})
   # Where the grid ends (sigma = 0 or not, e.g. end="t_min") does not depend on N; a fitted
   # grid ends where the default grid it was fitted against does.
@@ -224,6 +229,33 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
     raise ValueError(f"guidance w = {guidance_scale} needs a class-conditional model; this one "
                      "was trained without labels")
   return SamplePlan(sampler, nfe, grid, grid_options, times, float(guidance_scale), options)
+
+
+def is_consistency_model(experiment: Experiment) -> bool:
+  """Whether the model is a consistency function (`step.ConsistencyModel`)."""
+  return isinstance(experiment.objective, step.ConsistencyModel)
+
+
+def default_sampler(experiment: Experiment) -> tuple[str, int]:
+  """(sampler, NFE) where none is asked for: one-step consistency sampling for a consistency
+  model; UniPC at 20 network calls for a diffusion model."""
+  return (CONSISTENCY, 1) if is_consistency_model(experiment) else ("unipc", 20)
+
+
+def _check_consistency(experiment: Experiment, sampler: str, nfe: int):
+  """Refuses the consistency sampler on a diffusion model, or for more steps than the
+  consistency model has noise levels."""
+  if sampler != CONSISTENCY:
+    return
+  if not is_consistency_model(experiment):
+    raise ValueError("the consistency sampler needs a consistency model (loss.kind "
+                     "'consistency_training' or 'consistency_distillation'); this checkpoint is "
+                     "a diffusion model: use another sampler (e.g. unipc)")
+  levels = experiment.objective.max_scales
+  if isinstance(nfe, int) and nfe > levels:
+    raise ValueError(f"consistency sampling with nfe={nfe} steps needs as many noise levels, "
+                     f"but this consistency model was trained on {levels}: ask for at most "
+                     f"{levels}")
 
 
 def denoise_fn(experiment: Experiment, params):

@@ -138,7 +138,7 @@ def image_data(experiment) -> tuple[str, dict]:
 def check_named(named, data, source: str):
   """Refuses a run whose data and named autoencoder disagree, before anything compiles.
 
-  named: the config's autoencoder section (`experiment.AutoencoderSettings`: checkpoint, ""
+  named: the config's autoencoder section (`experiment.NamedCheckpoint`: checkpoint, ""
     for none, and params); data: the run's DataSpec, whose `autoencoder` is the record of
     the autoencoder that encoded its latents (None: images or points); source: the config's
     data.source, for the messages.

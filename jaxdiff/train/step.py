@@ -7,8 +7,10 @@ denoising score matching with sigma^2 or likelihood weighting (Song et al.
 2021), the flow-matching velocity (Lipman et al. 2023), and EDM's
 preconditioned x0 with its weight (Karras et al. 2022, eq. 7-8).
 
-`ConsistencyObjective` trains a consistency model from data (Song & Dhariwal
-2023, "Improved Techniques for Training Consistency Models"; `consistency`).
+`ConsistencyTraining` and `ConsistencyDistillation` train a consistency model
+from data (Song & Dhariwal 2023, "Improved Techniques for Training Consistency
+Models") or from a teacher (Song et al. 2023, "Consistency Models"), with the
+losses of `consistency`.
 `AutoencoderObjective` trains the KL autoencoder of latent diffusion instead
 (`models.autoencoder`; Rombach et al. 2022, sec. 3): reconstruction plus a small
 KL (`losses.autoencoder_loss`). An objective draws a batch's noise, gives the
@@ -28,7 +30,8 @@ with the state donated, shardings over the mesh (`sharding`), and
 """
 
 import dataclasses
-from typing import ClassVar
+import functools
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +40,7 @@ import optax
 from jaxdiff import consistency, losses, models, parameterization
 from jaxdiff.schedules import Process
 from jaxdiff.train import optim, phema, ranges
-from jaxdiff.train.state import TrainState, ema_name, phema_name
+from jaxdiff.train.state import TARGET_EMA, TrainState, ema_name, phema_name
 
 PRECONDITIONINGS = ("none", "edm")
 
@@ -99,8 +102,10 @@ class Objective:
     del model, step
     return losses.training_noise(self.process, shape, key)
 
-  def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool):
+  def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool,
+                 context=None):
     """Per-example loss [B] of a batch and the step's extra metrics (none)."""
+    del context
     cond = batch["label"] if conditional else None
     loss, _ = self.loss(models.network_fn(model, params, key_dropout), batch["image"], None,
                         cond, noise)
@@ -111,18 +116,34 @@ class Objective:
     return model.init(key, x, jnp.ones((x.shape[0],)), cond, deterministic=True)
 
 
+class ConsistencyModel:
+  """What both consistency objectives share: the network wrapped by
+  `consistency.preconditioned` is a consistency function, an x0 prediction that the
+  `consistency` sampler turns into samples in one or a few calls."""
+
+  prediction: ClassVar[str] = "x0"
+  preconditioning: ClassVar[str] = "edm"  # EDM's c_in and c_noise (`consistency`).
+  told_fn = Objective.told_fn
+  init = Objective.init
+
+  def denoise_fn(self, network_fn):
+    """(x_t, t, cond) -> the consistency function f(x_t, t) (`consistency.preconditioned`)."""
+    return consistency.preconditioned(network_fn, self.process)
+
+  def check_distance(self):
+    if self.distance not in consistency.DISTANCES:
+      raise ValueError(f"loss.distance must be one of {list(consistency.DISTANCES)}, got "
+                       f"{self.distance!r}")
+
+
 @dataclasses.dataclass(frozen=True)
-class ConsistencyObjective:
+class ConsistencyTraining(ConsistencyModel):
   """Consistency training with iCT's improved techniques (`consistency.consistency_loss`
   without a teacher): the pseudo-Huber distance (or "l2"), the interval index drawn from
   the discrete log-normal over the levels, the levels doubling along the exponential
   curriculum over curriculum_steps (iCT's K, their whole run), lambda = 1 / (s_{i+1} - s_i),
   and the student itself, not differentiated, as the target (no EMA teacher), with the
   student's dropout masks (iCT, sec. 3.2: the same dropout in both).
-
-  The network is wrapped by `consistency.preconditioned`: the model is a consistency
-  function, an x0 prediction that the `consistency` sampler turns into samples in one or
-  a few calls.
   """
 
   process: Process
@@ -131,12 +152,11 @@ class ConsistencyObjective:
   scales: tuple = consistency.ICT_SCALES
   p_mean: float = consistency.ICT_P_MEAN
   p_std: float = consistency.ICT_P_STD
-  prediction: ClassVar[str] = "x0"
+  target_decay: ClassVar[float] = 0.0
+  needs_teacher: ClassVar[bool] = False
 
   def __post_init__(self):
-    if self.distance not in consistency.DISTANCES:
-      raise ValueError(f"loss.distance must be one of {list(consistency.DISTANCES)}, got "
-                       f"{self.distance!r}")
+    self.check_distance()
     ranges.integer("loss.curriculum_steps", self.curriculum_steps, 1)
     scales = tuple(self.scales)
     if (len(scales) != 2 or not all(isinstance(n, int) for n in scales)
@@ -146,18 +166,10 @@ class ConsistencyObjective:
     ranges.number("loss.p_std", self.p_std, "(0, inf)")
     object.__setattr__(self, "scales", scales)
 
-  def denoise_fn(self, network_fn):
-    """(x_t, t, cond) -> the consistency function f(x_t, t) (`consistency.preconditioned`)."""
-    return consistency.preconditioned(network_fn, self.process)
-
-  def told_fn(self, network_fn):
-    """(x_t, t, t_told, cond) -> f(x_t, t) with the network's time input taken at t_told."""
-
-    def fn(x, t, t_told, cond=None):
-      told = parameterization.edm_c_noise(self.process, t_told)
-      return self.denoise_fn(lambda x_in, _, c: network_fn(x_in, told, c))(x, t, cond)
-
-    return fn
+  @property
+  def max_scales(self) -> int:
+    """The most levels the model is trained on: s1 + 1."""
+    return self.scales[1] + 1
 
   def num_scales(self, step):
     """N(k): the curriculum's number of levels at training step k."""
@@ -169,13 +181,15 @@ class ConsistencyObjective:
     del model
     key_i, key_z = jax.random.split(key)
     num_scales = self.num_scales(step)
-    levels = consistency.level(self.process, jnp.arange(self.scales[1] + 1), num_scales)
+    levels = consistency.level(self.process, jnp.arange(self.max_scales), num_scales)
     logits = consistency.lognormal_logits(levels, num_scales, self.p_mean, self.p_std)
     i = jax.random.categorical(key_i, logits, shape=(shape[0],))
     return i, jnp.full((shape[0],), num_scales), jax.random.normal(key_z, shape)
 
-  def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool):
+  def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool,
+                 context=None):
     """Per-example loss [B] and the step's number of levels N."""
+    del context
     i, num_scales, z = noise
     cond = batch["label"] if conditional else None
     student = self.denoise_fn(models.network_fn(model, params, key_dropout))
@@ -183,9 +197,66 @@ class ConsistencyObjective:
                                            num_scales, z, self.distance, cond=cond)
     return loss, {"num_scales": num_scales[0].astype(jnp.float32)}
 
-  def init(self, model, key, x, cond):
-    """The network's variables, traced on x [1, ...] at t = 1."""
-    return model.init(key, x, jnp.ones((x.shape[0],)), cond, deterministic=True)
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencyDistillation(ConsistencyModel):
+  """Consistency distillation (Song et al. 2023, alg. 2; `consistency.consistency_loss`
+  with the teacher): the interval index uniform over num_scales levels (their N = 18 on
+  CIFAR-10), the teacher's Euler or Heun step between them, lambda = 1, and as the target
+  an EMA of the student of decay target_decay (their mu = 0.95 on CIFAR-10), or the student
+  itself, not differentiated, at target_decay 0 (iCT's advice for training). The distance
+  is the pseudo-Huber of iCT or "l2"; no LPIPS (its VGG weights cannot be had offline).
+  The student starts from the teacher's parameters (the trainer copies them at step 0).
+  """
+
+  process: Process
+  num_scales: int = 18
+  distance: str = "pseudo_huber"
+  solver: str = "heun"
+  target_decay: float = 0.95
+  needs_teacher: ClassVar[bool] = True
+
+  def __post_init__(self):
+    self.check_distance()
+    ranges.integer("loss.num_scales", self.num_scales, 2)
+    if self.solver not in ("euler", "heun"):
+      raise ValueError(f"loss.solver (the teacher's ODE step) must be 'euler' or 'heun', got "
+                       f"{self.solver!r}")
+    ranges.number("loss.target_decay", self.target_decay, "[0, 1)")
+
+  @property
+  def max_scales(self) -> int:
+    return self.num_scales
+
+  def draw_noise(self, model, shape, key, step):
+    """(i [B] uniform in 0..N - 2, z [B, ...])."""
+    del model, step
+    key_i, key_z = jax.random.split(key)
+    return (jax.random.randint(key_i, (shape[0],), 0, self.num_scales - 1),
+            jax.random.normal(key_z, shape))
+
+  def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool,
+                 context=None):
+    """Per-example loss [B]; context holds the teacher and the target's parameters."""
+    i, z = noise
+    cond = batch["label"] if conditional else None
+    student = self.denoise_fn(models.network_fn(model, params, key_dropout))
+    target_params = params if context.target_params is None else context.target_params
+    target = self.denoise_fn(models.network_fn(model, target_params, key_dropout))
+    loss, _ = consistency.consistency_loss(student, target, self.process, batch["image"], i,
+                                           self.num_scales, z, self.distance,
+                                           teacher_x0_fn=context.teacher_x0_fn,
+                                           solver=self.solver, cond=cond)
+    return loss, {}
+
+
+class StepContext(NamedTuple):
+  """What an objective's loss may read beside the batch: the consistency target's EMA
+  parameters (None: the student's) and the teacher's x0 prediction (x_t, t, cond) -> x0
+  (None: no teacher)."""
+
+  target_params: Any = None
+  teacher_x0_fn: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,10 +284,11 @@ class AutoencoderObjective:
     del step
     return jax.random.normal(key, (shape[0], *model.latent_shape(shape[1:])))
 
-  def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool):
+  def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool,
+                 context=None):
     """Per-example loss [B] and the batch's reconstruction error per pixel, KL, and the
     latents' mean and standard deviation (which set the diffusion model's scaling factor)."""
-    del key_dropout, conditional
+    del key_dropout, conditional, context
     x = batch["image"]
     reconstruction, mean, logvar = model.apply({"params": params}, x, noise)
     loss, parts = losses.autoencoder_loss(x, reconstruction, mean, logvar,
@@ -234,13 +306,15 @@ class AutoencoderObjective:
 
 def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, ema_decays, *,
                     ema_warmup: bool = True, phema_sigma_rels=(), conditional: bool = False,
-                    grad_accum: int = 1, scan: bool | None = None):
+                    grad_accum: int = 1, scan: bool | None = None, teacher_x0=None):
   """The pure train step over k stacked batches.
 
   Args:
     model: a Flax module, called by the objective.
     objective: the loss: an Objective (a denoiser, called as model.apply(variables, x, t,
-      cond, deterministic=...)) or an AutoencoderObjective.
+      cond, deterministic=...)), a consistency objective or an AutoencoderObjective. One
+      whose target_decay > 0 has its target EMA kept in state.ema[TARGET_EMA], updated
+      at that constant decay.
     optimizer: an optax GradientTransformation (`optim.make_optimizer`).
     learning_rate_fn: step -> learning rate, for the metrics.
     ema_decays: the EMA decays kept in state.ema.
@@ -255,9 +329,11 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
     scan: run the k steps (and the micro-batches) as a lax.scan, compiled once
       whatever k, rather than unrolled; by default everywhere but on the CPU (see
       the module docstring).
+    teacher_x0: (teacher_params, x_t, t, cond) -> the frozen teacher's x0 prediction, for
+      an objective that needs_teacher; the step then takes the teacher's parameters.
 
   Returns:
-    step(state, batches) -> (state, metrics): batches {"image": [k, B, ...],
+    step(state, batches, teacher_params=None) -> (state, metrics): batches {"image": [k, B, ...],
     "label": [k, B]} make k updates; metrics hold [k] arrays: loss, grad_norm
     (before clipping), learning_rate, ema_decay/<name> and the objective's metrics
     (`AutoencoderObjective.train_loss`) of each step.
@@ -267,14 +343,18 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
     scan = jax.default_backend() != "cpu"
   gammas = {phema_name(s): float(phema.sigma_rel_to_gamma(s)) for s in phema_sigma_rels}
 
-  def loss_fn(params, batch, noise, key_dropout):
-    loss, metrics = objective.train_loss(model, params, batch, noise, key_dropout, conditional)
-    return jnp.mean(loss), metrics
+  target_decay = getattr(objective, "target_decay", 0.0)
 
-  def loss_and_grads(params, batch, key, step):
+  def loss_and_grads(params, batch, key, step, context):
     """((loss, objective's metrics), grads), averaged over the micro-batches."""
     key_loss, key_dropout = jax.random.split(key)
     noise = objective.draw_noise(model, batch["image"].shape, key_loss, step)
+
+    def loss_fn(params, batch, noise, key_dropout):
+      loss, metrics = objective.train_loss(model, params, batch, noise, key_dropout,
+                                           conditional, context)
+      return jnp.mean(loss), metrics
+
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     if grad_accum == 1:
       return value_and_grad(params, batch, noise, key_dropout)
@@ -299,14 +379,21 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
         total, _ = add(total, jax.tree.map(lambda a, i=i: a[i], inputs))
     return jax.tree.map(lambda a: a / grad_accum, total)
 
-  def one_step(state: TrainState, batch):
+  def one_step(state: TrainState, batch, teacher_params):
     key = jax.random.fold_in(state.key, state.step)
-    (loss, objective_metrics), grads = loss_and_grads(state.params, batch, key, state.step)
+    context = StepContext(
+        target_params=state.ema[TARGET_EMA] if target_decay else None,
+        teacher_x0_fn=None if teacher_x0 is None else functools.partial(teacher_x0,
+                                                                        teacher_params))
+    (loss, objective_metrics), grads = loss_and_grads(state.params, batch, key, state.step,
+                                                      context)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decays = {ema_name(d): optim.ema_decay(d, state.step, ema_warmup) for d in ema_decays}
     # Update t = step + 1 of a power-function EMA (eq. 127).
     decays.update({name: phema.beta(gamma, state.step + 1) for name, gamma in gammas.items()})
+    if target_decay:
+      decays[TARGET_EMA] = jnp.float32(target_decay)
     ema = {name: optim.ema_update(state.ema[name], params, decay)
            for name, decay in decays.items()}
     metrics = {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads),
@@ -316,21 +403,25 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
     new_state = state.replace(step=state.step + 1, params=params, ema=ema, opt_state=opt_state)
     return new_state, metrics
 
-  def step(state: TrainState, batches):
+  def step(state: TrainState, batches, teacher_params=None):
     if scan:
-      return jax.lax.scan(one_step, state, batches)
+      return jax.lax.scan(lambda st, b: one_step(st, b, teacher_params), state, batches)
     metrics = []
     for i in range(jax.tree.leaves(batches)[0].shape[0]):
-      state, m = one_step(state, jax.tree.map(lambda b, i=i: b[i], batches))
+      state, m = one_step(state, jax.tree.map(lambda b, i=i: b[i], batches), teacher_params)
       metrics.append(m)
     return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
 
   return step
 
 
-def jit_train_step(step, state_sharding, batch_sharding, replicated):
-  """step jitted once: the state donated, in/out shardings over the mesh, the XLA
-  options of `models.compiler_options()`."""
-  return jax.jit(step, donate_argnums=0, in_shardings=(state_sharding, batch_sharding),
+def jit_train_step(step, state_sharding, batch_sharding, replicated, teacher_sharding=None):
+  """step jitted once: the state donated, in/out shardings over the mesh (the teacher's
+  parameters, where the step takes them, sharded as teacher_sharding), the XLA options of
+  `models.compiler_options()`."""
+  shardings = (state_sharding, batch_sharding)
+  if teacher_sharding is not None:
+    shardings += (teacher_sharding,)
+  return jax.jit(step, donate_argnums=0, in_shardings=shardings,
                  out_shardings=(state_sharding, replicated),
                  compiler_options=models.compiler_options())

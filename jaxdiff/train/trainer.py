@@ -52,13 +52,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from jaxdiff import data, diagnostics, models, plots
 from jaxdiff.train import (bits_per_dim, checkpoint, generate, latent, optim, periodic_eval,
-                           phema, sharding,
-                           state as train_state, step)
+                           phema, sharding, state as train_state, step, teacher)
 from jaxdiff.train.experiment import DataSpec, Experiment, Settings
 from jaxdiff.train.writer import MetricWriter, progress_bar
 
@@ -158,6 +158,7 @@ def prepare(config):
     raise ValueError(f"data.source {run.data.source!r} with batch_size {run.batch_size}: "
                      f"{error}") from None
   check_network(built)
+  teacher.check(built)
   if built.trains_autoencoder:
     for field, every in (("bpd.every", run.bpd.every), ("eval.every", run.eval.every)):
       if every:
@@ -216,12 +217,14 @@ def picture_plan(experiment: Experiment):
                      f"{error}") from None
 
 
-def step_parts(experiment: Experiment, mesh):
+def step_parts(experiment: Experiment, mesh, teacher_experiment=None):
   """What train() runs on a mesh: (init, state_sharding, train_step).
 
   init() is the step-0 TrainState; state_sharding its shardings (`sharding.state_sharding`);
   train_step(state, batches [k, B, ...]) -> (state, metrics) the step jitted over the mesh
-  with the state donated (`step.jit_train_step`).
+  with the state donated (`step.jit_train_step`). With a teacher's Experiment, the step
+  distils it: train_step(state, batches, teacher_params), the teacher's parameters sharded
+  as the student's.
   """
   run = experiment.run
   optimizer = optim.make_optimizer(experiment.optimizer, run.num_steps)
@@ -232,8 +235,11 @@ def step_parts(experiment: Experiment, mesh):
                            optim.learning_rate_schedule(experiment.optimizer, run.num_steps),
                            experiment.ema_decays, ema_warmup=experiment.ema_warmup,
                            phema_sigma_rels=experiment.phema_sigma_rels,
-                           conditional=experiment.conditional, grad_accum=run.grad_accum),
-      state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh))
+                           conditional=experiment.conditional, grad_accum=run.grad_accum,
+                           teacher_x0=(None if teacher_experiment is None
+                                       else teacher.x0_fn(teacher_experiment))),
+      state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh),
+      teacher_sharding=None if teacher_experiment is None else state_sharding.params)
   return init, state_sharding, train_step
 
 
@@ -257,13 +263,24 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None, judge
   """
   run = experiment.run
   workdir = pathlib.Path(workdir)
-  init, state_sharding, train_step = step_parts(experiment, mesh)
+  distilled = teacher.load(experiment)
+  init, state_sharding, train_step = step_parts(
+      experiment, mesh, None if distilled is None else distilled.experiment)
+  record = run_record(experiment)
+  if distilled is not None:
+    record["teacher"] = distilled.record
+    teacher_params = jax.device_put(distilled.params, state_sharding.params)
+    distilling_step = train_step
+    train_step = lambda state, batches: distilling_step(state, batches, teacher_params)  # noqa: E731
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           jax.eval_shape(init), state_sharding)
   iterator = batches(experiment, source)
 
-  def check_run(record):
-    differences = experiment.differences(record["config"])
+  def check_run(saved):
+    differences = experiment.differences(saved["config"])
+    if distilled is not None and saved.get("teacher") != distilled.record:
+      differences.append(f"teacher: {saved.get('teacher')} in the checkpoint, "
+                         f"{distilled.record} now")
     if differences:
       raise ConfigMismatch(
           f"the checkpoint in {workdir / checkpoint.DIRECTORY} was trained with another "
@@ -278,13 +295,19 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None, judge
   snapshots = (phema.manager(workdir, experiment.phema_sigma_rels)
                if experiment.snapshot_every else None)
   if jax.process_index() == 0:
-    (workdir / RECORD).write_text(json.dumps(run_record(experiment), indent=1))
+    (workdir / RECORD).write_text(json.dumps(record, indent=1))
   try:
     restored = checkpoint.restore_latest(workdir, checkpoints, abstract, iterator, check_run)
-    state = (restored[0] if restored is not None
-             else jax.jit(init, out_shardings=state_sharding)())
+    if restored is not None:
+      state = restored[0]
+    else:
+      state = jax.jit(init, out_shardings=state_sharding)()
+      if distilled is not None:  # The student starts as the teacher, every EMA too.
+        state = state.replace(params=jax.tree.map(jnp.copy, teacher_params),
+                              ema={name: jax.tree.map(jnp.copy, teacher_params)
+                                   for name in state.ema})
     return _run(experiment, state, source, iterator, workdir, mesh, checkpoints, train_step,
-                held_out, judges, show_progress, progress_seconds, snapshots)
+                held_out, judges, show_progress, progress_seconds, snapshots, record)
   finally:
     checkpoint.finish(checkpoints)
     if snapshots is not None:
@@ -292,8 +315,9 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None, judge
 
 
 def _run(experiment, state, source, iterator, workdir, mesh, checkpoints, train_step,
-         held_out, judges, show_progress, progress_seconds, snapshots=None):
-  """The loop itself, from the state's step to num_steps."""
+         held_out, judges, show_progress, progress_seconds, snapshots, record):
+  """The loop itself, from the state's step to num_steps; record: what every checkpoint
+  stores besides arrays (`run_record`, and the teacher's of a distillation)."""
   run = experiment.run
   writes = jax.process_index() == 0
   start_step = current = int(state.step)
@@ -353,7 +377,7 @@ def _run(experiment, state, source, iterator, workdir, mesh, checkpoints, train_
       if current % run.checkpoint_every == 0 or done or best:
         progress.settle(*pending)  # Nothing non-finite goes into a checkpoint.
         pending = None
-        checkpoint.save(checkpoints, current, state, iterator, run_record(experiment),
+        checkpoint.save(checkpoints, current, state, iterator, record,
                         metrics=quality)
         if best and writes:
           periodic_eval.write_best(workdir, evaluator.metric, evaluator.best)

@@ -1,0 +1,17 @@
+"""Consistency training with iCT's improved techniques (Song & Dhariwal 2023) on the
+digits, from scratch and without a teacher: configs/digits.py's U-Net and EDM process, the
+pseudo-Huber distance, the log-normal interval distribution, the exponential curriculum
+of 10 to 1280 intervals over the whole run, no EMA target. Sampled in 1 call (`consistency`
+sampler; sample.py's default for it), pictured in 2, judged in 1 during training."""
+
+from configs import digits
+
+
+def get_config():
+  config = digits.get_config()
+  config.num_steps = 3000
+  config.loss = {"kind": "consistency_training", "curriculum_steps": config.num_steps,
+                 "distance": "pseudo_huber"}
+  config.samples.update({"sampler": "consistency", "nfe": 2})
+  config.eval.update({"sampler": "consistency", "nfe": 1})
+  return config

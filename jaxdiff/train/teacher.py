@@ -1,0 +1,124 @@
+"""The teacher of a distillation: a trained diffusion model, frozen, that the student
+learns from (consistency distillation, `step.ConsistencyDistillation`).
+
+The config's `teacher` section names its checkpoint and parameters. `check` reads only
+its run record and refuses, before anything compiles, what cannot be distilled: a
+distillation without a teacher or a teacher without a distillation, a teacher that is
+not a diffusion model, or one of another data shape, classes or process; and, because
+the student starts from the teacher's parameters, a student network of another
+architecture (naming the first parameter that differs). `load` restores its parameters
+and describes them (`record`, with their fingerprint, kept in the run record so that a
+resumed run refuses a teacher that has changed). `x0_fn` is the teacher's x0 prediction
+as the train step calls it.
+"""
+
+import dataclasses
+import pathlib
+
+import jax
+from flax import traverse_util
+
+from jaxdiff import parameterization
+from jaxdiff.train import checkpoint, generate, latent, optim
+from jaxdiff.train.experiment import ABSENT, DataSpec, Experiment
+from jaxdiff.train.step import Objective
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """A loaded teacher: its Experiment, parameters, and `record`."""
+
+  experiment: Experiment
+  params: object
+  record: dict
+
+
+def named(experiment: Experiment) -> dict:
+  """The config's teacher section, {"checkpoint", "params"}."""
+  return {**ABSENT["teacher"], **experiment.config.get("teacher", {})}
+
+
+def check(experiment: Experiment) -> Experiment | None:
+  """The teacher's Experiment (rebuilt from its run record; no arrays read), or None
+  where the objective distils none.
+
+  Raises:
+    ValueError naming what cannot be distilled; FileNotFoundError for a missing teacher.
+  """
+  section = named(experiment)
+  needs = getattr(experiment.objective, "needs_teacher", False)
+  kind = experiment.config["loss"].get("kind", "diffusion")
+  if needs and not section["checkpoint"]:
+    raise ValueError(f"loss.kind {kind!r} distils a teacher: name its checkpoint in "
+                     "teacher.checkpoint (a trained diffusion model's workdir or step folder)")
+  if not needs:
+    if section["checkpoint"]:
+      raise ValueError(f"teacher.checkpoint {section['checkpoint']!r} is named, but loss.kind "
+                       f"{kind!r} learns from no teacher; set it to '' (or loss.kind to "
+                       "'consistency_distillation')")
+    return None
+  try:
+    step_dir = checkpoint.find(section["checkpoint"])
+  except FileNotFoundError as error:
+    raise FileNotFoundError(f"teacher.checkpoint {section['checkpoint']!r}: {error}") from None
+  record = checkpoint.read_run(step_dir)
+  teacher = Experiment.from_config(record["config"], DataSpec.from_record(record["data"]))
+  where = f"the teacher {step_dir}"
+  if type(teacher.objective) is not Objective:
+    raise ValueError(f"{where} is not a diffusion model (its objective is "
+                     f"{type(teacher.objective).__name__}); a consistency model distils one")
+  if tuple(teacher.data.shape) != tuple(experiment.data.shape):
+    raise ValueError(f"{where} was trained on data of shape {tuple(teacher.data.shape)}; this "
+                     f"run's data has shape {tuple(experiment.data.shape)}")
+  if (teacher.conditional, teacher.data.num_classes) != (experiment.conditional,
+                                                         experiment.data.num_classes):
+    raise ValueError(f"{where} has conditional={teacher.conditional} with "
+                     f"{teacher.data.num_classes} classes; the student has "
+                     f"conditional={experiment.conditional} with "
+                     f"{experiment.data.num_classes}: set model.conditional as the teacher's")
+  if teacher.process != experiment.process:
+    raise ValueError(f"{where} was trained on the process {teacher.process}; the student "
+                     f"distils its ODE on the same process, got {experiment.process}: set "
+                     "process and process_options as the teacher's")
+  _check_same_network(teacher, experiment, where)
+  return teacher
+
+
+def _check_same_network(teacher: Experiment, student: Experiment, where: str):
+  """Refuses a student whose parameters are not the teacher's in names and shapes."""
+
+  def shapes(experiment):
+    optimizer = optim.make_optimizer(experiment.optimizer, experiment.run.num_steps)
+    params = jax.eval_shape(experiment.init_fn(optimizer)).params
+    return {path: leaf.shape for path, leaf in
+            traverse_util.flatten_dict(params, sep="/").items()}
+
+  ours, theirs = shapes(student), shapes(teacher)
+  for path in sorted(set(ours) | set(theirs)):
+    if ours.get(path) != theirs.get(path):
+      raise ValueError(f"the student starts from the teacher's parameters, but its network "
+                       f"differs from {where}'s at {path}: {ours.get(path, 'absent')} here, "
+                       f"{theirs.get(path, 'absent')} in the teacher; give model the "
+                       "teacher's name and options")
+
+
+def load(experiment: Experiment) -> Teacher | None:
+  """The teacher of the run (`check`ed), its parameters restored; None where none."""
+  if check(experiment) is None:
+    return None
+  section = named(experiment)
+  step_dir, teacher, params = generate.load(section["checkpoint"], section["params"])
+  return Teacher(teacher, params, {"checkpoint": str(pathlib.Path(step_dir).absolute()),
+                                   "params": section["params"],
+                                   "fingerprint": latent.fingerprint(params)})
+
+
+def x0_fn(teacher: Experiment):
+  """(params, x_t [B, ...], t [B], cond) -> the teacher's x0 prediction (dropout off)."""
+
+  def fn(params, x, t, cond):
+    x0_eps = parameterization.x0_eps_fn(generate.denoise_fn(teacher, params),
+                                        teacher.process, teacher.objective.prediction)
+    return x0_eps(x, t, cond)[0]
+
+  return fn

@@ -1,0 +1,131 @@
+"""Consistency distillation and training through train.py's trainer: the teacher named by
+the config, checked before anything compiles, the student started from it, the teacher
+recorded with every checkpoint; consistency models sampled by the consistency sampler by
+default, refusing more steps than their noise levels."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import train_base
+from jaxdiff.train import checkpoint, generate, teacher, trainer
+
+from conftest import tiny_config
+
+
+def edm_digits(**overrides):
+  """The tiny digits U-Net trained as EDM (the teacher's recipe, as configs/digits.py)."""
+  return train_base.use_edm(tiny_config("digits", **{"samples__num": 0, "model__options__dropout":
+                                                     0.0, **overrides}))
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, digits_train):
+  """A finished 10-step EDM run on the digits (shared, read only)."""
+  workdir = tmp_path_factory.mktemp("teacher")
+  built, source, _, mesh = trainer.prepare(edm_digits(num_steps=10, checkpoint_every=10))
+  trainer.train(built, source, workdir, mesh, show_progress=False)
+  return workdir
+
+
+def distillation(teacher_dir, **overrides):
+  config = edm_digits(**{"num_steps": 2, "checkpoint_every": 2, "log_every": 1,
+                         "optim__warmup_steps": 0, **overrides})
+  config.loss = {"kind": "consistency_distillation", "num_scales": 6, "solver": "heun",
+                 "target_decay": 0.9, **overrides.pop("loss", {})}
+  config.teacher.checkpoint = str(teacher_dir)
+  return config
+
+
+def test_the_student_starts_as_the_teacher_and_the_run_records_it(teacher_run, tmp_path):
+  """After one Adam step of learning rate 1e-7 the student is within 1e-6 of the teacher
+  (a fresh initialisation differs by O(0.1)); its target EMA too; the checkpoint records
+  the teacher's fingerprint; sample.py's default for it is the consistency sampler in one
+  call, which maps x_T to finite images."""
+  config = distillation(teacher_run, num_steps=1, checkpoint_every=1,
+                        optim__learning_rate=1e-7)
+  config.optim.schedule = "constant"
+  built, source, _, mesh = trainer.prepare(config)
+  trainer.train(built, source, tmp_path, mesh, show_progress=False)
+  _, _, teacher_params = generate.load(teacher_run)
+  step_dir, student, params = generate.load(tmp_path)
+  state = checkpoint.restore_state(step_dir)
+  for name in ("params", "target"):
+    tree = state["params"] if name == "params" else state["ema"]["target"]
+    gap = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), tree, teacher_params)
+    assert max(jax.tree.leaves(gap)) < 1e-6, name
+  record = checkpoint.read_run(step_dir)["teacher"]
+  assert record["fingerprint"] == teacher.load(built).record["fingerprint"]
+  assert generate.default_sampler(student) == ("consistency", 1)
+  plan = generate.plan(student, "consistency", 1)
+  assert "karras grid (1 steps, end=t_min" in plan.describe()
+  assert float(plan.grid[-1]) == pytest.approx(student.process.t_min)
+  x_T = generate.prior_noise(student, plan, jax.random.PRNGKey(0), 4)
+  samples, nfe = generate.sample_in_batches(student, plan, params, x_T, None,
+                                            jax.random.PRNGKey(1), 4, progress=False)
+  assert nfe == 1 and samples.shape == (4, 8, 8, 1) and np.all(np.isfinite(samples))
+  with pytest.raises(ValueError, match="trained on 6: ask for at most 6"):
+    generate.plan(student, "consistency", 7)
+  _, diffusion, _ = generate.load(teacher_run)
+  with pytest.raises(ValueError, match="needs a consistency model"):
+    generate.plan(diffusion, "consistency", 1)
+
+
+def test_a_resumed_distillation_refuses_a_changed_teacher(teacher_run, tmp_path):
+  """The run record's teacher is compared on resumption: a teacher whose parameters changed
+  (here another of its parameter sets) is refused, naming both records."""
+  built, source, _, mesh = trainer.prepare(distillation(teacher_run))
+  trainer.train(built, source, tmp_path, mesh, show_progress=False)
+  changed = distillation(teacher_run, num_steps=4)
+  changed.teacher.params = "raw"
+  built, source, _, mesh = trainer.prepare(changed)
+  with pytest.raises(trainer.ConfigMismatch, match="teacher"):
+    trainer.train(built, source, tmp_path, mesh, show_progress=False)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"teacher": ""}, "distils a teacher: name its checkpoint in teacher.checkpoint"),
+    ({"loss": "diffusion"}, "learns from no teacher"),
+    ({"teacher": "missing"}, "teacher.checkpoint .*: no complete checkpoint"),
+    ({"model__options__ch": 16}, "differs from .* at .*: .* here, .* in the teacher"),
+    ({"process": "vp"}, "distils its ODE on the same process"),
+    ({"model__conditional": True}, "has conditional=False with 10 classes"),
+])
+def test_distillation_refusals_before_anything_compiles(teacher_run, tmp_path, change, message):
+  config = distillation(teacher_run)
+  for key, value in change.items():
+    if key == "teacher":
+      config.teacher.checkpoint = str(tmp_path / value) if value else ""
+    elif key == "loss":
+      config.loss = dict(edm_digits().loss)
+    elif key == "process":
+      config.process, config.process_options = "vp", {}
+    else:
+      node, *path = key.split("__")
+      target = config[node]
+      for part in path[:-1]:
+        target = target[part]
+      target[path[-1]] = value
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
+    trainer.prepare(config)
+
+
+def test_an_autoencoder_is_no_teacher(tiny_autoencoder):
+  config = distillation(tiny_autoencoder)
+  with pytest.raises(ValueError, match="is not a diffusion model"):
+    trainer.prepare(config)
+
+
+def test_consistency_training_runs_in_train_py(tmp_path):
+  """A consistency-training run: its metrics carry the curriculum's number of levels, its
+  checkpoint is a consistency model sampled by the consistency sampler."""
+  config = edm_digits(num_steps=2, checkpoint_every=2, log_every=1)
+  config.loss = {"kind": "consistency_training", "curriculum_steps": 2, "scales": (2, 4)}
+  built, source, _, mesh = trainer.prepare(config)
+  summary = trainer.train(built, source, tmp_path, mesh, show_progress=False)
+  assert np.isfinite(summary.final_loss)
+  _, student, _ = generate.load(tmp_path)
+  assert generate.default_sampler(student) == ("consistency", 1)
+  with pytest.raises(ValueError, match="trained on 5: ask for at most 5"):
+    generate.plan(student, "consistency", 6)
