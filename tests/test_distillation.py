@@ -41,8 +41,9 @@ def distillation(teacher_dir, **overrides):
 def test_the_student_starts_as_the_teacher_and_the_run_records_it(teacher_run, tmp_path):
   """After one Adam step of learning rate 1e-7 the student is within 1e-6 of the teacher
   (a fresh initialisation differs by O(0.1)); its target EMA too; the checkpoint records
-  the teacher's fingerprint; sample.py's default for it is the consistency sampler in one
-  call, which maps x_T to finite images."""
+  the teacher's fingerprint, and resuming with a changed teacher (another of its parameter
+  sets) is refused naming both records; sample.py's default for it is the consistency
+  sampler in one call, which maps x_T to finite images."""
   config = distillation(teacher_run, num_steps=1, checkpoint_every=1,
                         optim__learning_rate=1e-7)
   config.optim.schedule = "constant"
@@ -57,6 +58,11 @@ def test_the_student_starts_as_the_teacher_and_the_run_records_it(teacher_run, t
     assert max(jax.tree.leaves(gap)) < 1e-6, name
   record = checkpoint.read_run(step_dir)["teacher"]
   assert record["fingerprint"] == teacher.load(built).record["fingerprint"]
+  config.num_steps = 2
+  config.teacher.params = "raw"
+  changed, source, _, mesh = trainer.prepare(config)
+  with pytest.raises(trainer.ConfigMismatch, match="teacher: .*fingerprint"):
+    trainer.train(changed, source, tmp_path, mesh, show_progress=False)
   assert generate.default_sampler(student) == ("consistency", 1)
   plan = generate.plan(student, "consistency", 1)
   assert "karras grid (1 steps, end=t_min" in plan.describe()
@@ -70,18 +76,6 @@ def test_the_student_starts_as_the_teacher_and_the_run_records_it(teacher_run, t
   _, diffusion, _ = generate.load(teacher_run)
   with pytest.raises(ValueError, match="needs a consistency model"):
     generate.plan(diffusion, "consistency", 1)
-
-
-def test_a_resumed_distillation_refuses_a_changed_teacher(teacher_run, tmp_path):
-  """The run record's teacher is compared on resumption: a teacher whose parameters changed
-  (here another of its parameter sets) is refused, naming both records."""
-  built, source, _, mesh = trainer.prepare(distillation(teacher_run))
-  trainer.train(built, source, tmp_path, mesh, show_progress=False)
-  changed = distillation(teacher_run, num_steps=4)
-  changed.teacher.params = "raw"
-  built, source, _, mesh = trainer.prepare(changed)
-  with pytest.raises(trainer.ConfigMismatch, match="teacher"):
-    trainer.train(built, source, tmp_path, mesh, show_progress=False)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -111,16 +105,11 @@ def test_distillation_refusals_before_anything_compiles(teacher_run, tmp_path, c
     trainer.prepare(config)
 
 
-def test_an_autoencoder_is_no_teacher(tiny_autoencoder):
-  config = distillation(tiny_autoencoder)
-  with pytest.raises(ValueError, match="is not a diffusion model"):
-    trainer.prepare(config)
-
-
 def test_consistency_training_runs_in_train_py(tmp_path):
-  """A consistency-training run: its metrics carry the curriculum's number of levels, its
-  checkpoint is a consistency model sampled by the consistency sampler."""
-  config = edm_digits(num_steps=2, checkpoint_every=2, log_every=1)
+  """A consistency-training run (the toy MLP): its checkpoint is a consistency model, sampled
+  by the consistency sampler by default and refused past its levels, and no teacher."""
+  config = train_base.use_edm(tiny_config("toy", num_steps=2, checkpoint_every=2, log_every=1,
+                                           samples__num=0))
   config.loss = {"kind": "consistency_training", "curriculum_steps": 2, "scales": (2, 4)}
   built, source, _, mesh = trainer.prepare(config)
   summary = trainer.train(built, source, tmp_path, mesh, show_progress=False)
@@ -129,3 +118,8 @@ def test_consistency_training_runs_in_train_py(tmp_path):
   assert generate.default_sampler(student) == ("consistency", 1)
   with pytest.raises(ValueError, match="trained on 5: ask for at most 5"):
     generate.plan(student, "consistency", 6)
+  as_teacher = train_base.use_edm(tiny_config("toy"))
+  as_teacher.loss = {"kind": "consistency_distillation"}
+  as_teacher.teacher.checkpoint = str(tmp_path)
+  with pytest.raises(ValueError, match="is not a diffusion model"):
+    trainer.prepare(as_teacher)
