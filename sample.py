@@ -273,7 +273,7 @@ def evaluate(built, running, name: str = "samples"):
   reference = evaluation.reference(source, **options)
   samples = running.quality()
   return {f"{name} ({samples['num_samples']})": samples,
-          **evaluation.reference_rows(reference)}
+          **evaluation.reference_rows(reference, samples["num_samples"])}
 
 
 def quality_table(quality):

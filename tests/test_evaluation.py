@@ -98,6 +98,10 @@ def test_held_out_digits_score_well_and_noise_badly(ref):
   assert abs(real["kid"]) < 3 * real["kid_error"] and noise["kid"] > 3 * noise["kid_error"]
   assert min(real["precision"], real["recall"]) > 0.85
   assert noise["precision"] < 0.8 and noise["recall"] < 0.3
+  fewer = evaluation.reference_rows(ref, 100)
+  assert fewer["held-out"]["num_samples"] == fewer["noise"]["num_samples"] == 100
+  assert fewer["held-out"]["class_histogram"] == evaluation.quality(
+      ref.heldout_images[:100], ref)["class_histogram"]
   # Inception Score: confident predictions spread over the classes; noise's far lower.
   assert real["inception_score"] > 2 * noise["inception_score"]
   assert max(real["frechet_sqrt_error"], noise["frechet_sqrt_error"]) < 1e-10
