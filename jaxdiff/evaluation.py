@@ -27,7 +27,7 @@ images [N, H, W, C] in [-1, 1] with it:
   Inception Score  of the classifier's probabilities (Salimans et al. 2016),
                    mean and standard deviation over 10 parts.
   precision, recall  of the features against the reference split's (its first
-                   PRECISION_RECALL_REFERENCE; Kynkaenniemi et al. 2019, k = 3): the fraction of images
+                   metrics.MAX_REAL_FEATURES; Kynkaenniemi et al. 2019, k = 3): the fraction of images
                    that look real, and of real images the set covers.
 
 `reference_rows` scores the held-out real images and Gaussian noise, the two
@@ -72,11 +72,6 @@ VERSION = 2
 CACHE_ENV = "JAXDIFF_CACHE"
 DEFAULT_CACHE = "~/.cache/jaxdiff"
 # Images per forward pass when classifying, and per block of the nearest-neighbour search.
-# The reference features that improved precision and recall measure against: all of the
-# digits' 1500, the first 10,000 of a 60,000-image training split. Their k-NN radii cost the
-# square of the count (minutes at 60,000 on a 2-core CPU, for every judged set); Kynkaenniemi
-# et al. 2019 compare equal sets, so more real features than samples add little.
-PRECISION_RECALL_REFERENCE = 10_000
 EVAL_BATCH = 500
 NEAREST_BLOCK = 512
 MIN_IMAGES = 20
@@ -405,8 +400,7 @@ def quality(images, ref: Reference) -> dict:
   nearest = nearest_distances(images, ref.train_images)  # [N]
   kid, kid_error, kid_blocks = metrics.kernel_distance(features, ref.features)
   inception_score, inception_score_std = metrics.inception_score(probabilities)
-  precision, recall = metrics.precision_recall(ref.features[:PRECISION_RECALL_REFERENCE],
-                                               features)
+  precision, recall = metrics.precision_recall(ref.features, features)
   return {
       "num_samples": images.shape[0],
       "confidence": float(np.mean(np.max(probabilities, axis=1))),
