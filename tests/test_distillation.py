@@ -14,24 +14,24 @@ from jaxdiff.train import checkpoint, generate, teacher, trainer
 from conftest import tiny_config
 
 
-def edm_digits(**overrides):
-  """The tiny digits U-Net trained as EDM (the teacher's recipe, as configs/digits.py)."""
-  return train_base.use_edm(tiny_config("digits", **{"samples__num": 0, "model__options__dropout":
-                                                     0.0, **overrides}))
+def edm(kind="toy", **overrides):
+  """A tiny config trained as EDM (the teacher's recipe, as configs/digits.py): the toy MLP
+  on 2-D points, or the digits U-Net."""
+  return train_base.use_edm(tiny_config(kind, **{"samples__num": 0, **overrides}))
 
 
 @pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory, digits_train):
-  """A finished 10-step EDM run on the digits (shared, read only)."""
+def teacher_run(tmp_path_factory):
+  """A finished 10-step EDM run of the toy MLP (shared, read only)."""
   workdir = tmp_path_factory.mktemp("teacher")
-  built, source, _, mesh = trainer.prepare(edm_digits(num_steps=10, checkpoint_every=10))
+  built, source, _, mesh = trainer.prepare(edm(num_steps=10, checkpoint_every=10))
   trainer.train(built, source, workdir, mesh, show_progress=False)
   return workdir
 
 
 def distillation(teacher_dir, **overrides):
-  config = edm_digits(**{"num_steps": 2, "checkpoint_every": 2, "log_every": 1,
-                         "optim__warmup_steps": 0, **overrides})
+  config = edm(**{"num_steps": 2, "checkpoint_every": 2, "log_every": 1,
+                  "optim__warmup_steps": 0, **overrides})
   config.loss = {"kind": "consistency_distillation", "num_scales": 6, "solver": "heun",
                  "target_decay": 0.9, **overrides.pop("loss", {})}
   config.teacher.checkpoint = str(teacher_dir)
@@ -70,7 +70,7 @@ def test_the_student_starts_as_the_teacher_and_the_run_records_it(teacher_run, t
   x_T = generate.prior_noise(student, plan, jax.random.PRNGKey(0), 4)
   samples, nfe = generate.sample_in_batches(student, plan, params, x_T, None,
                                             jax.random.PRNGKey(1), 4, progress=False)
-  assert nfe == 1 and samples.shape == (4, 8, 8, 1) and np.all(np.isfinite(samples))
+  assert nfe == 1 and samples.shape == (4, 2) and np.all(np.isfinite(samples))
   with pytest.raises(ValueError, match="trained on 6: ask for at most 6"):
     generate.plan(student, "consistency", 7)
   _, diffusion, _ = generate.load(teacher_run)
@@ -82,9 +82,10 @@ def test_the_student_starts_as_the_teacher_and_the_run_records_it(teacher_run, t
     ({"teacher": ""}, "distils a teacher: name its checkpoint in teacher.checkpoint"),
     ({"loss": "diffusion"}, "learns from no teacher"),
     ({"teacher": "missing"}, "teacher.checkpoint .*: no complete checkpoint"),
-    ({"model__options__ch": 16}, "differs from .* at .*: .* here, .* in the teacher"),
+    ({"model__options__features": 16}, "differs from .* at .*: .* here, .* in the teacher"),
     ({"process": "vp"}, "distils its ODE on the same process"),
-    ({"model__conditional": True}, "has conditional=False with 10 classes"),
+    ({"data": "digits"}, r"was trained on data of shape \(2,\); this run's data has shape "
+     r"\(8, 8, 1\)"),
 ])
 def test_distillation_refusals_before_anything_compiles(teacher_run, tmp_path, change, message):
   config = distillation(teacher_run)
@@ -92,7 +93,9 @@ def test_distillation_refusals_before_anything_compiles(teacher_run, tmp_path, c
     if key == "teacher":
       config.teacher.checkpoint = str(tmp_path / value) if value else ""
     elif key == "loss":
-      config.loss = dict(edm_digits().loss)
+      config.loss = dict(edm().loss)
+    elif key == "data":
+      config.data, config.model = tiny_config("digits").data, tiny_config("digits").model
     elif key == "process":
       config.process, config.process_options = "vp", {}
     else:
@@ -108,8 +111,7 @@ def test_distillation_refusals_before_anything_compiles(teacher_run, tmp_path, c
 def test_consistency_training_runs_in_train_py(tmp_path):
   """A consistency-training run (the toy MLP): its checkpoint is a consistency model, sampled
   by the consistency sampler by default and refused past its levels, and no teacher."""
-  config = train_base.use_edm(tiny_config("toy", num_steps=2, checkpoint_every=2, log_every=1,
-                                           samples__num=0))
+  config = edm(num_steps=2, checkpoint_every=2, log_every=1)
   config.loss = {"kind": "consistency_training", "curriculum_steps": 2, "scales": (2, 4)}
   built, source, _, mesh = trainer.prepare(config)
   summary = trainer.train(built, source, tmp_path, mesh, show_progress=False)
@@ -118,7 +120,7 @@ def test_consistency_training_runs_in_train_py(tmp_path):
   assert generate.default_sampler(student) == ("consistency", 1)
   with pytest.raises(ValueError, match="trained on 5: ask for at most 5"):
     generate.plan(student, "consistency", 6)
-  as_teacher = train_base.use_edm(tiny_config("toy"))
+  as_teacher = edm()
   as_teacher.loss = {"kind": "consistency_distillation"}
   as_teacher.teacher.checkpoint = str(tmp_path)
   with pytest.raises(ValueError, match="is not a diffusion model"):
