@@ -35,7 +35,7 @@ import pathlib
 from absl import app, flags, logging
 
 from jaxdiff import cli, data, processes, workdir
-from jaxdiff.train import encode_run, latent, sharding
+from jaxdiff.train import encode_run, latent, sharding, write_once
 
 _AUTOENCODER = flags.DEFINE_string("autoencoder", None, "The autoencoder: a jaxdiff workdir or "
                                    "checkpoint of an autoencoder's run, or a diffusers "
@@ -75,7 +75,7 @@ def main(argv):
     raise SystemExit(f"cannot encode: {error} (nothing was written)") from None
   mesh = sharding.make_mesh({"data": -1})
   out = pathlib.Path(_OUT.value)
-  resume = (out / workdir.MARKER).is_file() and (out / encode_run.PROGRESS).is_file()
+  resume = (out / workdir.MARKER).is_file() and (out / write_once.PROGRESS).is_file()
   with processes.claimed_workdir(out, "latents", resume) as out:
     try:
       record = encode_run.run(model, params, origin, source, job, mesh, out)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from jaxdiff import data, metrics, streamed
-from jaxdiff.train import encode_run, generate, latent, sample_run, sharding, trainer
+from jaxdiff.train import encode_run, generate, latent, sample_run, sharding, trainer, write_once
 
 from conftest import ROOT, tiny_config
 
@@ -86,21 +86,21 @@ def test_encoding_stores_every_images_posterior_its_label_and_the_scaling(autoen
   assert (record["num"], record["shape"], record["num_classes"]) == (297, [4, 4, 2], 10)
   assert record["scaling_computed"] and record["stored"] == data.STORED
   assert json.loads((out / data.LATENTS_RECORD).read_text()) == record
-  assert not (out / encode_run.PROGRESS).exists()
+  assert not (out / write_once.PROGRESS).exists()
 
 
 def test_an_interrupted_encoding_continues_to_bitwise_the_uninterrupted_one(
     autoencoder, encoded, tmp_path, monkeypatch):
   source = data.make_source(JOB.source, **JOB.options)
   mesh = sharding.make_mesh({"data": -1})
-  save = encode_run._save_progress
+  save = write_once._save_progress
 
   def killed_after_two_batches(out, run_record, done, *rest):
     save(out, run_record, done, *rest)
     if done == 2:
       raise KeyboardInterrupt
 
-  monkeypatch.setattr(encode_run, "_save_progress", killed_after_two_batches)
+  monkeypatch.setattr(write_once, "_save_progress", killed_after_two_batches)
   with pytest.raises(KeyboardInterrupt):
     encode_run.run(*autoencoder, source, JOB, mesh, tmp_path, progress=False)
   monkeypatch.undo()

@@ -27,32 +27,23 @@ N h w c elements,
 computed exactly from running float64 sums of mean, mean^2 and exp(logvar):
 no sampling.
 
-Record i is encoded in global batch i // G, the batch split over the mesh's
-batch devices (and processes, each reading its own rows of the source); the
-last batch is padded with copies of the last record, which are dropped. Every
-save_every batches process 0 flushes the rows written so far and then writes
-progress.json (the batches done and the running sums; atomically): a run
-killed at any moment and started again on the same folder with the same
-settings rewrites from the first batch not saved and ends with bitwise the
-latents and the scaling factor of an uninterrupted run.
+The dataset is written once over the mesh by `write_once`: in global batches
+split over the mesh's batch devices (and processes, each reading its own rows
+of the source), the running sums saved with the progress, so that a run killed
+at any moment and started again on the same folder with the same settings ends
+with bitwise the latents and the scaling factor of an uninterrupted run.
 """
 
 import dataclasses
-import json
 import math
-import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxdiff import data, models, workdir
-from jaxdiff.train import latent, sharding, writer
-
-PROGRESS = "progress.json"
+from jaxdiff import data, models
+from jaxdiff.train import latent, sharding, write_once
 
 # The standard deviation a computed scaling factor gives the latents: EDM's sigma_data.
 LATENT_STD = 0.5
@@ -103,13 +94,6 @@ def check_source(model, source) -> tuple:
   return model.latent_shape(tuple(source.shape))
 
 
-def global_batch_size(job: Job, num: int, mesh) -> int:
-  """job.batch_size rounded up to a multiple of the mesh's batch devices, and to at most
-  num (rounded up likewise)."""
-  devices = sharding.batch_devices(mesh)
-  return -(-min(job.batch_size, num) // devices) * devices
-
-
 def make_step(model, mesh):
   """(params, images [G, H, W, C], labels [G]) -> (posterior [G, h, w, 2c], labels), the
   batch sharded over the mesh's batch axes, the parameters replicated; jitted once."""
@@ -121,11 +105,6 @@ def make_step(model, mesh):
   rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
   return jax.jit(step, in_shardings=(sharding.replicated(mesh), rows, rows),
                  out_shardings=(rows, rows), compiler_options=models.compiler_options())
-
-
-def _host(x):
-  """A global array (sharded over processes) whole on this host."""
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _images(source, index):
@@ -150,31 +129,6 @@ def _add(sums: dict, posterior) -> dict:
           "variance": sums["variance"] + float(np.sum(np.exp(logvar)))}
 
 
-def _load_progress(out: pathlib.Path, run_record: dict):
-  """(batches done, sums) saved in out, or None where it holds no progress.
-
-  Raises:
-    ValueError when the progress there is of another run, naming what differs.
-  """
-  if not (out / PROGRESS).is_file():
-    return None
-  saved = json.loads((out / PROGRESS).read_text())
-  differences = [f"{k}: {saved['run'].get(k)!r} there, {v!r} here"
-                 for k, v in run_record.items() if saved["run"].get(k) != v]
-  if differences:
-    raise ValueError(f"{out} holds the progress of another encoding run; it differs in "
-                     f"{'; '.join(differences)}. Run the same command, or pass a new --out")
-  return int(saved["batches_done"]), saved["sums"]
-
-
-def _save_progress(out: pathlib.Path, run_record: dict, batches_done: int, sums: dict, arrays):
-  """The rows written so far flushed to disk, then progress.json naming them, atomically."""
-  for array in arrays:
-    array.flush()
-  text = json.dumps({"run": run_record, "batches_done": batches_done, "sums": sums}, indent=1)
-  workdir.write_atomically(out / PROGRESS, lambda f: f.write(text.encode()))
-
-
 def run(model, params, origin: dict, source, job: Job, mesh, out, *,
         progress: bool = True) -> dict:
   """Encodes every record of source with the autoencoder into the folder out (claimed by the
@@ -191,52 +145,32 @@ def run(model, params, origin: dict, source, job: Job, mesh, out, *,
   """
   latent_shape = check_source(model, source)
   num = len(source)
-  size = global_batch_size(job, num, mesh)
-  num_batches = math.ceil(num / size)
-  fingerprint = latent.fingerprint(params)
-  run_record = json.loads(json.dumps({
-      "autoencoder": {"checkpoint": origin["checkpoint"], "params": origin["params"],
-                      "fingerprint": fingerprint},
-      "data": {"source": job.source, "options": job.options}, "num": num,
-      "scaling_factor": job.scaling_factor, "global_batch": size}))
-  out = pathlib.Path(out)
-  writes = jax.process_index() == 0
-  saved = _load_progress(out, run_record)
-  first, sums = saved or (0, {"count": 0, "mean": 0.0, "mean_squared": 0.0, "variance": 0.0})
-  arrays = ()
-  if writes:
-    mode = "r+" if saved else "w+"
-    arrays = (np.lib.format.open_memmap(out / data.LATENTS, mode, np.float32,
-                                        (num, *latent_shape[:2], 2 * latent_shape[2])),
-              np.lib.format.open_memmap(out / data.LATENT_LABELS, mode, np.int32, (num,)))
-    if not saved:  # What the run is, before any batch: another command is refused from now on.
-      _save_progress(out, run_record, 0, sums, arrays)
+  size = write_once.global_batch_size(job.batch_size, num, mesh)
+  run_record = {"autoencoder": {"checkpoint": origin["checkpoint"], "params": origin["params"],
+                                "fingerprint": latent.fingerprint(params)},
+                "data": {"source": job.source, "options": job.options}, "num": num,
+                "scaling_factor": job.scaling_factor}
   step = make_step(model, mesh)
   # Through the host, as sample_run: each process places its own copy.
   params = jax.device_put(jax.device_get(params), sharding.replicated(mesh))
   rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
-  # A bar on a terminal, a line every 30 s in a log.
-  bar = writer.progress_bar(num_batches, first, enabled=progress and writes, every_seconds=30,
-                            unit="batch", desc="encoding")
-  for b in range(first, num_batches):
-    index = np.minimum(np.arange(b * size, (b + 1) * size), num - 1)  # Padded: the last record.
+
+  def compute(index):
     images = jax.make_array_from_callback(
-        (size, *source.shape), rows, lambda where, index=index: _images(source, index[where[0]]))
+        (size, *source.shape), rows, lambda where: _images(source, index[where[0]]))
     labels = jax.make_array_from_callback(
-        (size,), rows, lambda where, index=index: np.asarray(
-            [source[int(i)]["label"] for i in index[where]], np.int32))
+        (size,), rows, lambda where: np.asarray([source[int(i)]["label"] for i in index[where]],
+                                                np.int32))
     posterior, labels = step(params, images, labels)
-    n = min(size, num - b * size)
-    posterior, labels = _host(posterior)[:n], _host(labels)[:n]  # [n, h, w, 2c], [n]
-    sums = _add(sums, posterior)
-    done = b + 1
-    if writes:
-      arrays[0][b * size:b * size + n] = posterior
-      arrays[1][b * size:b * size + n] = labels
-      if done == num_batches or (job.save_every and done % job.save_every == 0):
-        _save_progress(out, run_record, done, sums, arrays)
-    bar.update(1)
-  bar.close()
+    return {data.LATENTS: posterior, data.LATENT_LABELS: labels}
+
+  columns = {data.LATENTS: (np.float32, (*latent_shape[:2], 2 * latent_shape[2])),
+             data.LATENT_LABELS: (np.int32, ())}
+  sums = write_once.write(
+      out, run_record, columns, num, size, compute,
+      state={"count": 0, "mean": 0.0, "mean_squared": 0.0, "variance": 0.0},
+      accumulate=lambda sums, rows: _add(sums, rows[data.LATENTS]),
+      save_every=job.save_every, progress=progress, desc="encoding")
   latent_mean, latent_std = scaling_of(sums)
   if job.scaling_factor is None:  # Centred, then scaled to std LATENT_STD (EDM2's encoder).
     scaling_factor, shift_factor = LATENT_STD / latent_std, latent_mean
@@ -248,8 +182,5 @@ def run(model, params, origin: dict, source, job: Job, mesh, out, *,
             "shape": list(latent_shape), "num_classes": int(source.num_classes),
             "stored": data.STORED, "scaling_computed": job.scaling_factor is None,
             "latent_mean": latent_mean, "latent_std": latent_std}
-  if writes:
-    text = json.dumps(record, indent=1)
-    workdir.write_atomically(out / data.LATENTS_RECORD, lambda f: f.write(text.encode()))
-    os.remove(out / PROGRESS)
+  write_once.finish(out, data.LATENTS_RECORD, record)
   return record
