@@ -27,6 +27,12 @@ first stage does on the fly, and yields the diffusion model's
 x_latent = scaling_factor (z - shift_factor), with eps a function of (seed,
 process, position) like every other random choice here.
 
+A pairs source (`pairs_source`, written once by reflow.py:
+`jaxdiff.train.reflow_run`) holds a teacher's coupling for rectified flow's
+reflow (Liu et al. 2022): noise z and the endpoint x0 of the teacher's
+probability-flow ODE from it, already in model space; its batches carry z as
+"noise" beside x0 as "image".
+
 The 2-D toy sets are FFJORD's (Grathwohl et al. 2019, `lib/toy_data.py`), at
 its scale (coordinates within about +-4); `oracle` draws from the ring mixture
 of `jaxdiff.oracle`. `image_size` crops and resizes images as ADM does
@@ -65,6 +71,15 @@ LATENTS = "latents.npy"
 LATENT_LABELS = "labels.npy"
 LATENTS_RECORD = "latents.json"
 STORED = "posterior mean and log-variance"
+# What reflow.py writes into its folder (`pairs_source` reads it): the noise z, float32
+# [N, ...]; the teacher's ODE endpoint x0 from it, float32 [N, ...] in model space; the labels
+# the teacher was conditioned on (0 for an unconditional one), int32 [N]; what they are, as
+# JSON, written last.
+PAIRS_NOISE = "noise.npy"
+PAIRS_SAMPLES = "samples.npy"
+PAIRS_LABELS = "labels.npy"
+PAIRS_RECORD = "pairs.json"
+PAIRS_STORED = "noise z at t = 1 and the teacher's probability-flow ODE endpoint x0"
 
 
 def check_records(images, labels, num_classes: int, *, eight_bit: bool, origin: str,
@@ -545,6 +560,87 @@ def latents_source(path):
                       record["autoencoder"], f"latents {path}")
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PairsSource:
+  """A teacher's (noise, sample) pairs, written by reflow.py, read from memmaps: the coupling
+  that rectified flow's reflow trains on (Liu et al. 2022, sec. 2.2).
+
+  Records are {"image": x0 float32 [...], the teacher's ODE endpoint in model space,
+  "noise": z float32 [...], the ODE's start at t = 1, "label": int32}. `shape`,
+  `num_classes`, `eight_bit` and `autoencoder` are those of the teacher's data, so that a
+  model of the pairs is a model of the same data (its samples pictured and judged as the
+  teacher's); `record` is pairs.json.
+  """
+
+  samples: np.ndarray  # [N, ...], a read-only memmap.
+  noise: np.ndarray  # [N, ...], a read-only memmap.
+  labels: np.ndarray  # [N]
+  record: dict
+  origin: str
+
+  def __post_init__(self):
+    for name, array in (("samples", self.samples), ("noise", self.noise)):
+      check_records(np.asarray(array[:NUM_CHECKED]).reshape(min(NUM_CHECKED, len(array)), -1),
+                    self.labels[:NUM_CHECKED], self.num_classes, eight_bit=False,
+                    origin=f"{self.origin} ({name})")
+    check_records(np.zeros((len(self.labels), 1), np.float32), self.labels, self.num_classes,
+                  eight_bit=False, origin=self.origin)  # All the labels.
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(self.samples.shape[1:])
+
+  @property
+  def num_classes(self) -> int:
+    return self.record["num_classes"]
+
+  @property
+  def eight_bit(self) -> bool:
+    return self.record["eight_bit"]
+
+  @property
+  def autoencoder(self) -> dict | None:
+    return self.record["autoencoder"]
+
+  def __len__(self) -> int:
+    return self.samples.shape[0]
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {"image": np.asarray(self.samples[index]), "noise": np.asarray(self.noise[index]),
+            "label": self.labels[index]}
+
+  def read_batch(self, index) -> dict[str, np.ndarray]:
+    """The records at index [B] at once: one read of each memmap, not B."""
+    return {"image": self.samples[index], "noise": self.noise[index],  # [B, ...]
+            "label": self.labels[index]}  # [B]
+
+
+def pairs_source(path):
+  """The pairs reflow.py wrote into the folder `path` (`PAIRS_NOISE`, `PAIRS_SAMPLES`,
+  `PAIRS_LABELS`, `PAIRS_RECORD`): noise z and the teacher's ODE endpoint x0 from it."""
+  path = pathlib.Path(path)
+  if not (path / PAIRS_RECORD).is_file():
+    unfinished = (path / "INCOMPLETE").is_file() and (path / PAIRS_SAMPLES).is_file()
+    raise FileNotFoundError(
+        f"no {PAIRS_RECORD} in {path}: "
+        + ("it holds an unfinished reflow.py run; run its command again to finish it"
+           if unfinished else "write a teacher's pairs into it first, e.g. python3 reflow.py "
+           f"--teacher TEACHER_WORKDIR --out {path}"))
+  record = json.loads((path / PAIRS_RECORD).read_text())
+  if record.get("stored") != PAIRS_STORED:
+    raise ValueError(f"{path / PAIRS_RECORD} stores {record.get('stored')!r}, not the "
+                     f"{PAIRS_STORED!r} this reader expects; write the pairs again with this "
+                     "reflow.py")
+  samples = np.load(path / PAIRS_SAMPLES, mmap_mode="r")
+  noise = np.load(path / PAIRS_NOISE, mmap_mode="r")
+  expected = [record["num"], *record["shape"]]
+  if list(samples.shape) != expected or list(noise.shape) != expected:
+    raise ValueError(f"{path} holds samples {samples.shape} and noise {noise.shape}, but "
+                     f"{PAIRS_RECORD} says {record['num']} pairs of {record['shape']}; write "
+                     "them again")
+  return PairsSource(samples, noise, np.load(path / PAIRS_LABELS), record, f"pairs {path}")
+
+
 SOURCES = {
     "digits": digits_source,
     "idx": idx_source,
@@ -554,6 +650,7 @@ SOURCES = {
     "toy": toy_source,
     "oracle": oracle_source,
     "latents": latents_source,
+    "pairs": pairs_source,
 }
 
 
@@ -657,8 +754,8 @@ def make_iterator(source, *, batch_size: int, seed: int, process_index: int = 0,
 
   Returns:
     A grain.DatasetIterator of {"image": float32 [B_local, *source.shape] (8-bit images in
-    [-1, 1], latents as x_latent of a fresh z ~ q(z | x), points as they are), "label":
-    int32 [B_local]}.
+    [-1, 1], latents as x_latent of a fresh z ~ q(z | x), points and pairs' x0 as they are),
+    "label": int32 [B_local]}, and for pairs "noise": their z, float32 [B_local, ...].
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index must lie in [0, process_count = {process_count}), got "
@@ -666,7 +763,12 @@ def make_iterator(source, *, batch_size: int, seed: int, process_index: int = 0,
   if batch_size <= 0 or batch_size % process_count:
     raise ValueError(f"batch_size (the global batch) must be a positive multiple of "
                      f"process_count = {process_count}, got {batch_size}")
-  latent = getattr(source, "autoencoder", None) is not None
+  pairs = isinstance(source, PairsSource)  # Model-space records: neither mapped nor drawn.
+  latent = not pairs and getattr(source, "autoencoder", None) is not None
+  if random_flip and pairs:
+    raise ValueError(f"random_flip mirrors images; {source.origin} holds the teacher's ODE "
+                     "endpoints x0 of their noise z, and a flipped x0 is not the endpoint of "
+                     "its z: set data.random_flip = False")
   if random_flip and latent:
     raise ValueError(f"random_flip mirrors images; {source.origin} holds their latents, and a "
                      "flipped image's latent is not the flipped latent: set "
@@ -688,7 +790,7 @@ def make_iterator(source, *, batch_size: int, seed: int, process_index: int = 0,
     batches = batches.random_map(_flip, seed=noise_seed)
   if latent:  # Grain's rng of a random_map is a function of (noise_seed, position).
     batches = batches.random_map(source.draw, seed=noise_seed)
-  if source.eight_bit:
+  if source.eight_bit and not pairs:
     batches = batches.map(_to_model_space)
   batches = batches.to_iter_dataset(grain.ReadOptions(num_threads=read_threads))
   if worker_count:

@@ -55,6 +55,14 @@ def tiny_options(kind, tmp_path):
         {"autoencoder": autoencoder, "num": 40, "shape": [2, 2, 3], "num_classes": 5,
          "stored": data.STORED}))
     return {"path": tmp_path}
+  if kind == "pairs":  # As reflow.py writes them: here a teacher of 3-D points.
+    np.save(tmp_path / data.PAIRS_SAMPLES, rng.standard_normal((40, 3)).astype(np.float32))
+    np.save(tmp_path / data.PAIRS_NOISE, rng.standard_normal((40, 3)).astype(np.float32))
+    np.save(tmp_path / data.PAIRS_LABELS, rng.integers(0, 5, 40).astype(np.int32))
+    (tmp_path / data.PAIRS_RECORD).write_text(json.dumps(
+        {"num": 40, "shape": [3], "num_classes": 5, "eight_bit": False, "autoencoder": None,
+         "stored": data.PAIRS_STORED}))
+    return {"path": tmp_path}
   return {"digits": {"split": "test"}, "tfds": {"name": "mnist", "split": "train"},
           "toy": {"name": "moons", "num_points": 200}, "oracle": {"num_points": 200}}[kind]
 
