@@ -14,7 +14,8 @@ labels) -> (x_0, info) to jit once: that denoiser, classifier-free guidance
 (`guidance.guided_denoise_fn`, the null class num_classes) for a conditional
 model at w != 1, and the registered sampler on its grid for the NFE (by
 default the one fitted to the checkpoint, `fitted_grids`, where there is one, else
-`grids.default_for` the process), from x_T ~ N(0, sigma(grid[0])^2).
+`grids.default_for` the process; for a reflow, steps of equal length in t),
+from x_T ~ N(0, sigma(grid[0])^2).
 """
 
 import dataclasses
@@ -34,6 +35,9 @@ from jaxdiff.train import (checkpoint, fitted_grids, optim, phema, sharding,
 from jaxdiff.train.experiment import DataSpec, Experiment
 
 CONSISTENCY = "consistency"  # The sampler of consistency models (`samplers.consistency`).
+# The sampler of a reflow: Euler on the probability-flow ODE, x_s = x_t + (s - t) v (on the
+# process "flow", ddim's step is the same one).
+REFLOW_SAMPLER = "euler"
 SEEDS = 2**32  # Seeds lie in [0, 2^32): jax.random.PRNGKey folds 2^32 + s onto s.
 
 
@@ -207,6 +211,8 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
   _check_consistency(experiment, sampler, nfe)
   fitted = None if step_dir is None else fitted_grids.path_for(step_dir, sampler, options, nfe)
   use_fitted = grid is None and fitted is not None and fitted.exists()
+  # A reflow's straight flow: by default N steps of equal length in t, ending at 0.
+  even = grid is None and is_reflow(experiment)
   if grid is None:
     grid, grid_options = grids.default_for(experiment.process)
     if sampler == CONSISTENCY:  # Its last call is at t_min: a grid to 0 would waste one.
@@ -217,6 +223,8 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
   end = float(grids.make_grid(experiment.process, grid, 1, **grid_options)[-1])
   ends_at_zero = samplers.base.ends_at_zero(experiment.process, end)
   num_steps = samplers.num_steps_for(sampler, nfe, options, ends_at_zero=ends_at_zero)
+  if even and num_steps > 1:  # The uniform grid's N points from t_max down to t_max / N.
+    grid_options = {**grid_options, "t_min": float(experiment.process.t_max) / num_steps}
   if use_fitted:
     grid, grid_options = f"fitted {fitted.name}", {}
     times = fitted_grids.load(fitted, experiment.process, sampler, options, nfe, num_steps)
@@ -236,10 +244,21 @@ def is_consistency_model(experiment: Experiment) -> bool:
   return isinstance(experiment.objective, step.ConsistencyModel)
 
 
+def is_reflow(experiment: Experiment) -> bool:
+  """Whether the model is a rectified flow trained on a teacher's pairs (`step.Reflow`)."""
+  return isinstance(experiment.objective, step.Reflow)
+
+
 def default_sampler(experiment: Experiment) -> tuple[str, int]:
   """(sampler, NFE) where none is asked for: one-step consistency sampling for a consistency
-  model; UniPC at 20 network calls for a diffusion model."""
-  return (CONSISTENCY, 1) if is_consistency_model(experiment) else ("unipc", 20)
+  model; Euler on the flow ODE for a reflow (Liu et al. 2022, sec. 2.3), in one call where
+  distilled to one step (loss.times "one", trained at t = 1 alone) and in two otherwise;
+  UniPC at 20 network calls for a diffusion model."""
+  if is_consistency_model(experiment):
+    return CONSISTENCY, 1
+  if is_reflow(experiment):
+    return REFLOW_SAMPLER, 1 if experiment.objective.times == "one" else 2
+  return "unipc", 20
 
 
 def _check_consistency(experiment: Experiment, sampler: str, nfe: int):

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from jaxdiff import weights
+from jaxdiff import data, weights
 from jaxdiff.train import generate
 
 
@@ -126,7 +126,12 @@ def decoder(autoencoder: dict):
 def image_data(experiment) -> tuple[str, dict]:
   """(source, options) of the images an experiment's samples are judged against: for a
   latent model the image data its autoencoder encoded (its record's "data"; "" and {} where
-  the record names none, as for a diffusers folder), else the run's own data."""
+  the record names none, as for a diffusers folder); for a model of a teacher's pairs
+  (reflow) the data its teacher's samples are judged against (pairs.json's); else the
+  run's own data."""
+  if experiment.run.data.source == "pairs":
+    judged = data.pairs_source(**experiment.run.data.options).record["image_data"]
+    return judged["source"], dict(judged["options"])
   record = experiment.data.autoencoder
   if record is None:
     return experiment.run.data.source, dict(experiment.run.data.options)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdiff import consistency, losses, models, parameterization
-from jaxdiff.schedules import Process
+from jaxdiff.schedules import FlowMatching, Process
 from jaxdiff.train import optim, phema, ranges
 from jaxdiff.train.state import TARGET_EMA, TrainState, ema_name, phema_name
 
@@ -114,6 +114,57 @@ class Objective:
   def init(self, model, key, x, cond):
     """The network's variables, traced on x [1, ...] at t = 1."""
     return model.init(key, x, jnp.ones((x.shape[0],)), cond, deterministic=True)
+
+
+REFLOW_TIMES = ("uniform", "one")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reflow(Objective):
+  """Rectified flow's reflow (Liu, Gong & Liu 2022, "Flow Straight and Fast", eq. 1 on the
+  coupling of sec. 2.2): flow matching on the process "flow" (x_t = t z + (1 - t) x0), but
+  with eps = the batch's noise z, paired with x0 by the teacher's ODE (a "pairs" source,
+  `jaxdiff.data.pairs_source`), not fresh noise: the flow learnt on this coupling is
+  straighter than the teacher's, so few Euler steps follow it.
+
+  times: "uniform", t ~ the process's training distribution U(t_min, 1) as flow matching
+  draws it (reflow); "one", t = 1 only, their distillation to one step (sec. 2.3): the
+  velocity at z alone is trained, x0 = z - v(z, 1) in one Euler step.
+  The student starts from the teacher's parameters (the trainer copies them at step 0);
+  the train step does not call the teacher.
+  """
+
+  prediction: str = "velocity"
+  target: str = "velocity"
+  times: str = "uniform"
+  needs_teacher: ClassVar[bool] = True
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.times not in REFLOW_TIMES:
+      raise ValueError(f"loss.times must be one of {list(REFLOW_TIMES)} (reflow, or the "
+                       f"distillation to one step at t = 1), got {self.times!r}")
+    if not isinstance(self.process, FlowMatching):
+      raise ValueError(f"loss.kind 'reflow' straightens the ODE of the process 'flow' "
+                       f"(x_t = (1 - t) x0 + t z); this config's process is {self.process}: "
+                       "set process = 'flow', process_options = {}")
+
+  def draw_noise(self, model, shape, key, step):
+    """t [B] of a batch of shape [B, ...]: U(t_min, 1) ("uniform") or 1 ("one")."""
+    del model, step
+    if self.times == "one":
+      return jnp.full((shape[0],), self.process.t_max)
+    return self.process.sample_train_time(key, (shape[0],))
+
+  def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool,
+                 context=None):
+    """Per-example loss [B] on the pairs: x_t between the batch's x0 ("image") and z
+    ("noise")."""
+    del context
+    cond = batch["label"] if conditional else None
+    loss, _ = self.loss(models.network_fn(model, params, key_dropout), batch["image"], None,
+                        cond, (noise, batch["noise"]))
+    return loss, {}
 
 
 class ConsistencyModel:

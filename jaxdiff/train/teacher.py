@@ -1,12 +1,14 @@
 """The teacher of a distillation: a trained diffusion model, frozen, that the student
-learns from (consistency distillation, `step.ConsistencyDistillation`).
+learns from (consistency distillation, `step.ConsistencyDistillation`; rectified flow's
+reflow, `step.Reflow`, through the pairs its ODE wrote, `check_pairs`).
 
 The config's `teacher` section names its checkpoint and parameters. `check` reads only
 its run record and refuses, before anything compiles, what cannot be distilled: a
 distillation without a teacher or a teacher without a distillation, a teacher that is
 not a diffusion model, or one of another data shape, classes or process; and, because
 the student starts from the teacher's parameters, a student network of another
-architecture (naming the first parameter that differs). `load` restores its parameters
+architecture (naming the first parameter that differs) or, for a diffusion-model
+student, another prediction or preconditioning. `load` restores its parameters
 and describes them (`record`, with their fingerprint, kept in the run record so that a
 resumed run refuses a teacher that has changed). `x0_fn` is the teacher's x0 prediction
 as the train step calls it.
@@ -18,10 +20,10 @@ import pathlib
 import jax
 from flax import traverse_util
 
-from jaxdiff import parameterization
+from jaxdiff import data, parameterization
 from jaxdiff.train import checkpoint, generate, latent, optim
 from jaxdiff.train.experiment import ABSENT, DataSpec, Experiment
-from jaxdiff.train.step import Objective
+from jaxdiff.train.step import Objective, Reflow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,7 @@ def check(experiment: Experiment) -> Experiment | None:
   record = checkpoint.read_run(step_dir)
   teacher = Experiment.from_config(record["config"], DataSpec.from_record(record["data"]))
   where = f"the teacher {step_dir}"
-  if type(teacher.objective) is not Objective:
+  if not isinstance(teacher.objective, Objective):
     raise ValueError(f"{where} is not a diffusion model (its objective is "
                      f"{type(teacher.objective).__name__}); a consistency model distils one")
   if tuple(teacher.data.shape) != tuple(experiment.data.shape):
@@ -81,7 +83,44 @@ def check(experiment: Experiment) -> Experiment | None:
                      f"distils its ODE on the same process, got {experiment.process}: set "
                      "process and process_options as the teacher's")
   _check_same_network(teacher, experiment, where)
+  student = experiment.objective
+  if isinstance(student, Objective) and (
+      (student.prediction, student.preconditioning)
+      != (teacher.objective.prediction, teacher.objective.preconditioning)):
+    raise ValueError(f"{where} predicts {teacher.objective.prediction!r} with preconditioning "
+                     f"{teacher.objective.preconditioning!r}; the student starts from its "
+                     f"parameters, so its output must mean the same: set loss.prediction "
+                     f"{teacher.objective.prediction!r} and loss.preconditioning "
+                     f"{teacher.objective.preconditioning!r} (got {student.prediction!r}, "
+                     f"{student.preconditioning!r})")
   return teacher
+
+
+def check_pairs(experiment: Experiment, source, source_name: str):
+  """Refuses a reflow whose data are not the (noise, sample) pairs of its own teacher (the
+  fingerprints of the teacher's parameters differ: both named), before anything compiles.
+
+  Raises:
+    ValueError naming what disagrees and what would be right.
+  """
+  if not isinstance(experiment.objective, Reflow):
+    return
+  if not isinstance(source, data.PairsSource):
+    raise ValueError(f"loss.kind 'reflow' trains on its teacher's (noise, sample) pairs; "
+                     f"data.source {source_name!r} holds none: write them with reflow.py "
+                     "--teacher TEACHER --out PAIRS and set data.source 'pairs', "
+                     "data.options.path PAIRS")
+  section = named(experiment)
+  step_dir, _, params = generate.load(section["checkpoint"], section["params"])
+  found = latent.fingerprint(params)
+  wrote = source.record["teacher"]
+  if found != wrote["fingerprint"]:
+    raise ValueError(f"the pairs of {source.origin} were written by the teacher at "
+                     f"{wrote['checkpoint']} (params {wrote['params']}, fingerprint "
+                     f"{wrote['fingerprint']}); teacher.checkpoint names "
+                     f"{pathlib.Path(step_dir).absolute()} (params {section['params']}, "
+                     f"fingerprint {found}), another one: name the one that wrote them, or "
+                     "write pairs with this one (reflow.py)")
 
 
 def _check_same_network(teacher: Experiment, student: Experiment, where: str):

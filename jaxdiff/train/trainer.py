@@ -137,7 +137,8 @@ def prepare(config):
   before anything is written: the ranges, the data against the named autoencoder
   (`latent.check_named`; a latent model's bits/dim is refused), the mesh against the batch, the data against the
   batch, the network's shapes on the data (traced by jax.eval_shape, nothing compiled) and
-  the sampler plan of the pictures, and the eval block where eval.every > 0 (its sampler
+  the sampler plan of the pictures, a reflow's pairs against its teacher
+  (`teacher.check_pairs`), and the eval block where eval.every > 0 (its sampler
   plan, params and judges: `periodic_eval.check`). The held-out source where bpd.every > 0.
 
   Raises:
@@ -150,6 +151,9 @@ def prepare(config):
   latent.check_named(settings.autoencoder, built.data, run.data.source)
   if built.data.autoencoder is not None and run.bpd.every:
     raise ValueError(f"bpd.every = {run.bpd.every}: {bits_per_dim.LATENT_REFUSAL}; set it to 0")
+  if isinstance(source, data.PairsSource) and run.bpd.every:
+    raise ValueError(f"bpd.every = {run.bpd.every}: the pairs of {source.origin} are a "
+                     "teacher's samples, with no held-out data of their own; set it to 0")
   mesh = sharding.make_mesh(run.mesh)
   sharding.check_batch_size(mesh, run.batch_size, run.grad_accum)
   try:
@@ -159,6 +163,7 @@ def prepare(config):
                      f"{error}") from None
   check_network(built)
   teacher.check(built)
+  teacher.check_pairs(built, source, run.data.source)
   if built.trains_autoencoder:
     for field, every in (("bpd.every", run.bpd.every), ("eval.every", run.eval.every)):
       if every:
@@ -264,12 +269,15 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None, judge
   run = experiment.run
   workdir = pathlib.Path(workdir)
   distilled = teacher.load(experiment)
+  # Reflow's teacher only starts the student: its ODE's work is in the pairs.
+  stepped = None if isinstance(experiment.objective, step.Reflow) else distilled
   init, state_sharding, train_step = step_parts(
-      experiment, mesh, None if distilled is None else distilled.experiment)
+      experiment, mesh, None if stepped is None else stepped.experiment)
   record = run_record(experiment)
   if distilled is not None:
     record["teacher"] = distilled.record
     teacher_params = jax.device_put(distilled.params, state_sharding.params)
+  if stepped is not None:
     distilling_step = train_step
     train_step = lambda state, batches: distilling_step(state, batches, teacher_params)  # noqa: E731
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
