@@ -50,9 +50,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default "
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Sample this trained model: a training "
                                   "workdir, its checkpoints/ folder or one <step>/ folder.")
 _SAMPLER = flags.DEFINE_string("sampler", None, "A registered sampler; default: consistency "
-                                "for a consistency model, else unipc.")
+                                "for a consistency model, ddim for a progressive-distillation "
+                                "model, else unipc.")
 _NFE = flags.DEFINE_integer("nfe", None, "Network evaluations per sample; default: 1 for a "
-                            "consistency model, else 20.")
+                            "consistency model, its steps for a progressive-distillation "
+                            "model, else 20.")
 _NUM = flags.DEFINE_integer("num", 1000, "Number of samples.")
 _GRID = flags.DEFINE_string("grid", None, "A grid of jaxdiff.grids.GRIDS; default: the one "
                             "fit_grids.py fitted for the sampler, options and NFE where there "
@@ -168,6 +170,9 @@ def sample_checkpoint():
     if _SAMPLER.value is None and generate.is_consistency_model(built):
       print(f"a consistency model: the consistency sampler at NFE {plan.nfe} by default "
             "(--sampler and --nfe choose others)", flush=True)
+    if _SAMPLER.value is None and generate.is_progressive_model(built):
+      print(f"a progressive-distillation model: DDIM in its {default_nfe} steps by default, "
+            "on the grid it was distilled on (--sampler and --nfe choose others)", flush=True)
     if job.num % size:
       print(f"--num {job.num} is not a multiple of the batch {size}: the last batch samples "
             f"{size - job.num % size} extra samples, which are dropped", flush=True)

@@ -14,6 +14,7 @@ labels) -> (x_0, info) to jit once: that denoiser, classifier-free guidance
 (`guidance.guided_denoise_fn`, the null class num_classes) for a conditional
 model at w != 1, and the registered sampler on its grid for the NFE (by
 default the one fitted to the checkpoint, `fitted_grids`, where there is one, else
+for a progressive-distillation student the grid it was distilled on, else
 `grids.default_for` the process), from x_T ~ N(0, sigma(grid[0])^2).
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jaxdiff import grids, guidance, models, samplers
+from jaxdiff import grids, guidance, models, progressive, samplers
 from jaxdiff.train import (checkpoint, fitted_grids, optim, phema, sharding,
                            state as train_state, step)
 from jaxdiff.train.experiment import DataSpec, Experiment
@@ -196,7 +197,8 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
          step_dir=None) -> SamplePlan:
   """Checks the sampler, its options and the NFE, and builds the grid: the named one
   with grid_options; else the grid fitted for this sampler, options and NFE where step_dir
-  (the checkpoint's) holds one (`fitted_grids`, grid name "fitted <file name>"); else
+  (the checkpoint's) holds one (`fitted_grids`, grid name "fitted <file name>"); else the
+  grid a progressive-distillation student was distilled on (`progressive.grid_spec`); else
   `grids.default_for` the process.
 
   Raises:
@@ -207,7 +209,10 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
   _check_consistency(experiment, sampler, nfe)
   fitted = None if step_dir is None else fitted_grids.path_for(step_dir, sampler, options, nfe)
   use_fitted = grid is None and fitted is not None and fitted.exists()
-  if grid is None:
+  if grid is None and is_progressive_model(experiment):  # The grid it was distilled on.
+    grid, grid_options = progressive.grid_spec(experiment.process, experiment.objective.grid,
+                                               experiment.objective.grid_options)
+  elif grid is None:
     grid, grid_options = grids.default_for(experiment.process)
     if sampler == CONSISTENCY:  # Its last call is at t_min: a grid to 0 would waste one.
       grid_options = {**grid_options, "end": "t_min"}
@@ -236,10 +241,20 @@ def is_consistency_model(experiment: Experiment) -> bool:
   return isinstance(experiment.objective, step.ConsistencyModel)
 
 
+def is_progressive_model(experiment: Experiment) -> bool:
+  """Whether the model is a progressive-distillation student (`step.ProgressiveDistillation`)."""
+  return isinstance(experiment.objective, step.ProgressiveDistillation)
+
+
 def default_sampler(experiment: Experiment) -> tuple[str, int]:
   """(sampler, NFE) where none is asked for: one-step consistency sampling for a consistency
-  model; UniPC at 20 network calls for a diffusion model."""
-  return (CONSISTENCY, 1) if is_consistency_model(experiment) else ("unipc", 20)
+  model; DDIM at the student's steps for a progressive-distillation model (on the grid it
+  was distilled on, `plan`); UniPC at 20 network calls for a diffusion model."""
+  if is_consistency_model(experiment):
+    return CONSISTENCY, 1
+  if is_progressive_model(experiment):
+    return "ddim", experiment.objective.student_steps
+  return "unipc", 20
 
 
 def _check_consistency(experiment: Experiment, sampler: str, nfe: int):
