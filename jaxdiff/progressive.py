@@ -58,9 +58,11 @@ def grid_spec(process: Process, name: str = "", options=None) -> tuple[str, dict
 
 
 def grid(process: Process, num_steps: int, name: str = "", options=None) -> np.ndarray:
-  """The N-step grid float32 [N + 1] of a distillation (`grid_spec`)."""
-  name, options = grid_spec(process, name, options)
-  return np.asarray(grids.make_grid(process, name, num_steps, **options), np.float32)
+  """The N-step grid float32 [N + 1] of a distillation (`grid_spec`); concrete inside a
+  trace too (the train step's)."""
+  with jax.ensure_compile_time_eval():
+    name, options = grid_spec(process, name, options)
+    return np.asarray(grids.make_grid(process, name, num_steps, **options), np.float32)
 
 
 def check_nested(process: Process, num_steps: int, name: str = "", options=None):
