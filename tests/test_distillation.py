@@ -121,10 +121,11 @@ def test_consistency_training_runs_in_train_py(tmp_path):
   assert generate.default_sampler(student) == ("consistency", 1)
   with pytest.raises(ValueError, match="trained on 5: ask for at most 5"):
     generate.plan(student, "consistency", 6)
-  for kind in ("consistency_distillation", "progressive_distillation"):
+  for loss in ({"kind": "consistency_distillation"},
+               {"kind": "progressive_distillation", "student_steps": 2, "prediction": "x0",
+                "preconditioning": "edm"}):
     as_teacher = edm()
-    as_teacher.loss = {"kind": kind, "prediction": "x0", "preconditioning": "edm",
-                       "student_steps": 2} if kind != "consistency_distillation" else {"kind": kind}
+    as_teacher.loss = loss
     as_teacher.teacher.checkpoint = str(tmp_path)
     with pytest.raises(ValueError, match="is not a diffusion model"):
       trainer.prepare(as_teacher)
