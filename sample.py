@@ -50,10 +50,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default "
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Sample this trained model: a training "
                                   "workdir, its checkpoints/ folder or one <step>/ folder.")
 _SAMPLER = flags.DEFINE_string("sampler", None, "A registered sampler; default: consistency "
-                                "for a consistency model, euler for a reflow, else unipc.")
+                                "for a consistency model, ddim for a progressive-distillation "
+                                "model, euler for a reflow, else unipc.")
 _NFE = flags.DEFINE_integer("nfe", None, "Network evaluations per sample; default: 1 for a "
                             "consistency model or a reflow distilled to one step, 2 for a "
-                            "reflow, else 20.")
+                            "reflow, the steps of a progressive-distillation model, else 20.")
 _NUM = flags.DEFINE_integer("num", 1000, "Number of samples.")
 _GRID = flags.DEFINE_string("grid", None, "A grid of jaxdiff.grids.GRIDS; default: the one "
                             "fit_grids.py fitted for the sampler, options and NFE where there "
@@ -166,12 +167,10 @@ def sample_checkpoint():
   if writes:
     print(f"sampling {step_dir}: {plan.describe()}, {job.num} samples in batches of {size} "
           f"over {mesh.devices.size} devices, params {_PARAMS.value}", flush=True)
-    if _SAMPLER.value is None and generate.is_consistency_model(built):
-      print(f"a consistency model: the consistency sampler at NFE {plan.nfe} by default "
-            "(--sampler and --nfe choose others)", flush=True)
-    if _SAMPLER.value is None and generate.is_reflow(built):
-      print(f"a reflow (loss.times {built.objective.times!r}): Euler on its straightened flow "
-            f"at NFE {plan.nfe} by default (--sampler and --nfe choose others)", flush=True)
+    few_step = generate.few_step_kind(built)
+    if _SAMPLER.value is None and few_step:
+      print(f"{few_step}: {plan.sampler} at NFE {plan.nfe} by default (--sampler and --nfe "
+            "choose others)", flush=True)
     if job.num % size:
       print(f"--num {job.num} is not a multiple of the batch {size}: the last batch samples "
             f"{size - job.num % size} extra samples, which are dropped", flush=True)

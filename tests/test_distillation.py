@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import train_base
+from jaxdiff import progressive
 from jaxdiff.train import checkpoint, generate, teacher, trainer
 
 from conftest import tiny_config
@@ -120,8 +121,51 @@ def test_consistency_training_runs_in_train_py(tmp_path):
   assert generate.default_sampler(student) == ("consistency", 1)
   with pytest.raises(ValueError, match="trained on 5: ask for at most 5"):
     generate.plan(student, "consistency", 6)
-  as_teacher = edm()
-  as_teacher.loss = {"kind": "consistency_distillation"}
-  as_teacher.teacher.checkpoint = str(tmp_path)
-  with pytest.raises(ValueError, match="is not a diffusion model"):
-    trainer.prepare(as_teacher)
+  for loss in ({"kind": "consistency_distillation"},
+               {"kind": "progressive_distillation", "student_steps": 2, "prediction": "x0",
+                "preconditioning": "edm"}):
+    as_teacher = edm()
+    as_teacher.loss = loss
+    as_teacher.teacher.checkpoint = str(tmp_path)
+    with pytest.raises(ValueError, match="is not a diffusion model"):
+      trainer.prepare(as_teacher)
+
+
+def progressive_round(teacher_dir, student_steps, **overrides):
+  """A progressive-distillation round of the toy MLP: its teacher's EDM prediction."""
+  config = edm(**{"num_steps": 1, "checkpoint_every": 1, "log_every": 1, **overrides})
+  config.loss = {"kind": "progressive_distillation", "student_steps": student_steps,
+                 "prediction": "x0", "preconditioning": "edm"}
+  config.teacher.checkpoint = str(teacher_dir)
+  return config
+
+
+def test_progressive_rounds_run_and_sample_with_ddim_on_their_grid(teacher_run,
+                                                                          tmp_path):
+  """Round 1 (2 steps) from the diffusion teacher runs; its checkpoint is sampled
+  by DDIM in its 2 steps on the grid it was distilled on (sample.py's default). Round 2
+  takes it as its teacher only at 1 step; another N, a consistency objective, or another
+  prediction are refused naming what is right."""
+  first = tmp_path / "round1"
+  built, source, _, mesh = trainer.prepare(progressive_round(teacher_run, 2, num_steps=2))
+  summary = trainer.train(built, source, first, mesh, show_progress=False)
+  assert np.isfinite(summary.final_loss)
+  step_dir, student, params = generate.load(first)
+  assert step_dir.name == "2"
+  assert generate.default_sampler(student) == ("ddim", 2)
+  plan = generate.plan(student, "ddim", 2)
+  np.testing.assert_allclose(plan.grid, progressive.grid(student.process, 2))
+  x_T = generate.prior_noise(student, plan, jax.random.PRNGKey(0), 4)
+  samples, nfe = generate.sample_in_batches(student, plan, params, x_T, None,
+                                            jax.random.PRNGKey(1), 4, progress=False)
+  assert nfe == 2 and np.all(np.isfinite(samples))
+  assert teacher.check(trainer.prepare(progressive_round(first, 1))[0]) is not None
+  with pytest.raises(ValueError, match="student must take 1, not 2: set loss.student_steps = 1"):
+    trainer.prepare(progressive_round(first, 2))
+  consistency = distillation(first)
+  with pytest.raises(ValueError, match="can teach only the next round of progressive"):
+    trainer.prepare(consistency)
+  other = progressive_round(teacher_run, 2)
+  other.loss.update({"prediction": "eps", "preconditioning": "none"})
+  with pytest.raises(ValueError, match="set loss.prediction and loss.preconditioning as its"):
+    trainer.prepare(other)

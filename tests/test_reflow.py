@@ -217,7 +217,7 @@ def test_pairs_refused_before_anything_is_written():
      "names .*fingerprint .*another one"),
     ({"process": "vp"}, "'reflow' straightens the ODE of the process 'flow'"),
     ({"loss": {"prediction": "x0", "target": "x0"}}, "predicts 'velocity' with preconditioning "
-     "'none'; the student starts from its parameters"),
+     "'none'; the student starts as the teacher"),
     ({"shape": [3]}, r"was trained on data of shape \(2,\); this run's data has shape \(3,\)"),
     ({"bpd": 2}, "bpd.every = 2: the pairs of .* are a teacher's samples"),
     ({"loss": {"times": "two"}}, r"loss.times must be one of \['uniform', 'one'\]"),

@@ -14,8 +14,9 @@ labels) -> (x_0, info) to jit once: that denoiser, classifier-free guidance
 (`guidance.guided_denoise_fn`, the null class num_classes) for a conditional
 model at w != 1, and the registered sampler on its grid for the NFE (by
 default the one fitted to the checkpoint, `fitted_grids`, where there is one, else
-`grids.default_for` the process; for a reflow, steps of equal length in t),
-from x_T ~ N(0, sigma(grid[0])^2).
+for a progressive-distillation student the grid it was distilled on, for a reflow
+steps of equal length in t, else `grids.default_for` the process), from
+x_T ~ N(0, sigma(grid[0])^2).
 """
 
 import dataclasses
@@ -29,7 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jaxdiff import grids, guidance, models, samplers
+from jaxdiff import grids, guidance, models, progressive, samplers
 from jaxdiff.train import (checkpoint, fitted_grids, optim, phema, sharding,
                            state as train_state, step)
 from jaxdiff.train.experiment import DataSpec, Experiment
@@ -200,8 +201,9 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
          step_dir=None) -> SamplePlan:
   """Checks the sampler, its options and the NFE, and builds the grid: the named one
   with grid_options; else the grid fitted for this sampler, options and NFE where step_dir
-  (the checkpoint's) holds one (`fitted_grids`, grid name "fitted <file name>"); else
-  `grids.default_for` the process.
+  (the checkpoint's) holds one (`fitted_grids`, grid name "fitted <file name>"); else the
+  grid a progressive-distillation student was distilled on (`progressive.grid_spec`); else
+  `grids.default_for` the process, for a reflow cut into steps of equal length in t.
 
   Raises:
     ValueError naming the offending choice, or the fitted grid file that does not fit.
@@ -213,7 +215,10 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
   use_fitted = grid is None and fitted is not None and fitted.exists()
   # A reflow's straight flow: by default N steps of equal length in t, ending at 0.
   even = grid is None and is_reflow(experiment)
-  if grid is None:
+  if grid is None and is_progressive_model(experiment):  # The grid it was distilled on.
+    grid, grid_options = progressive.grid_spec(experiment.process, experiment.objective.grid,
+                                               experiment.objective.grid_options)
+  elif grid is None:
     grid, grid_options = grids.default_for(experiment.process)
     if sampler == CONSISTENCY:  # Its last call is at t_min: a grid to 0 would waste one.
       grid_options = {**grid_options, "end": "t_min"}
@@ -249,13 +254,34 @@ def is_reflow(experiment: Experiment) -> bool:
   return isinstance(experiment.objective, step.Reflow)
 
 
+def is_progressive_model(experiment: Experiment) -> bool:
+  """Whether the model is a progressive-distillation student (`step.ProgressiveDistillation`)."""
+  return isinstance(experiment.objective, step.ProgressiveDistillation)
+
+
+def few_step_kind(experiment: Experiment) -> str | None:
+  """What few-step generator the model is, in words ("a consistency model", ...), for the
+  messages that name the sampler chosen for it; None for a diffusion model."""
+  if is_consistency_model(experiment):
+    return "a consistency model"
+  if is_progressive_model(experiment):
+    return (f"a progressive-distillation model of {experiment.objective.student_steps} DDIM "
+            "steps, on the grid it was distilled on")
+  if is_reflow(experiment):
+    return f"a reflow (loss.times {experiment.objective.times!r}), Euler on its straightened flow"
+  return None
+
+
 def default_sampler(experiment: Experiment) -> tuple[str, int]:
   """(sampler, NFE) where none is asked for: one-step consistency sampling for a consistency
-  model; Euler on the flow ODE for a reflow (Liu et al. 2022, sec. 2.3), in one call where
-  distilled to one step (loss.times "one", trained at t = 1 alone) and in two otherwise;
-  UniPC at 20 network calls for a diffusion model."""
+  model; DDIM at the student's steps for a progressive-distillation model (on the grid it
+  was distilled on, `plan`); Euler on the flow ODE for a reflow (Liu et al. 2022, sec. 2.3),
+  in one call where distilled to one step (loss.times "one", trained at t = 1 alone) and in
+  two otherwise; UniPC at 20 network calls for a diffusion model."""
   if is_consistency_model(experiment):
     return CONSISTENCY, 1
+  if is_progressive_model(experiment):
+    return "ddim", experiment.objective.student_steps
   if is_reflow(experiment):
     return REFLOW_SAMPLER, 1 if experiment.objective.times == "one" else 2
   return "unipc", 20

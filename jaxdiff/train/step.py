@@ -10,7 +10,8 @@ preconditioned x0 with its weight (Karras et al. 2022, eq. 7-8).
 `ConsistencyTraining` and `ConsistencyDistillation` train a consistency model
 from data (Song & Dhariwal 2023, "Improved Techniques for Training Consistency
 Models") or from a teacher (Song et al. 2023, "Consistency Models"), with the
-losses of `consistency`.
+losses of `consistency`. `ProgressiveDistillation` trains a student to take one DDIM step
+where its teacher takes two (Salimans & Ho 2022, alg. 2; `progressive`).
 `AutoencoderObjective` trains the KL autoencoder of latent diffusion instead
 (`models.autoencoder`; Rombach et al. 2022, sec. 3): reconstruction plus a small
 KL (`losses.autoencoder_loss`). An objective draws a batch's noise, gives the
@@ -37,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdiff import consistency, losses, models, parameterization
+from jaxdiff import consistency, losses, models, parameterization, progressive
 from jaxdiff.schedules import FlowMatching, Process
 from jaxdiff.train import optim, phema, ranges
 from jaxdiff.train.state import TARGET_EMA, TrainState, ema_name, phema_name
@@ -298,6 +299,62 @@ class ConsistencyDistillation(ConsistencyModel):
                                            self.num_scales, z, self.distance,
                                            teacher_x0_fn=context.teacher_x0_fn,
                                            solver=self.solver, cond=cond)
+    return loss, {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressiveDistillation:
+  """Progressive distillation (Salimans & Ho 2022, alg. 2; `progressive.progressive_loss`):
+  the student learns to take student_steps N DDIM steps where its teacher took 2N on the
+  nested grid (`progressive.grid` of grid and grid_options: by default the process's
+  sampling grid ending at t_min, the one `generate.plan` gives a progressive model), its
+  x0 error weighted by the truncated SNR. The student keeps its teacher's prediction and
+  preconditioning (`teacher.check` compares them) and starts from the teacher's parameters
+  (the trainer copies them at step 0); a round's student is the next round's teacher.
+  """
+
+  process: Process
+  student_steps: int
+  prediction: str = "eps"
+  preconditioning: str = "none"
+  grid: str = ""
+  grid_options: dict = dataclasses.field(default_factory=dict)
+  target_decay: ClassVar[float] = 0.0
+  needs_teacher: ClassVar[bool] = True
+  denoise_fn = Objective.denoise_fn
+  told_fn = Objective.told_fn
+  init = Objective.init
+
+  def __post_init__(self):
+    Objective(self.process, prediction=self.prediction, target=self.prediction,
+              preconditioning=self.preconditioning)  # Checks both.
+    ranges.integer("loss.student_steps", self.student_steps, 1)
+    object.__setattr__(self, "grid_options", dict(self.grid_options))
+    progressive.check_nested(self.process, self.student_steps, self.grid, self.grid_options)
+
+  def grid_of(self, num_steps: int):
+    """The distillation's grid [num_steps + 1] (`progressive.grid`)."""
+    return progressive.grid(self.process, num_steps, self.grid, self.grid_options)
+
+  def draw_noise(self, model, shape, key, step):
+    """(n [B] uniform in 0..N - 1, eps [B, ...])."""
+    del model, step
+    key_n, key_eps = jax.random.split(key)
+    return (jax.random.randint(key_n, (shape[0],), 0, self.student_steps),
+            jax.random.normal(key_eps, shape))
+
+  def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool,
+                 context=None):
+    """Per-example loss [B]; context holds the teacher's x0 prediction (dropout off)."""
+    n, eps = noise
+    cond = batch["label"] if conditional else None
+    student = parameterization.x0_eps_fn(
+        self.denoise_fn(models.network_fn(model, params, key_dropout)), self.process,
+        self.prediction)
+    loss, _ = progressive.progressive_loss(
+        lambda x, t, c: student(x, t, c)[0], context.teacher_x0_fn, self.process,
+        batch["image"], n, eps, self.grid_of(self.student_steps),
+        self.grid_of(2 * self.student_steps), cond)
     return loss, {}
 
 

@@ -1,11 +1,15 @@
 """The teacher of a distillation: a trained diffusion model, frozen, that the student
-learns from (consistency distillation, `step.ConsistencyDistillation`; rectified flow's
-reflow, `step.Reflow`, through the pairs its ODE wrote, `check_pairs`).
+learns from (consistency distillation, `step.ConsistencyDistillation`; progressive
+distillation, `step.ProgressiveDistillation`, whose later rounds are taught by the previous
+round's student; rectified flow's reflow, `step.Reflow`, through the pairs its ODE wrote,
+`check_pairs`).
 
 The config's `teacher` section names its checkpoint and parameters. `check` reads only
 its run record and refuses, before anything compiles, what cannot be distilled: a
 distillation without a teacher or a teacher without a distillation, a teacher that is
-not a diffusion model, or one of another data shape, classes or process; and, because
+not a diffusion model (but a progressive-distillation model of twice the student's steps
+for the next round), or one of another data shape, classes or process, or, for
+progressive distillation, another prediction, preconditioning or grid; and, because
 the student starts from the teacher's parameters, a student network of another
 architecture (naming the first parameter that differs) or, for a diffusion-model
 student, another prediction or preconditioning. `load` restores its parameters
@@ -23,7 +27,7 @@ from flax import traverse_util
 from jaxdiff import data, parameterization
 from jaxdiff.train import checkpoint, generate, latent, optim
 from jaxdiff.train.experiment import ABSENT, DataSpec, Experiment
-from jaxdiff.train.step import Objective, Reflow
+from jaxdiff.train.step import Objective, ProgressiveDistillation, Reflow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +61,7 @@ def check(experiment: Experiment) -> Experiment | None:
     if section["checkpoint"]:
       raise ValueError(f"teacher.checkpoint {section['checkpoint']!r} is named, but loss.kind "
                        f"{kind!r} learns from no teacher; set it to '' (or loss.kind to "
-                       "'consistency_distillation')")
+                       "'consistency_distillation' or 'progressive_distillation')")
     return None
   try:
     step_dir = checkpoint.find(section["checkpoint"])
@@ -66,9 +70,7 @@ def check(experiment: Experiment) -> Experiment | None:
   record = checkpoint.read_run(step_dir)
   teacher = Experiment.from_config(record["config"], DataSpec.from_record(record["data"]))
   where = f"the teacher {step_dir}"
-  if not isinstance(teacher.objective, Objective):
-    raise ValueError(f"{where} is not a diffusion model (its objective is "
-                     f"{type(teacher.objective).__name__}); a consistency model distils one")
+  _check_kind(teacher.objective, experiment.objective, where)
   if tuple(teacher.data.shape) != tuple(experiment.data.shape):
     raise ValueError(f"{where} was trained on data of shape {tuple(teacher.data.shape)}; this "
                      f"run's data has shape {tuple(experiment.data.shape)}")
@@ -83,16 +85,6 @@ def check(experiment: Experiment) -> Experiment | None:
                      f"distils its ODE on the same process, got {experiment.process}: set "
                      "process and process_options as the teacher's")
   _check_same_network(teacher, experiment, where)
-  student = experiment.objective
-  if isinstance(student, Objective) and (
-      (student.prediction, student.preconditioning)
-      != (teacher.objective.prediction, teacher.objective.preconditioning)):
-    raise ValueError(f"{where} predicts {teacher.objective.prediction!r} with preconditioning "
-                     f"{teacher.objective.preconditioning!r}; the student starts from its "
-                     f"parameters, so its output must mean the same: set loss.prediction "
-                     f"{teacher.objective.prediction!r} and loss.preconditioning "
-                     f"{teacher.objective.preconditioning!r} (got {student.prediction!r}, "
-                     f"{student.preconditioning!r})")
   return teacher
 
 
@@ -121,6 +113,39 @@ def check_pairs(experiment: Experiment, source, source_name: str):
                      f"{pathlib.Path(step_dir).absolute()} (params {section['params']}, "
                      f"fingerprint {found}), another one: name the one that wrote them, or "
                      "write pairs with this one (reflow.py)")
+
+
+def _check_kind(teacher, student, where: str):
+  """Refuses a teacher that is no diffusion model (a reflow is one), except a
+  progressive-distillation student of 2N steps as the teacher of the next round's N, with
+  the same grid; and a progressive or reflow student that does not keep its teacher's
+  prediction and preconditioning (it starts from the teacher's parameters)."""
+  if isinstance(teacher, ProgressiveDistillation):
+    if not isinstance(student, ProgressiveDistillation):
+      raise ValueError(f"{where} is a progressive-distillation model ({teacher.student_steps} "
+                       f"DDIM steps); it can teach only the next round of progressive "
+                       f"distillation (loss.kind 'progressive_distillation')")
+    if student.student_steps * 2 != teacher.student_steps:
+      right = (f"set loss.student_steps = {teacher.student_steps // 2}"
+               if teacher.student_steps % 2 == 0 else "its steps cannot be halved")
+      raise ValueError(f"{where} takes {teacher.student_steps} DDIM steps and a round halves "
+                       f"them, so the student must take {teacher.student_steps / 2:g}, not "
+                       f"{student.student_steps}: {right}")
+    if (student.grid, student.grid_options) != (teacher.grid, teacher.grid_options):
+      raise ValueError(f"{where} was distilled on loss.grid {teacher.grid!r} with grid_options "
+                       f"{teacher.grid_options}; the next round nests in it: set them as the "
+                       f"teacher's (got {student.grid!r}, {student.grid_options})")
+  elif not isinstance(teacher, Objective):  # A diffusion model: a reflow is one too.
+    raise ValueError(f"{where} is not a diffusion model (its objective is "
+                     f"{type(teacher).__name__}); a {type(student).__name__} student "
+                     "distils one")
+  if isinstance(student, (Objective, ProgressiveDistillation)) and (
+      (student.prediction, student.preconditioning) != (teacher.prediction,
+                                                        teacher.preconditioning)):
+    raise ValueError(f"{where} predicts {teacher.prediction!r} with preconditioning "
+                     f"{teacher.preconditioning!r}; the student starts as the teacher, so set "
+                     f"loss.prediction and loss.preconditioning as its (got "
+                     f"{student.prediction!r}, {student.preconditioning!r})")
 
 
 def _check_same_network(teacher: Experiment, student: Experiment, where: str):
