@@ -72,9 +72,10 @@ def test_inpainting_samples_the_conditional_of_independent_coordinates():
   # (1000 steps: at 100, DDPM's own discretization narrows the spread by 3%).
   gaussian = oracle.GaussianMixture(jnp.array([1.0]), jnp.full((1, 4), 0.3), jnp.array([0.5]))
   y = jnp.full((8000, 4), -0.9)
-  x, _ = conditional.inpaint(gaussian.denoise_fn(PROCESS, "eps"), PROCESS, y,
-                             jnp.array([1.0, 1.0, 0.0, 0.0]), jax.random.PRNGKey(4),
-                             grids.make_grid(PROCESS, "uniform", 1000))
+  grid = grids.make_grid(PROCESS, "uniform", 1000)
+  x, _ = jax.jit(lambda key: conditional.inpaint(
+      gaussian.denoise_fn(PROCESS, "eps"), PROCESS, y, jnp.array([1.0, 1.0, 0.0, 0.0]), key,
+      grid), compiler_options=OPTIMIZED)(jax.random.PRNGKey(4))
   unknown = np.asarray(x)[:, 2:]
   np.testing.assert_allclose(unknown.mean(axis=0), 0.3, atol=4 * 0.5 / np.sqrt(8000))
   np.testing.assert_allclose(unknown.std(axis=0), 0.5, rtol=0.02)
