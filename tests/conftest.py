@@ -73,6 +73,21 @@ def toy_source():
   return data.make_source("toy", name="checkerboard", num_points=512)
 
 
+@pytest.fixture
+def killed_after_two_saves(monkeypatch):
+  """A `write_once` run (encode.py's, reflow.py's) killed right after its second save of
+  the progress, as a SIGKILL would leave it: KeyboardInterrupt out of the run."""
+  from jaxdiff.train import write_once  # pylint: disable=import-outside-toplevel
+  save = write_once._save_progress
+
+  def killed(out, run_record, done, *rest):
+    save(out, run_record, done, *rest)
+    if done == 2:
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(write_once, "_save_progress", killed)
+
+
 @pytest.fixture(scope="session")
 def tiny_autoencoder(tmp_path_factory, digits_train):
   """The workdir of a finished 20-step run of tiny_config("autoencoder") on the digits

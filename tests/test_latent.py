@@ -90,17 +90,9 @@ def test_encoding_stores_every_images_posterior_its_label_and_the_scaling(autoen
 
 
 def test_an_interrupted_encoding_continues_to_bitwise_the_uninterrupted_one(
-    autoencoder, encoded, tmp_path, monkeypatch):
+    autoencoder, encoded, tmp_path, monkeypatch, killed_after_two_saves):
   source = data.make_source(JOB.source, **JOB.options)
   mesh = sharding.make_mesh({"data": -1})
-  save = write_once._save_progress
-
-  def killed_after_two_batches(out, run_record, done, *rest):
-    save(out, run_record, done, *rest)
-    if done == 2:
-      raise KeyboardInterrupt
-
-  monkeypatch.setattr(write_once, "_save_progress", killed_after_two_batches)
   with pytest.raises(KeyboardInterrupt):
     encode_run.run(*autoencoder, source, JOB, mesh, tmp_path, progress=False)
   monkeypatch.undo()

@@ -92,18 +92,10 @@ def test_the_pairs_are_the_teachers_ode_endpoints_from_their_noise(flow_teacher,
     np.testing.assert_array_equal(x0, source.samples[i])
 
 
-def test_interrupted_pairs_continue_to_bitwise_the_uninterrupted_ones(flow_teacher, pairs,
-                                                                      tmp_path, monkeypatch):
+def test_interrupted_pairs_continue_to_bitwise_the_uninterrupted_ones(
+    flow_teacher, pairs, tmp_path, monkeypatch, killed_after_two_saves):
   _, step_dir, built, params = flow_teacher
   mesh = sharding.make_mesh({"data": -1})
-  save = write_once._save_progress
-
-  def killed_after_two_batches(out, run_record, done, *rest):
-    save(out, run_record, done, *rest)
-    if done == 2:
-      raise KeyboardInterrupt
-
-  monkeypatch.setattr(write_once, "_save_progress", killed_after_two_batches)
   with pytest.raises(KeyboardInterrupt):
     reflow_run.run(step_dir, built, params, "ema", JOB, mesh, tmp_path, progress=False)
   monkeypatch.undo()
