@@ -50,7 +50,8 @@ def test_the_student_starts_as_the_teacher_and_the_run_records_it(teacher_run, t
   config.optim.schedule = "constant"
   built, source, _, mesh = trainer.prepare(config)
   trainer.train(built, source, tmp_path, mesh, show_progress=False)
-  _, _, teacher_params = generate.load(teacher_run)
+  _, diffusion_model, teacher_params = generate.load(teacher_run)
+  assert generate.few_step_kind(diffusion_model) is None
   step_dir, student, params = generate.load(tmp_path)
   state = checkpoint.restore_state(step_dir)
   for name in ("params", "target"):
@@ -65,6 +66,7 @@ def test_the_student_starts_as_the_teacher_and_the_run_records_it(teacher_run, t
   with pytest.raises(trainer.ConfigMismatch, match="teacher: .*fingerprint"):
     trainer.train(changed, source, tmp_path, mesh, show_progress=False)
   assert generate.default_sampler(student) == ("consistency", 1)
+  assert generate.few_step_kind(student) == "a consistency model"
   plan = generate.plan(student, "consistency", 1)
   assert "karras grid (1 steps, end=t_min" in plan.describe()
   assert float(plan.grid[-1]) == pytest.approx(student.process.t_min)
@@ -153,6 +155,7 @@ def test_progressive_rounds_run_and_sample_with_ddim_on_their_grid(teacher_run,
   step_dir, student, params = generate.load(first)
   assert step_dir.name == "2"
   assert generate.default_sampler(student) == ("ddim", 2)
+  assert generate.few_step_kind(student).startswith("a progressive-distillation model of 2 ")
   plan = generate.plan(student, "ddim", 2)
   np.testing.assert_allclose(plan.grid, progressive.grid(student.process, 2))
   x_T = generate.prior_noise(student, plan, jax.random.PRNGKey(0), 4)

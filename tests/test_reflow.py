@@ -159,6 +159,7 @@ def test_a_one_step_reflow_starts_as_its_teacher_and_straightens_one_euler_step(
   assert checkpoint.read_run(step_dir)["teacher"]["fingerprint"] == (
       source.record["teacher"]["fingerprint"])
   assert generate.default_sampler(student) == ("euler", 1)
+  assert generate.few_step_kind(student).startswith("a reflow (loss.times 'one')")
   plan = generate.plan(student, "euler", 1)
   np.testing.assert_array_equal(plan.grid, [1.0, 0.0])
   z, x0 = jnp.asarray(source.noise), np.asarray(source.samples)
