@@ -537,21 +537,35 @@ class LatentSource:
     return {"image": self.to_model(posterior, eps), "label": batch["label"]}
 
 
+def _written_record(path: pathlib.Path, record_name: str, array_name: str, stored: str,
+                    program: str, program_flags: str) -> dict:
+  """The JSON record that `program` (encode.py, reflow.py) wrote last into the folder path,
+  checked to describe what this reader expects (stored).
+
+  Raises:
+    FileNotFoundError where it is missing, saying whether an unfinished run is there;
+    ValueError where it stores something else.
+  """
+  if not (path / record_name).is_file():
+    unfinished = (path / "INCOMPLETE").is_file() and (path / array_name).is_file()
+    raise FileNotFoundError(
+        f"no {record_name} in {path}: "
+        + (f"it holds an unfinished {program} run; run its command again to finish it"
+           if unfinished else f"write it first, e.g. python3 {program} {program_flags} "
+           f"--out {path}"))
+  record = json.loads((path / record_name).read_text())
+  if record.get("stored") != stored:
+    raise ValueError(f"{path / record_name} stores {record.get('stored')!r}, not the "
+                     f"{stored!r} this reader expects; write it again with this {program}")
+  return record
+
+
 def latents_source(path):
   """The latents encode.py wrote into the folder `path` (`LATENTS`, `LATENT_LABELS`,
   `LATENTS_RECORD`): an autoencoder's posterior of every image of a dataset, and its labels."""
   path = pathlib.Path(path)
-  if not (path / LATENTS_RECORD).is_file():
-    unfinished = (path / "INCOMPLETE").is_file() and (path / LATENTS).is_file()
-    raise FileNotFoundError(
-        f"no {LATENTS_RECORD} in {path}: "
-        + ("it holds an unfinished encode.py run; run its command again to finish it"
-           if unfinished else "encode a dataset into it first, e.g. python3 encode.py "
-           f"--autoencoder AUTOENCODER_WORKDIR --out {path}"))
-  record = json.loads((path / LATENTS_RECORD).read_text())
-  if record.get("stored") != STORED:
-    raise ValueError(f"{path / LATENTS_RECORD} stores {record.get('stored')!r}, not the "
-                     f"{STORED!r} this reader expects; encode again with this encode.py")
+  record = _written_record(path, LATENTS_RECORD, LATENTS, STORED, "encode.py",
+                           "--autoencoder AUTOENCODER_WORKDIR")
   posterior = np.load(path / LATENTS, mmap_mode="r")
   if list(posterior.shape) != [record["num"], *record["shape"][:2], 2 * record["shape"][2]]:
     raise ValueError(f"{path / LATENTS} holds {posterior.shape}, but {LATENTS_RECORD} says "
@@ -619,18 +633,8 @@ def pairs_source(path):
   """The pairs reflow.py wrote into the folder `path` (`PAIRS_NOISE`, `PAIRS_SAMPLES`,
   `PAIRS_LABELS`, `PAIRS_RECORD`): noise z and the teacher's ODE endpoint x0 from it."""
   path = pathlib.Path(path)
-  if not (path / PAIRS_RECORD).is_file():
-    unfinished = (path / "INCOMPLETE").is_file() and (path / PAIRS_SAMPLES).is_file()
-    raise FileNotFoundError(
-        f"no {PAIRS_RECORD} in {path}: "
-        + ("it holds an unfinished reflow.py run; run its command again to finish it"
-           if unfinished else "write a teacher's pairs into it first, e.g. python3 reflow.py "
-           f"--teacher TEACHER_WORKDIR --out {path}"))
-  record = json.loads((path / PAIRS_RECORD).read_text())
-  if record.get("stored") != PAIRS_STORED:
-    raise ValueError(f"{path / PAIRS_RECORD} stores {record.get('stored')!r}, not the "
-                     f"{PAIRS_STORED!r} this reader expects; write the pairs again with this "
-                     "reflow.py")
+  record = _written_record(path, PAIRS_RECORD, PAIRS_SAMPLES, PAIRS_STORED, "reflow.py",
+                           "--teacher TEACHER_WORKDIR")
   samples = np.load(path / PAIRS_SAMPLES, mmap_mode="r")
   noise = np.load(path / PAIRS_NOISE, mmap_mode="r")
   expected = [record["num"], *record["shape"]]
