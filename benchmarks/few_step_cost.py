@@ -5,7 +5,7 @@
 
 Issue 27's time goal: a one- or two-step model may cost at most 3x the teacher's
 own training. Each config's train step (the step train.py compiles, `trainer.step_parts`,
-the teacher's parameters passed where it distils one) is timed on one fixed batch of
+the teacher's parameters passed where its loss calls the teacher) is timed on one fixed batch of
 the digits, in blocks of --steps calls that take turns with the teacher's
 (configs/digits.py), so that a drift of the machine's load hits both alike. Printed per
 config: wall and CPU seconds per step (medians over --repeats rounds), its steps
@@ -41,12 +41,13 @@ TEACHER = "digits"
 
 
 def build(config_name: str):
-  """(Experiment, the teacher's Experiment or None) of configs/<config_name>.py."""
+  """(Experiment, the teacher's Experiment where its step calls the teacher, else None) of
+  configs/<config_name>.py (a reflow's or consistency tuning's teacher only starts it)."""
   config = importlib.import_module(f"configs.{config_name}").get_config()
   source = data.make_source(config.data.source, **config.data.options)
   spec = experiment.DataSpec.of(source)
   built = experiment.Experiment.from_config(config, spec)
-  if not getattr(built.objective, "needs_teacher", False):
+  if not getattr(built.objective, "calls_teacher", False):
     return built, None
   teacher_config = importlib.import_module(f"configs.{TEACHER}").get_config()
   return built, experiment.Experiment.from_config(teacher_config, spec)
@@ -76,7 +77,7 @@ def step_call(config_name: str, mesh):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--configs", default="digits_cd,digits_ct,digits_pd,digits_flow",
+  parser.add_argument("--configs", default="digits_cd,digits_ct,digits_ect,digits_pd,digits_flow",
                       help="Comma-separated configs/ modules to set against configs/digits.py.")
   parser.add_argument("--repeats", type=int, default=5, help="Timed rounds.")
   parser.add_argument("--steps", type=int, default=5, help="Train steps per timed block.")

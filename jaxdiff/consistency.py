@@ -30,11 +30,21 @@ papers' own. The boundary is the process's t_min (eps = 0.002 for EDM).
   * `teacher_step`: one Euler or Heun step of the teacher's PF-ODE
     dx~/ds = (x~ - D(x, t)) / s between adjacent levels, per example
     (consistency distillation, CM alg. 2; Karras et al. 2022, alg. 1).
+  * `consistency_distance`: d(f(x~_s, s), stopgrad f^-(x~_r, r)) between two
+    points of one trajectory at levels r < s, x~_s = x_0 + s z.
   * `consistency_loss`: lambda d(f(x~_{i+1}, s_{i+1}), stopgrad f^-(x~_i, s_i)).
     Training (iCT, sec. 3.1-3.4): x~_{i+1} = x_0 + s_{i+1} z and x~_i = x_0 +
     s_i z with the same z, lambda = 1 / (s_{i+1} - s_i), f^- the student
     itself. Distillation (CM, alg. 2): x~_i is the teacher's ODE step from
     x~_{i+1}, lambda = 1, f^- the student's EMA or the student.
+  * `ect_levels`: easy consistency tuning (Geng, Pokle, Luo, Lin & Kolter 2024,
+    "Consistency Models Made Easy", "ECT") in continuous time: s log-normal
+    (iCT's P_mean, P_std) and r = s (1 - n(s) / q^(stage + 1)), n(s) = 1 + k
+    sigmoid(-b s) (their eq. 18), clipped to s_min, where f is the identity.
+    At stage 0 most r are s_min and the loss is the diffusion model's own
+    denoising loss; every stage divides s - r by q. Its loss (`ect_loss`) is
+    EDM's weight (s^2 + sd^2) / (s sd)^2, ECT's "SNR(t) + k", times the
+    distance, f^- the student itself.
 """
 
 import math
@@ -52,6 +62,7 @@ ICT_SCALES = (10, 1280)
 ICT_P_MEAN, ICT_P_STD = -1.1, 2.0
 HUBER_C = 0.00054  # iCT's pseudo-Huber c per sqrt(dimension), for CIFAR-10's c = 0.03.
 DISTANCES = ("pseudo_huber", "l2")
+ECT_Q, ECT_K, ECT_B = 2.0, 8.0, 1.0  # ECT's q, k and b (their CIFAR-10 settings, eq. 18).
 
 
 def boundary_range(process: Process) -> tuple[float, float]:
@@ -160,37 +171,75 @@ def teacher_step(x0_fn, process: Process, x, t, t_next, solver: str = "heun", co
   return alpha_next * (x_tilde + (s_next - s) * 0.5 * (d + d_next))
 
 
-def consistency_loss(student_fn, target_fn, process: Process, x0, i, num_scales, z, metric: str,
-                     *, teacher_x0_fn=None, solver: str = "heun", cond=None):
-  """Per-example consistency loss [B] between adjacent levels i and i + 1, and its weight.
+def consistency_distance(student_fn, target_fn, process: Process, x0, s, r, z, metric: str,
+                         *, teacher_x0_fn=None, solver: str = "heun", cond=None):
+  """d(f(x~_s, s), stopgrad f^-(x~_r, r)) per example [B], levels r < s [B].
 
-  x at level i + 1 is x0 + s_{i+1} z (scaled); the student sees it. The target's input at
-  level i is, without a teacher (consistency training), x0 + s_i z with the same z, weighted
-  by lambda = 1 / (s_{i+1} - s_i) (iCT, sec. 3.1); with one (distillation), the teacher's
-  ODE step from level i + 1 to level i, weighted 1 (CM, alg. 2). The target is never
-  differentiated (target_fn is the student itself for iCT, its EMA for CM's distillation).
+  The student sees x~_s = x0 + s z (scaled). The target's input at r is, without a teacher
+  (consistency training and tuning), x0 + r z with the same z; with one (distillation), the
+  teacher's ODE step from s to r. The target is never differentiated (target_fn is the
+  student itself for iCT and ECT, its EMA for CM's distillation).
 
   Args:
     student_fn, target_fn: (x_t [B, ...], t [B], cond) -> f(x_t, t) (`preconditioned`).
     process: the forward process.
     x0: data [B, ...].
-    i: interval indices [B] in 0..N - 2; num_scales: N [B] or a scalar.
+    s, r: the student's and the target's noise levels [B], s_min <= r < s.
     z: the noise [B, ...] ~ N(0, I).
     metric: one of DISTANCES.
-    teacher_x0_fn: (x_t, t, cond) -> the teacher's x0 prediction; None: consistency training.
+    teacher_x0_fn: (x_t, t, cond) -> the teacher's x0 prediction; None: no teacher.
     solver: the teacher's step, "euler" or "heun".
+  """
+  t_s, t_r = time_of(process, s), time_of(process, r)
+  x_s = per_example(process.alpha(t_s), x0) * (x0 + per_example(s, x0) * z)
+  if teacher_x0_fn is None:
+    x_r = per_example(process.alpha(t_r), x0) * (x0 + per_example(r, x0) * z)
+  else:
+    x_r = teacher_step(teacher_x0_fn, process, x_s, t_s, t_r, solver, cond)
+  target = jax.lax.stop_gradient(target_fn(jax.lax.stop_gradient(x_r), t_r, cond))
+  return distance(metric, student_fn(x_s, t_s, cond), target)
+
+
+def consistency_loss(student_fn, target_fn, process: Process, x0, i, num_scales, z, metric: str,
+                     *, teacher_x0_fn=None, solver: str = "heun", cond=None):
+  """Per-example consistency loss [B] between adjacent levels i and i + 1, and its weight.
+
+  `consistency_distance` from level i + 1 to level i, weighted without a teacher
+  (consistency training) by lambda = 1 / (s_{i+1} - s_i) (iCT, sec. 3.1), with one
+  (distillation) by 1 (CM, alg. 2).
+
+  Args:
+    i: interval indices [B] in 0..N - 2; num_scales: N [B] or a scalar.
+    the others: as `consistency_distance`'s.
 
   Returns:
     (loss [B], weight [B]).
   """
   s_i, s_next = level(process, i, num_scales), level(process, i + 1, num_scales)
-  t_i, t_next = time_of(process, s_i), time_of(process, s_next)
-  x_next = per_example(process.alpha(t_next), x0) * (x0 + per_example(s_next, x0) * z)
-  if teacher_x0_fn is None:
-    x_i = per_example(process.alpha(t_i), x0) * (x0 + per_example(s_i, x0) * z)
-    weight = 1.0 / (s_next - s_i)
-  else:
-    x_i = teacher_step(teacher_x0_fn, process, x_next, t_next, t_i, solver, cond)
-    weight = jnp.ones_like(s_i)
-  target = jax.lax.stop_gradient(target_fn(jax.lax.stop_gradient(x_i), t_i, cond))
-  return weight * distance(metric, student_fn(x_next, t_next, cond), target), weight
+  weight = 1.0 / (s_next - s_i) if teacher_x0_fn is None else jnp.ones_like(s_i)
+  return weight * consistency_distance(student_fn, target_fn, process, x0, s_next, s_i, z,
+                                       metric, teacher_x0_fn=teacher_x0_fn, solver=solver,
+                                       cond=cond), weight
+
+
+def ect_levels(process: Process, normal, stage, q: float = ECT_Q, k: float = ECT_K,
+               b: float = ECT_B, p_mean: float = ICT_P_MEAN, p_std: float = ICT_P_STD):
+  """ECT's pair of levels (s [B], r [B]) from standard normals [B] at stage (may be traced).
+
+  s = exp(P_mean + P_std normal) clipped to [s_min, s_max]; r = s (1 - n(s) / q^(stage +
+  1)), n(s) = 1 + k sigmoid(-b s), clipped below at s_min (ECT, eq. 18; their code clips
+  at 0, where their f is the identity: ours is the identity at s_min).
+  """
+  s_min, s_max = boundary_range(process)
+  s = jnp.clip(jnp.exp(p_mean + p_std * normal), s_min, s_max)
+  shrink = (1.0 + k * jax.nn.sigmoid(-b * s)) / jnp.power(q, jnp.asarray(stage, jnp.float32) + 1)
+  return s, jnp.maximum(s * (1.0 - shrink), s_min)
+
+
+def ect_loss(student_fn, process: Process, x0, s, r, z, metric: str, cond=None,
+             sigma_data: float = parameterization.EDM_SIGMA_DATA):
+  """ECT's loss [B]: (s^2 + sd^2) / (s sd)^2 d(f(x~_s, s), stopgrad f(x~_r, r)), the student
+  its own target (`consistency_distance`)."""
+  weight = (jnp.square(s) + sigma_data**2) / jnp.square(s * sigma_data)
+  return weight * consistency_distance(student_fn, student_fn, process, x0, s, r, z, metric,
+                                       cond=cond)

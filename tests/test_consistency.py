@@ -1,7 +1,7 @@
 """Consistency models' math (`jaxdiff.consistency`) against the papers' formulas and the
 sampler zoo: the boundary condition, the discretization, iCT's curriculum, noise
-distribution and distance, the teacher's ODE step, the loss; and the objective in the
-train step."""
+distribution and distance, the teacher's ODE step, the loss, ECT's levels and loss; and
+the objectives in the train step."""
 
 import math
 
@@ -183,6 +183,88 @@ def test_consistency_objective_in_the_train_step():
   assert np.all(np.isfinite(metrics["loss"]))
   np.testing.assert_array_equal(metrics["num_scales"],
                                 consistency.ict_num_scales(jnp.arange(14, 16), 16, (2, 8)))
+
+
+@pytest.mark.parametrize("name", ["edm", "vp"])
+def test_ect_levels_follow_their_mapping(name):
+  """ECT's eq. 18: s = exp(P_mean + P_std n) within [s_min, s_max], r = s (1 - (1 + k
+  sigmoid(-b s)) / q^(stage + 1)) where above s_min; each stage divides the gap s - r by q
+  (while r > s_min); s_min <= r < s but at s = s_min."""
+  process = PROCESSES[name]
+  s_min, s_max = consistency.boundary_range(process)
+  normal = jnp.linspace(-4.0, 4.0, 401)
+  q, k, b = 2.0, 8.0, 1.0
+  want_s = np.clip(np.exp(-1.1 + 2.0 * np.asarray(normal, np.float64)), s_min, s_max)
+  gaps = []
+  for stage in range(4):
+    s, r = consistency.ect_levels(process, normal, jnp.int32(stage), q, k, b)
+    np.testing.assert_allclose(s, want_s, rtol=1e-5)
+    want_r = want_s * (1 - (1 + k / (1 + np.exp(b * want_s))) / q ** (stage + 1))
+    np.testing.assert_allclose(r, np.maximum(want_r, s_min), rtol=1e-5, atol=1e-7)
+    inner = np.asarray(s) > s_min
+    assert np.all(np.asarray(r) >= s_min) and np.all(np.asarray(r)[inner] < np.asarray(s)[inner])
+    gaps.append((np.asarray(s) - np.asarray(r), want_r > s_min))
+  for (gap, free), (next_gap, _) in zip(gaps, gaps[1:]):
+    assert free.any()
+    np.testing.assert_allclose(gap[free] / next_gap[free], q, rtol=1e-3)
+  # At stage 0 (k = 8, q = 2), r = s_min for s <= ln 7: most draws are the denoising loss's.
+  s, r = consistency.ect_levels(process, normal, 0, q, k, b)
+  assert np.mean(np.asarray(r) == s_min) > 0.5
+
+
+def test_ect_loss_at_the_boundary_is_the_edm_denoising_loss():
+  """Where r = s_min the target is f(x0 + s_min z, t_min) = x0 + s_min z exactly (the
+  boundary condition), so ECT's loss is EDM's weighted denoising loss on that target
+  (ECT, sec. 3: stage 0 is diffusion pretraining); elsewhere it is the weight times
+  d(f(x_s), f(x_r)) with the same z."""
+  process = PROCESSES["edm"]
+  f = consistency.preconditioned(raw_network, process)
+  x0, z = jax.random.normal(jax.random.PRNGKey(4), (2, 5, 6))
+  s = jnp.array([0.01, 0.3, 2.0, 40.0, 80.0])
+  s_min = jnp.full_like(s, process.t_min)
+  weight = parameterization.edm_loss_weight(process, s)
+  denoising = np.mean((f(x0 + s[:, None] * z, s, None) - (x0 + s_min[:, None] * z)) ** 2, 1)
+  np.testing.assert_allclose(consistency.ect_loss(f, process, x0, s, s_min, z, "l2"),
+                             weight * denoising, rtol=1e-5)
+  r = 0.5 * s
+  want = np.mean((f(x0 + s[:, None] * z, s, None) - f(x0 + r[:, None] * z, r, None)) ** 2, 1)
+  np.testing.assert_allclose(consistency.ect_loss(f, process, x0, s, r, z, "l2"),
+                             weight * want, rtol=1e-5)
+
+
+def test_ect_objective_in_the_train_step():
+  """The tuning objective draws its levels at the step's stage (the mean relative gap in
+  the metrics halves from stage 0 to 1 where no r is clipped) and its gradient is the
+  student's alone: that of the loss with the target's parameters held fixed."""
+  from jaxdiff import models
+
+  process = PROCESSES["edm"]
+  objective = step.ConsistencyTuning(process, stage_steps=4)
+  model = models.make_model("mlp", dim=2, features=32, num_blocks=1, time_scale=1.0)
+  x = jax.random.normal(jax.random.PRNGKey(1), (512, 2)) * 0.3 + 0.5
+  params = objective.init(model, jax.random.PRNGKey(2), x[:1], None)["params"]
+  key = jax.random.PRNGKey(0)
+  s0, r0, _ = objective.draw_noise(model, x.shape, key, 3)
+  s1, r1, z = objective.draw_noise(model, x.shape, key, 4)
+  np.testing.assert_array_equal(s0, s1)
+  free = np.asarray(r0) > process.t_min
+  np.testing.assert_allclose((s0 - r0)[free] / (s1 - r1)[free], 2.0, rtol=1e-4)
+  noise = (s1, r1, z)
+
+  def objective_loss(p):
+    return jnp.mean(objective.train_loss(model, p, {"image": x}, noise, None, False)[0])
+
+  def fixed_target_loss(p):
+    student = objective.denoise_fn(models.network_fn(model, p))
+    target = objective.denoise_fn(models.network_fn(model, params))
+    weight = parameterization.edm_loss_weight(process, s1)
+    return jnp.mean(weight * consistency.consistency_distance(student, target, process, x, s1,
+                                                              r1, z, "pseudo_huber"))
+
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8),
+               jax.grad(objective_loss)(params), jax.grad(fixed_target_loss)(params))
+  metrics = objective.train_loss(model, params, {"image": x}, noise, None, False)[1]
+  np.testing.assert_allclose(metrics["relative_gap"], np.mean((s1 - r1) / s1), rtol=1e-6)
 
 
 def test_distillation_of_the_oracle_lands_on_its_modes():

@@ -133,6 +133,38 @@ def test_consistency_training_runs_in_train_py(tmp_path):
       trainer.prepare(as_teacher)
 
 
+def test_consistency_tuning_starts_from_the_teacher_in_train_py(teacher_run, tmp_path):
+  """A consistency-tuning run (ECT) starts as the teacher (after two Adam steps of learning
+  rate 1e-7, within 1e-6 of it), records it, and its step never calls it; its checkpoint is
+  a consistency model of continuous time, sampled in one call by default and at any number
+  of steps. A teacher that is not EDM's preconditioned x0 is refused before anything
+  compiles."""
+  config = edm(num_steps=2, checkpoint_every=2, log_every=1, optim__learning_rate=1e-7,
+               optim__warmup_steps=0)
+  config.optim.schedule = "constant"
+  config.loss = {"kind": "consistency_tuning", "stage_steps": 1}
+  config.teacher.checkpoint = str(teacher_run)
+  built, source, _, mesh = trainer.prepare(config)
+  summary = trainer.train(built, source, tmp_path / "ect", mesh, show_progress=False)
+  assert np.isfinite(summary.final_loss)
+  _, _, teacher_params = generate.load(teacher_run)
+  step_dir, student, params = generate.load(tmp_path / "ect", "raw")
+  gap = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), params, teacher_params)
+  assert max(jax.tree.leaves(gap)) < 1e-6
+  assert checkpoint.read_run(step_dir)["teacher"]["fingerprint"] == (
+      teacher.load(built).record["fingerprint"])
+  assert generate.default_sampler(student) == ("consistency", 1)
+  assert len(generate.plan(student, "consistency", 40).grid) == 41
+  eps_dir = tmp_path / "eps"
+  eps_config = tiny_config("toy", num_steps=1, checkpoint_every=1, samples__num=0)
+  eps_built, eps_source, _, eps_mesh = trainer.prepare(eps_config)
+  trainer.train(eps_built, eps_source, eps_dir, eps_mesh, show_progress=False)
+  config.teacher.checkpoint = str(eps_dir)
+  with pytest.raises(ValueError, match="predicts 'eps' .* consistency tuning starts from a "
+                     "denoiser of 'x0' with preconditioning 'edm'"):
+    trainer.prepare(config)
+
+
 def progressive_round(teacher_dir, student_steps, **overrides):
   """A progressive-distillation round of the toy MLP: its teacher's EDM prediction."""
   config = edm(**{"num_steps": 1, "checkpoint_every": 1, "log_every": 1, **overrides})

@@ -22,8 +22,8 @@ import ml_collections
 from jaxdiff import models, schedules
 from jaxdiff.train import optim, phema, ranges, state as train_state
 from jaxdiff.train.step import (AutoencoderObjective, ConsistencyDistillation,
-                                ConsistencyTraining, Objective, ProgressiveDistillation,
-                                Reflow)
+                                ConsistencyTraining, ConsistencyTuning, Objective,
+                                ProgressiveDistillation, Reflow)
 
 # Fields a restarted run may change: how long, how often and on what devices, not what is
 # trained (a mesh or a gradient accumulation changes only the order of the sums).
@@ -46,6 +46,7 @@ AUTOENCODER = "autoencoder_kl"
 # objective's); a loss without a kind is "diffusion".
 OBJECTIVES = {"diffusion": Objective, "consistency_training": ConsistencyTraining,
               "consistency_distillation": ConsistencyDistillation,
+              "consistency_tuning": ConsistencyTuning,
               "progressive_distillation": ProgressiveDistillation, "reflow": Reflow}
 # The top-level numbers of RunSettings, and every top-level field of a training config.
 RUN_NUMBERS = ("num_steps", "batch_size", "seed", "checkpoint_every", "log_every",
@@ -374,8 +375,8 @@ class Experiment:
   run: RunSettings
   data: DataSpec
   process: schedules.Process
-  objective: (Objective | ConsistencyTraining | ConsistencyDistillation | ProgressiveDistillation
-             | AutoencoderObjective)
+  objective: (Objective | ConsistencyTraining | ConsistencyDistillation | ConsistencyTuning
+             | ProgressiveDistillation | AutoencoderObjective)
   model: object  # A Flax module of jaxdiff.models.
   conditional: bool
   optimizer: optim.OptimizerConfig

@@ -294,7 +294,8 @@ def _check_consistency(experiment: Experiment, sampler: str, nfe: int):
     return
   if not is_consistency_model(experiment):
     raise ValueError("the consistency sampler needs a consistency model (loss.kind "
-                     "'consistency_training' or 'consistency_distillation'); this checkpoint is "
+                     "'consistency_training', 'consistency_distillation' or "
+                     "'consistency_tuning'); this checkpoint is "
                      "a diffusion model: use another sampler (e.g. unipc)")
   levels = experiment.objective.max_scales
   if isinstance(nfe, int) and nfe > levels:

@@ -10,7 +10,8 @@ preconditioned x0 with its weight (Karras et al. 2022, eq. 7-8).
 `ConsistencyTraining` and `ConsistencyDistillation` train a consistency model
 from data (Song & Dhariwal 2023, "Improved Techniques for Training Consistency
 Models") or from a teacher (Song et al. 2023, "Consistency Models"), with the
-losses of `consistency`. `ProgressiveDistillation` trains a student to take one DDIM step
+losses of `consistency`; `ConsistencyTuning` trains one from data starting from
+a diffusion model (Geng et al. 2024, "Consistency Models Made Easy"). `ProgressiveDistillation` trains a student to take one DDIM step
 where its teacher takes two (Salimans & Ho 2022, alg. 2; `progressive`).
 `AutoencoderObjective` trains the KL autoencoder of latent diffusion instead
 (`models.autoencoder`; Rombach et al. 2022, sec. 3): reconstruction plus a small
@@ -32,6 +33,7 @@ with the state donated, shardings over the mesh (`sharding`), and
 
 import dataclasses
 import functools
+import math
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -251,6 +253,63 @@ class ConsistencyTraining(ConsistencyModel):
 
 
 @dataclasses.dataclass(frozen=True)
+class ConsistencyTuning(ConsistencyModel):
+  """Easy consistency tuning (ECT; Geng et al. 2024; `consistency.ect_levels` and
+  `consistency.ect_loss`): consistency training in continuous time, started from a trained
+  EDM diffusion model, the teacher, whose parameters only start the student (the trainer
+  copies them at step 0; the step never calls it). The gap s - r starts at the diffusion
+  model's (r = s_min for most s: its own denoising loss) and is divided by q every
+  stage_steps steps (their d); the student is its own target, with its dropout masks, as
+  in iCT. ECT's CIFAR-10 settings: q = 2, k = 8, b = 1, iCT's log-normal P_mean = -1.1,
+  P_std = 2.
+  """
+
+  process: Process
+  stage_steps: int
+  q: float = consistency.ECT_Q
+  k: float = consistency.ECT_K
+  b: float = consistency.ECT_B
+  distance: str = "pseudo_huber"
+  p_mean: float = consistency.ICT_P_MEAN
+  p_std: float = consistency.ICT_P_STD
+  target_decay: ClassVar[float] = 0.0
+  needs_teacher: ClassVar[bool] = True
+  max_scales: ClassVar[float] = math.inf  # Continuous time: any grid of noise levels.
+
+  def __post_init__(self):
+    self.check_distance()
+    ranges.integer("loss.stage_steps", self.stage_steps, 1)
+    ranges.number("loss.q", self.q, "(1, inf)")
+    ranges.number("loss.k", self.k, "[0, inf)")
+    ranges.number("loss.b", self.b, "[0, inf)")
+    ranges.number("loss.p_std", self.p_std, "(0, inf)")
+
+  def stage(self, step):
+    """The stage at training step k: floor(k / stage_steps)."""
+    return jnp.asarray(step, jnp.int32) // self.stage_steps
+
+  def draw_noise(self, model, shape, key, step):
+    """(s [B], r [B], z [B, ...]): ECT's levels at the step's stage, the noise both share."""
+    del model
+    key_s, key_z = jax.random.split(key)
+    s, r = consistency.ect_levels(self.process, jax.random.normal(key_s, (shape[0],)),
+                                  self.stage(step), self.q, self.k, self.b, self.p_mean,
+                                  self.p_std)
+    return s, r, jax.random.normal(key_z, shape)
+
+  def train_loss(self, model, params, batch, noise, key_dropout, conditional: bool,
+                 context=None):
+    """Per-example loss [B] and the mean relative gap (s - r) / s of the step."""
+    del context
+    s, r, z = noise
+    cond = batch["label"] if conditional else None
+    student = self.denoise_fn(models.network_fn(model, params, key_dropout))
+    loss = consistency.ect_loss(student, self.process, batch["image"], s, r, z, self.distance,
+                                cond)
+    return loss, {"relative_gap": jnp.mean((s - r) / s)}
+
+
+@dataclasses.dataclass(frozen=True)
 class ConsistencyDistillation(ConsistencyModel):
   """Consistency distillation (Song et al. 2023, alg. 2; `consistency.consistency_loss`
   with the teacher): the interval index uniform over num_scales levels (their N = 18 on
@@ -267,6 +326,7 @@ class ConsistencyDistillation(ConsistencyModel):
   solver: str = "heun"
   target_decay: float = 0.95
   needs_teacher: ClassVar[bool] = True
+  calls_teacher: ClassVar[bool] = True  # The step takes the teacher's parameters.
 
   def __post_init__(self):
     self.check_distance()
@@ -321,6 +381,7 @@ class ProgressiveDistillation:
   grid_options: dict = dataclasses.field(default_factory=dict)
   target_decay: ClassVar[float] = 0.0
   needs_teacher: ClassVar[bool] = True
+  calls_teacher: ClassVar[bool] = True  # The step takes the teacher's parameters.
   denoise_fn = Objective.denoise_fn
   told_fn = Objective.told_fn
   init = Objective.init
@@ -438,7 +499,7 @@ def make_train_step(model, objective: Objective, optimizer, learning_rate_fn, em
       whatever k, rather than unrolled; by default everywhere but on the CPU (see
       the module docstring).
     teacher_x0: (teacher_params, x_t, t, cond) -> the frozen teacher's x0 prediction, for
-      an objective that needs_teacher; the step then takes the teacher's parameters.
+      an objective that calls_teacher; the step then takes the teacher's parameters.
 
   Returns:
     step(state, batches, teacher_params=None) -> (state, metrics): batches {"image": [k, B, ...],

@@ -2,7 +2,8 @@
 learns from (consistency distillation, `step.ConsistencyDistillation`; progressive
 distillation, `step.ProgressiveDistillation`, whose later rounds are taught by the previous
 round's student; rectified flow's reflow, `step.Reflow`, through the pairs its ODE wrote,
-`check_pairs`).
+`check_pairs`), or that only starts the student (easy consistency tuning,
+`step.ConsistencyTuning`).
 
 The config's `teacher` section names its checkpoint and parameters. `check` reads only
 its run record and refuses, before anything compiles, what cannot be distilled: a
@@ -12,7 +13,8 @@ for the next round), or one of another data shape, classes or process, or, for
 progressive distillation, another prediction, preconditioning or grid; and, because
 the student starts from the teacher's parameters, a student network of another
 architecture (naming the first parameter that differs) or, for a diffusion-model
-student, another prediction or preconditioning. `load` restores its parameters
+student, another prediction or preconditioning (for consistency tuning, other than
+EDM's x0). `load` restores its parameters
 and describes them (`record`, with their fingerprint, kept in the run record so that a
 resumed run refuses a teacher that has changed). `x0_fn` is the teacher's x0 prediction
 as the train step calls it.
@@ -27,7 +29,7 @@ from flax import traverse_util
 from jaxdiff import data, parameterization
 from jaxdiff.train import checkpoint, generate, latent, optim
 from jaxdiff.train.experiment import ABSENT, DataSpec, Experiment
-from jaxdiff.train.step import Objective, ProgressiveDistillation, Reflow
+from jaxdiff.train.step import ConsistencyTuning, Objective, ProgressiveDistillation, Reflow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +63,8 @@ def check(experiment: Experiment) -> Experiment | None:
     if section["checkpoint"]:
       raise ValueError(f"teacher.checkpoint {section['checkpoint']!r} is named, but loss.kind "
                        f"{kind!r} learns from no teacher; set it to '' (or loss.kind to "
-                       "'consistency_distillation' or 'progressive_distillation')")
+                       "'consistency_distillation', 'consistency_tuning', "
+                       "'progressive_distillation' or 'reflow')")
     return None
   try:
     step_dir = checkpoint.find(section["checkpoint"])
@@ -119,7 +122,9 @@ def _check_kind(teacher, student, where: str):
   """Refuses a teacher that is no diffusion model (a reflow is one), except a
   progressive-distillation student of 2N steps as the teacher of the next round's N, with
   the same grid; and a progressive or reflow student that does not keep its teacher's
-  prediction and preconditioning (it starts from the teacher's parameters)."""
+  prediction and preconditioning (it starts from the teacher's parameters), or a
+  consistency-tuning student whose teacher is not EDM's preconditioned x0 (the consistency
+  function's c_in and c_noise are EDM's, `consistency.preconditioned`)."""
   if isinstance(teacher, ProgressiveDistillation):
     if not isinstance(student, ProgressiveDistillation):
       raise ValueError(f"{where} is a progressive-distillation model ({teacher.student_steps} "
@@ -139,6 +144,13 @@ def _check_kind(teacher, student, where: str):
     raise ValueError(f"{where} is not a diffusion model (its objective is "
                      f"{type(teacher).__name__}); a {type(student).__name__} student "
                      "distils one")
+  if isinstance(student, ConsistencyTuning) and (
+      (teacher.prediction, teacher.preconditioning) != (student.prediction,
+                                                        student.preconditioning)):
+    raise ValueError(f"{where} predicts {teacher.prediction!r} with preconditioning "
+                     f"{teacher.preconditioning!r}; consistency tuning starts from a denoiser "
+                     f"of {student.prediction!r} with preconditioning "
+                     f"{student.preconditioning!r} (configs/train_base.use_edm)")
   if isinstance(student, (Objective, ProgressiveDistillation)) and (
       (student.prediction, student.preconditioning) != (teacher.prediction,
                                                         teacher.preconditioning)):

@@ -269,8 +269,9 @@ def train(experiment: Experiment, source, workdir, mesh, *, held_out=None, judge
   run = experiment.run
   workdir = pathlib.Path(workdir)
   distilled = teacher.load(experiment)
-  # Reflow's teacher only starts the student: its ODE's work is in the pairs.
-  stepped = None if isinstance(experiment.objective, step.Reflow) else distilled
+  # The teacher of a reflow or of consistency tuning only starts the student (a reflow's
+  # teacher's ODE did its work in the pairs); the others' steps call it.
+  stepped = distilled if getattr(experiment.objective, "calls_teacher", False) else None
   init, state_sharding, train_step = step_parts(
       experiment, mesh, None if stepped is None else stepped.experiment)
   record = run_record(experiment)
