@@ -7,6 +7,7 @@
   python3 study.py embedding --checkpoint runs/digits           # a dead time embedding
   python3 study.py schedules --samplers ddpm,ddim               # linear vs cosine (trains two)
   python3 study.py training                                     # loss and samples over training
+  python3 study.py few_step --checkpoint runs/digits --students runs/digits-ect,runs/digits-ct
 
 samplers   DDPM, DDIM and UniPC by NFE on one model (Song et al. 2021, table 1).
 edit       inpainting with and without RePaint's resampling, SDEdit at three levels.
@@ -18,6 +19,7 @@ embedding  the trained model and the same with its time embedding zeroed: the
 schedules  the same network trained with the linear and the cosine schedule, by NFE
            (Nichol & Dhariwal 2021).
 training   a tiny DDPM on the 2-D toy and on the digits: loss and samples over training.
+few_step   a teacher and its few-step students, each with its own sampler, at --nfes.
 Each module's docstring says what it does and writes. Images of 8-bit data
 with an evaluation classifier (`jaxdiff.evaluation`: the digits; Fashion-MNIST
 with --evaluate yes) are scored by its Frechet distance, KID, confidence and
@@ -33,11 +35,11 @@ from absl import app, flags, logging
 
 from jaxdiff import cli, evaluation, inception, workdir
 from jaxdiff.train import host_memory
-from studies import (classifier, common, edit, embedding, guidance, samplers, schedules,
-                     training)
+from studies import (classifier, common, edit, embedding, few_step, guidance, samplers,
+                     schedules, training)
 
 STUDIES = {"samplers": samplers, "edit": edit, "guidance": guidance, "classifier": classifier,
-           "embedding": embedding, "schedules": schedules, "training": training}
+           "embedding": embedding, "schedules": schedules, "training": training, "few_step": few_step}
 TRAINING = ("schedules", "training")  # The studies that train their models (with --config).
 
 _CONFIG = cli.define_config("configs/train_base.py", "schedules, training: the training "
@@ -45,7 +47,10 @@ _CONFIG = cli.define_config("configs/train_base.py", "schedules, training: the t
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir, its checkpoints/ "
                                   "folder or one <step>/ folder (the studies that do not train).")
 _NUM = flags.DEFINE_integer("num", 500, "Samples (or images) per row.")
-_NFES = flags.DEFINE_list("nfes", ["10", "20", "50", "100"], "samplers, schedules: the NFEs.")
+_NFES = flags.DEFINE_list("nfes", ["10", "20", "50", "100"], "samplers, schedules, few_step: "
+                          "the NFEs.")
+_STUDENTS = flags.DEFINE_list("students", [], "few_step: the students' training workdirs, set "
+                              "beside --checkpoint, their teacher.")
 _SAMPLERS = flags.DEFINE_list("samplers", ["ddpm", "ddim", "unipc"], "samplers, schedules: "
                               "samplers of the zoo.")
 _REFERENCE_NFE = flags.DEFINE_integer("reference-nfe", 1000, "samplers: NFE of the DDPM "
@@ -89,7 +94,7 @@ def options() -> common.Options:
       evaluate=_EVALUATE.value, nfes=nfes, samplers=tuple(_SAMPLERS.value),
       reference_nfe=_REFERENCE_NFE.value, resample=_RESAMPLE.value, steps=_STEPS.value,
       scales=scales, inception_weights=_INCEPTION.value, sampler=_SAMPLER.value,
-      nfe=_NFE.value, train_steps=_TRAIN_STEPS.value)
+      nfe=_NFE.value, train_steps=_TRAIN_STEPS.value, students=tuple(_STUDENTS.value))
 
 
 def main(argv):

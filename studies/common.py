@@ -32,6 +32,7 @@ class Options:
   sampler: str  # The one sampler of the guidance, classifier and embedding studies,
   nfe: int  # at this NFE.
   train_steps: int | None
+  students: tuple[str, ...] = ()  # few_step: the students' training workdirs.
 
 
 def load(options: Options):
@@ -59,14 +60,15 @@ class Judge:
 
   def scores(self, images) -> dict:
     """The quality row of images in [-1, 1] (clipped): the classifier's Frechet distance,
-    KID, confidence, classes present and their entropy; Inception's FID and Inception Score."""
+    KID, confidence, classes present and their entropy, the mean pixel distance to the
+    nearest training image; Inception's FID and Inception Score."""
     images = np.clip(images, -1, 1)
     row = {}
     if self.classifier is not None:
       q = evaluation.quality(images, self.classifier)
       row.update(frechet_distance=q["frechet_distance"], kid=q["kid"], kid_error=q["kid_error"],
                  confidence=q["confidence"], classes=q["classes_present"],
-                 class_entropy=q["class_entropy"])
+                 class_entropy=q["class_entropy"], nearest_train=q["nearest_train_mean"])
     if self.inception is not None:
       q = fid.quality(images, self.inception, batch_size=self.inception_batch)
       row.update(fid=q["fid"], inception_score=q["inception_score"])
@@ -104,7 +106,8 @@ def quality_key(rows) -> tuple[str, str]:
 
 
 COLUMNS = ("images", "schedule", "sampler", "w", "nfe", "grid", "num", "frechet_distance", "kid",
-           "fid", "inception_score", "confidence", "classes", "class_entropy", "target_class",
+           "fid", "inception_score", "confidence", "classes", "class_entropy", "nearest_train",
+           "target_class",
            "time_sensitivity", "class_sensitivity", "distance_to_original", "distance_to_guide",
            "original_class_kept", "seconds")
 

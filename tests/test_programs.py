@@ -19,7 +19,7 @@ from jaxdiff import data, evaluation, inception, metrics, streamed, workdir
 from jaxdiff.train import (experiment, fitted_grids, generate, sample_run, sharding, sweep,
                            trainer)
 from jaxdiff.train.writer import read_metrics
-from studies import classifier, common, embedding, guidance, schedules, training
+from studies import classifier, common, embedding, few_step, guidance, schedules, training
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +180,28 @@ def test_study_embedding_finds_the_zeroed_time_embedding(trained_digits, tmp_pat
   assert rows[0]["time_sensitivity"] > 1e-4
   assert rows[1]["time_sensitivity"] == 0  # The output no longer depends on t at all.
   assert (tmp_path / "study" / "samples.png").is_file()
+
+
+def test_study_few_step_sets_students_beside_their_teacher(trained_digits, trained_points,
+                                                           tmp_path):
+  """The teacher at --nfes and its default NFE, then each student at --nfes, each with its
+  default sampler, from one x_T (the digits model stands in as its own student); a student
+  of other data, and no student, are refused before anything samples."""
+  options = study_options(checkpoint=str(trained_digits), nfes=(1, 2),
+                          students=(str(trained_digits),))
+  run_in_process(few_step, options, tmp_path / "study")
+  rows = json.loads((tmp_path / "study" / "results.json").read_text())["rows"]
+  name = trained_digits.name
+  assert [(r["images"], r["sampler"], r["nfe"]) for r in rows] == [
+      (name, "unipc", 1), (name, "unipc", 2), (name, "unipc", 20), (name, "unipc", 1),
+      (name, "unipc", 2)]
+  assert (tmp_path / "study" / "samples.png").is_file()
+  with pytest.raises(ValueError, match=r"trained on data of shape \(2,\), the teacher .* on "
+                     r"\(8, 8, 1\)"):
+    few_step.prepare(study_options(checkpoint=str(trained_digits),
+                                   students=(str(trained_points),)))
+  with pytest.raises(ValueError, match="name their training workdirs with --students"):
+    few_step.prepare(study_options(checkpoint=str(trained_digits)))
 
 
 def test_study_classifier_trains_a_noisy_classifier_and_guides(trained_digits, tmp_path):
