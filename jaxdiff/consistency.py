@@ -240,6 +240,6 @@ def ect_loss(student_fn, process: Process, x0, s, r, z, metric: str, cond=None,
              sigma_data: float = parameterization.EDM_SIGMA_DATA):
   """ECT's loss [B]: (s^2 + sd^2) / (s sd)^2 d(f(x~_s, s), stopgrad f(x~_r, r)), the student
   its own target (`consistency_distance`)."""
-  weight = (jnp.square(s) + sigma_data**2) / jnp.square(s * sigma_data)
+  weight = parameterization.edm_loss_weight(process, time_of(process, s), sigma_data)
   return weight * consistency_distance(student_fn, student_fn, process, x0, s, r, z, metric,
                                        cond=cond)

@@ -11,8 +11,9 @@ preconditioned x0 with its weight (Karras et al. 2022, eq. 7-8).
 from data (Song & Dhariwal 2023, "Improved Techniques for Training Consistency
 Models") or from a teacher (Song et al. 2023, "Consistency Models"), with the
 losses of `consistency`; `ConsistencyTuning` trains one from data starting from
-a diffusion model (Geng et al. 2024, "Consistency Models Made Easy"). `ProgressiveDistillation` trains a student to take one DDIM step
-where its teacher takes two (Salimans & Ho 2022, alg. 2; `progressive`).
+a diffusion model (Geng et al. 2024, "Consistency Models Made Easy").
+`ProgressiveDistillation` trains a student to take one DDIM step where its
+teacher takes two (Salimans & Ho 2022, alg. 2; `progressive`).
 `AutoencoderObjective` trains the KL autoencoder of latent diffusion instead
 (`models.autoencoder`; Rombach et al. 2022, sec. 3): reconstruction plus a small
 KL (`losses.autoencoder_loss`). An objective draws a batch's noise, gives the
