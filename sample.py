@@ -242,7 +242,7 @@ def write_results(out, built, plan, step_dir, job, result):
     plots.plot_samples_2d({"samples": result.images[:, :2]}, out / "samples.png",
                           extent=float(np.nanmax(np.abs(result.images[:, :2]))) * 1.1)
   row = {"checkpoint": str(step_dir), "sampler": plan.sampler, "nfe": result.nfe,
-         "grid": plan.grid_name + "".join(f" {k}={v:.4g}" for k, v in plan.grid_options.items()),
+         "grid": " ".join([plan.grid_name, *plan.grid_option_words()]),
          "steps": len(plan.grid) - 1, "guidance": plan.guidance_scale, "params": _PARAMS.value,
          "num_samples": job.num, "seed": job.seed, "seconds": result.seconds,
          "samples_per_second": result.sampled / result.seconds}

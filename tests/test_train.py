@@ -662,13 +662,15 @@ def run_sample(*args):
 
 def test_sample_py_killed_and_restarted_ends_with_an_uninterrupted_runs_progress(trained_toy,
                                                                                 tmp_path):
-  """sample.py --checkpoint: the checkpoint's own process and network, the default grid named;
+  """sample.py --checkpoint: the checkpoint's own process and network, the grid named (with
+  an option that is not a number, which results.md writes too);
   SIGKILLed after a saved batch, the same command continues it to bitwise the progress of an
   uninterrupted run of the same job (another command on its folder is refused:
   tests/test_sample_run.py)."""
   command = ("--checkpoint", str(trained_toy / "checkpoints" / "20"), "--num", "803",
              "--batch-size", "8", "--nfe", "4", "--sampler", "ddpm", "--save-every", "5",
-             "--save-images", "803", "--workdir", str(tmp_path / "killed"))
+             "--save-images", "803", "--grid", "log_snr", "--grid-options", '{"end": "t_min"}',
+             "--workdir", str(tmp_path / "killed"))
   killed = subprocess.Popen([sys.executable, "sample.py", *command], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   record = tmp_path / "killed" / sample_run.RECORD
@@ -680,7 +682,7 @@ def test_sample_py_killed_and_restarted_ends_with_an_uninterrupted_runs_progress
   assert killed.returncode == -signal.SIGKILL
   # 101 batches (the last padded), at about 50 a second: killed long before the end.
   assert 5 <= json.loads(record.read_text())["batches_done"] < 100
-  assert "ddpm, NFE 4, log_snr grid (4 steps" in out
+  assert "ddpm, NFE 4, log_snr grid (4 steps, end=t_min)" in out
   assert ("--num 803 is not a multiple of the batch 8: the last batch samples 5 extra samples, "
           "which are dropped") in out
   again = run_sample(*command)
@@ -689,7 +691,8 @@ def test_sample_py_killed_and_restarted_ends_with_an_uninterrupted_runs_progress
   # Uninterrupted, in this process: the same job on the same one device.
   step_dir, built, params = generate.load(trained_toy)
   (tmp_path / "whole").mkdir()
-  sample_run.run(built, generate.plan(built, "ddpm", 4), params,
+  sample_run.run(built, generate.plan(built, "ddpm", 4, grid="log_snr",
+                                      grid_options={"end": "t_min"}), params,
                  sample_run.Job(803, 8, 0, save_images=803, save_every=0),
                  sharding.make_mesh({"data": 1}, jax.devices()[:1]), out=tmp_path / "whole", progress=False)
   with np.load(tmp_path / "whole" / sample_run.PROGRESS) as whole, \
@@ -702,7 +705,7 @@ def test_sample_py_killed_and_restarted_ends_with_an_uninterrupted_runs_progress
   assert (tmp_path / "killed" / "samples.png").is_file()
   row = json.loads((tmp_path / "killed" / "results.json").read_text())["rows"][0]
   assert row["nfe"] == 4 and row["num_samples"] == 803 and row["params"] == "ema"
-  assert row["checkpoint"] == str(step_dir)
+  assert row["checkpoint"] == str(step_dir) and row["grid"] == "log_snr end=t_min"
 
   bad = run_sample("--checkpoint", str(trained_toy), "--num", "4", "--labels", "1,2",
                    "--workdir", str(tmp_path / "bad"))

@@ -186,9 +186,13 @@ class SamplePlan:
   guidance_scale: float
   options: dict
 
+  def grid_option_words(self) -> list[str]:
+    """The grid's options as "name=value" (numbers to 4 significant digits)."""
+    return [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in self.grid_options.items()]
+
   def describe(self) -> str:
-    grid_options = "".join(f", {k}={v:.4g}" if isinstance(v, float) else f", {k}={v}"
-                           for k, v in self.grid_options.items())
+    grid_options = "".join(f", {word}" for word in self.grid_option_words())
     words = [f"{self.sampler}", f"NFE {self.nfe}", f"{self.grid_name} grid ({len(self.grid) - 1} "
              f"steps{grid_options})", *(f"{k}={v}" for k, v in self.options.items())]
     if self.guidance_scale != 1.0:
