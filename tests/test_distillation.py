@@ -70,6 +70,11 @@ def test_the_student_starts_as_the_teacher_and_the_run_records_it(teacher_run, t
   plan = generate.plan(student, "consistency", 1)
   assert "karras grid (1 steps, end=t_min" in plan.describe()
   assert float(plan.grid[-1]) == pytest.approx(student.process.t_min)
+  # Two steps by default through iCT's s = 0.821 (the EDM process: t = s).
+  two_step = generate.plan(student, "consistency", 2)
+  assert "consistency two-step grid (2 steps, s_mid=0.821)" in two_step.describe()
+  np.testing.assert_allclose(two_step.grid, [student.process.t_max, 0.821,
+                                             student.process.t_min], rtol=1e-6)
   x_T = generate.prior_noise(student, plan, jax.random.PRNGKey(0), 4)
   samples, nfe = generate.sample_in_batches(student, plan, params, x_T, None,
                                             jax.random.PRNGKey(1), 4, progress=False)

@@ -36,6 +36,9 @@ from jaxdiff.train import (checkpoint, fitted_grids, optim, phema, sharding,
 from jaxdiff.train.experiment import DataSpec, Experiment
 
 CONSISTENCY = "consistency"  # The sampler of consistency models (`samplers.consistency`).
+# The intermediate noise level s = sigma / alpha of two-step consistency sampling by default:
+# iCT's and ECT's 0.821 for data in [-1, 1] (Song & Dhariwal 2023, sec. 5; Geng et al. 2024).
+CONSISTENCY_MID_LEVEL = 0.821
 # The sampler of a reflow: Euler on the probability-flow ODE, x_s = x_t + (s - t) v (on the
 # process "flow", ddim's step is the same one).
 REFLOW_SAMPLER = "euler"
@@ -207,7 +210,8 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
   with grid_options; else the grid fitted for this sampler, options and NFE where step_dir
   (the checkpoint's) holds one (`fitted_grids`, grid name "fitted <file name>"); else the
   grid a progressive-distillation student was distilled on (`progressive.grid_spec`); else
-  `grids.default_for` the process, for a reflow cut into steps of equal length in t.
+  `grids.default_for` the process, for a reflow cut into steps of equal length in t, for
+  consistency sampling ending at t_min and, in two steps, through s = CONSISTENCY_MID_LEVEL.
 
   Raises:
     ValueError naming the offending choice, or the fitted grid file that does not fit.
@@ -219,6 +223,7 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
   use_fitted = grid is None and fitted is not None and fitted.exists()
   # A reflow's straight flow: by default N steps of equal length in t, ending at 0.
   even = grid is None and is_reflow(experiment)
+  consistency_default = grid is None and not use_fitted and sampler == CONSISTENCY
   if grid is None and is_progressive_model(experiment):  # The grid it was distilled on.
     grid, grid_options = progressive.grid_spec(experiment.process, experiment.objective.grid,
                                                experiment.objective.grid_options)
@@ -239,6 +244,10 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
     times = fitted_grids.load(fitted, experiment.process, sampler, options, nfe, num_steps)
   else:
     times = grids.make_grid(experiment.process, grid, num_steps, **grid_options)
+  if consistency_default and num_steps == 2:
+    grid, grid_options = "consistency two-step", {"s_mid": CONSISTENCY_MID_LEVEL}
+    t_mid = experiment.process.t_from_noise_to_signal(jnp.float32(CONSISTENCY_MID_LEVEL))
+    times = jnp.asarray(times).at[1].set(t_mid)
   times = samplers.check_grid(times, experiment.process, num_steps)
   if not math.isfinite(guidance_scale):
     raise ValueError(f"guidance w must be a finite number, got {guidance_scale}")
