@@ -144,20 +144,16 @@ def _check_kind(teacher, student, where: str):
     raise ValueError(f"{where} is not a diffusion model (its objective is "
                      f"{type(teacher).__name__}); a {type(student).__name__} student "
                      "distils one")
-  if isinstance(student, ConsistencyTuning) and (
-      (teacher.prediction, teacher.preconditioning) != (student.prediction,
-                                                        student.preconditioning)):
-    raise ValueError(f"{where} predicts {teacher.prediction!r} with preconditioning "
-                     f"{teacher.preconditioning!r}; consistency tuning starts from a denoiser "
-                     f"of {student.prediction!r} with preconditioning "
-                     f"{student.preconditioning!r} (configs/train_base.use_edm)")
-  if isinstance(student, (Objective, ProgressiveDistillation)) and (
+  if isinstance(student, (Objective, ProgressiveDistillation, ConsistencyTuning)) and (
       (student.prediction, student.preconditioning) != (teacher.prediction,
                                                         teacher.preconditioning)):
+    right = (f"and consistency tuning starts from a denoiser of {student.prediction!r} with "
+             f"preconditioning {student.preconditioning!r} (configs/train_base.use_edm)"
+             if isinstance(student, ConsistencyTuning) else
+             f"so set loss.prediction and loss.preconditioning as its (got "
+             f"{student.prediction!r}, {student.preconditioning!r})")
     raise ValueError(f"{where} predicts {teacher.prediction!r} with preconditioning "
-                     f"{teacher.preconditioning!r}; the student starts as the teacher, so set "
-                     f"loss.prediction and loss.preconditioning as its (got "
-                     f"{student.prediction!r}, {student.preconditioning!r})")
+                     f"{teacher.preconditioning!r}; the student starts as the teacher, {right}")
 
 
 def _check_same_network(teacher: Experiment, student: Experiment, where: str):
