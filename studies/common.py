@@ -107,9 +107,8 @@ def quality_key(rows) -> tuple[str, str]:
 
 COLUMNS = ("images", "schedule", "sampler", "w", "nfe", "grid", "num", "frechet_distance", "kid",
            "fid", "inception_score", "confidence", "classes", "class_entropy", "nearest_train",
-           "target_class",
-           "time_sensitivity", "class_sensitivity", "distance_to_original", "distance_to_guide",
-           "original_class_kept", "seconds")
+           "target_class", "time_sensitivity", "class_sensitivity", "distance_to_original",
+           "distance_to_guide", "original_class_kept", "seconds")
 
 
 def markdown(rows, held_out=None) -> str:
