@@ -71,7 +71,7 @@ def run(prepared, options: common.Options, out) -> str:
       options, score, labels=sample_labels, guides=guides,
       fields=[{"w": s} for s in options.scales],
       on_row=lambda rows: common.write_results(out, rows))
-  if built.data.eight_bit:
+  if built.data.makes_images:
     plots.plot_guidance_sweep(np.stack(shown), options.scales, out / "sweep.png")
   if judge is not None:
     guidance.plot_quality(rows, out / "quality.png")

@@ -8,7 +8,7 @@ import numpy as np
 
 from jaxdiff import evaluation, fid, workdir
 from jaxdiff.inception import BATCH as INCEPTION_BATCH
-from jaxdiff.train import generate, trainer
+from jaxdiff.train import generate, latent, trainer
 
 SHOWN = 10  # Samples per row of the pictures.
 
@@ -43,7 +43,7 @@ def load(options: Options):
   if options.checkpoint is None:
     raise ValueError("this study needs --checkpoint, a training workdir")
   step_dir, built, params = generate.load(options.checkpoint)
-  evaluation.wanted(built.run.data.source, options.evaluate)
+  evaluation.wanted(latent.image_data(built)[0], options.evaluate)
   generate.check_sampling(built, options.num, options.batch_size, options.seed)
   return step_dir, built, params
 
@@ -86,14 +86,15 @@ class Judge:
 
 
 def judge(built, options: Options) -> Judge | None:
-  """The study's judge (None: nothing scores): the evaluation classifier where --evaluate says
-  so ("auto": for the digits), Inception with --inception-weights."""
-  source = built.run.data.source
-  data_options = {k: v for k, v in built.run.data.options.items() if k != "split"}
+  """The study's judge (None: nothing scores) of the images the model makes (a latent
+  model's: those its autoencoder encoded, `latent.image_data`): the evaluation classifier
+  where --evaluate says so ("auto": for the digits), Inception with --inception-weights."""
+  source, source_options = latent.image_data(built)
+  data_options = {k: v for k, v in source_options.items() if k != "split"}
   use_classifier = evaluation.wanted(source, options.evaluate)
   found = Judge(
       evaluation.reference(source, **data_options) if use_classifier else None,
-      fid.reference(source, options.inception_weights, **built.run.data.options)
+      fid.reference(source, options.inception_weights, **source_options)
       if options.inception_weights else None)
   return found if found.classifier is not None or found.inception is not None else None
 

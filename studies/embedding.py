@@ -52,7 +52,7 @@ def run(prepared, options: common.Options, out) -> str:
     rows += new_rows
     shown += new_shown
     common.write_results(out, rows)
-  if built.data.eight_bit:
+  if built.data.makes_images:
     plots.save_image_grid(np.concatenate(shown), out / "samples.png", cols=common.SHOWN)
   return (f"# embedding: {step_dir}, {sample_plan.describe()}\n\n" + common.markdown(rows)
           + f"\ntrain.py warns below a time sensitivity of {diagnostics.DEAD}.\n")

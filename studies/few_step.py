@@ -61,7 +61,7 @@ def run(prepared, options: common.Options, out) -> str:
         on_row=lambda new: common.write_results(out, rows + new))
     rows += new_rows
     shown += new_shown
-  if models[0][1].data.eight_bit:
+  if models[0][1].data.makes_images:
     plots.save_image_grid(np.concatenate(shown), out / "samples.png", cols=common.SHOWN)
   held_out, memorised = None, ""
   if judge is not None and judge.classifier is not None:

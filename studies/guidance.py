@@ -46,7 +46,7 @@ def run(prepared, options: common.Options, out) -> str:
       built, params, sample_plans, options, score, labels=labels,
       fields=[{"w": sample_plan.guidance_scale} for sample_plan in sample_plans],
       on_row=lambda rows: common.write_results(out, rows))
-  if built.data.eight_bit:
+  if built.data.makes_images:
     plots.plot_guidance_sweep(np.stack(shown), options.scales, out / "sweep.png")
   if judge is not None:
     plot_quality(rows, out / "quality.png")

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxdiff import evaluation, plots  # noqa: E402
-from jaxdiff.train import generate, sharding  # noqa: E402
+from jaxdiff.train import generate, latent, sharding  # noqa: E402
 from studies import common  # noqa: E402
 
 
@@ -37,19 +37,21 @@ def sample_rows(built, params, sample_plans, options: common.Options, score, *, 
   """Each plan from one x_T (options.num samples, options.seed), spread over the devices, with
   its guide of `guides` where given (`generate.make_sample_fn`); returns the rows (each
   starting with its dict of `fields`, then score(samples)'s) and the first SHOWN samples of
-  each."""
+  each. A latent model's samples are its autoencoder's decoded images."""
   key_noise, key_sampler = jax.random.split(jax.random.PRNGKey(options.seed))
   x_T = generate.prior_noise(built, sample_plans[0], key_noise, options.num)
   if labels is None:
     labels = generate.default_labels(built, options.num)
   mesh = sharding.make_mesh({"data": -1})
+  decoder = None if built.data.autoencoder is None else latent.decoder(built.data.autoencoder)
   rows, shown = [], []
   for sample_plan, guide, given in zip(sample_plans, guides or [None] * len(sample_plans),
                                       fields or [{}] * len(sample_plans)):
     print(f"{sample_plan.describe()}: {options.num} samples", flush=True)
     start = time.perf_counter()
     x_0, nfe = generate.sample_in_batches(built, sample_plan, params, x_T, labels, key_sampler,
-                                          options.batch_size, mesh=mesh, guide=guide)
+                                          options.batch_size, mesh=mesh, guide=guide,
+                                          decoder=decoder)
     row = {**given, "sampler": sample_plan.sampler, "nfe": nfe,
            "grid": sample_plan.grid_name, "num": len(x_0),
            "seconds": round(time.perf_counter() - start, 1)}
@@ -72,7 +74,7 @@ def run(prepared, options: common.Options, out) -> str:
   rows, shown = sample_rows(
       built, params, sample_plans, options, lambda x_0: {} if judge is None else judge.scores(x_0),
       on_row=lambda rows: common.write_results(out, rows))
-  if built.data.eight_bit:
+  if built.data.makes_images:
     plots.save_image_grid(np.concatenate(shown), out / "samples.png", cols=common.SHOWN)
   held_out = None
   if judge is not None and judge.classifier is not None:

@@ -70,7 +70,7 @@ def run(prepared, options: common.Options, out) -> str:
         on_row=lambda new: common.write_results(out, rows + new))
     rows += new_rows
     shown += new_shown
-  if variants["linear"][0].data.eight_bit:
+  if variants["linear"][0].data.makes_images:
     plots.save_image_grid(np.concatenate(shown), out / "samples.png", cols=common.SHOWN)
   if "frechet_distance" in rows[0] or "fid" in rows[0]:
     plot_quality(rows, out / "quality.png")

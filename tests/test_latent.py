@@ -4,8 +4,8 @@ Latents encoded once (encode.py, jaxdiff.train.encode_run) and read back as a da
 (jaxdiff.data.latents_source): the posteriors and labels of every image, the scaling factor by
 the law of total variance, bitwise resumption, and the source's draws of z ~ q(z | x). A
 diffusion model trained on them: what trainer.prepare refuses, the samples decoded to images
-in the sampling step and judged as images, and sample.py on the autoencoder's own checkpoint
-(its reconstructions, the floor)."""
+in the sampling step and judged as images (by sample.py and by the studies), and sample.py on
+the autoencoder's own checkpoint (its reconstructions, the floor)."""
 
 import dataclasses
 import json
@@ -21,6 +21,8 @@ from jaxdiff import data, metrics, streamed
 from jaxdiff.train import encode_run, generate, latent, sample_run, sharding, trainer, write_once
 
 from conftest import ROOT, tiny_config
+from studies import common
+from studies import samplers as study_samplers
 
 # The digits' 297 test images in 5 batches of 64 (the last one padded), progress every 2.
 JOB = encode_run.Job("digits", {"split": "test"}, batch_size=64, save_every=2)
@@ -279,3 +281,27 @@ def test_sample_py_judges_an_autoencoders_reconstructions(tiny_autoencoder, tmp_
   assert quality["reconstructions (24)"]["num_samples"] == 24
   assert (out / "reconstructions.png").exists()
   assert "the floor of any latent model" in (out / "results.md").read_text()
+
+
+def test_a_study_sees_a_latent_models_samples_decoded_and_judges_them_as_its_images(latent_run):
+  workdir, _ = latent_run
+  options = common.Options(
+      checkpoint=str(workdir), num=6, batch_size=4, seed=0, evaluate="yes", nfes=(2,),
+      samplers=("ddim",), reference_nfe=4, resample=1, steps=1, scales=(1.0,),
+      inception_weights=None, sampler="ddim", nfe=2, train_steps=None)
+  # Judged as the digits its autoencoder encoded: "latents" have no evaluation classifier.
+  _, built, params = common.load(options)
+  plan = generate.plan(built, "ddim", 2)
+  seen = []
+  _, shown = study_samplers.sample_rows(built, params, [plan], options,
+                                        lambda images: seen.append(images) or {})
+  assert seen[0].shape == (6, 8, 8, 1) and shown[0].shape == (6, 8, 8, 1)
+  # The same x_T and sampler keys in the model's space, then decoded.
+  key_noise, key_sampler = jax.random.split(jax.random.PRNGKey(options.seed))
+  x_T = generate.prior_noise(built, plan, key_noise, options.num)
+  x_latent, _ = generate.sample_in_batches(built, plan, params, x_T,
+                                           generate.default_labels(built, options.num),
+                                           key_sampler, options.batch_size, progress=False)
+  assert x_latent.shape == (6, 4, 4, 2)
+  space, decoder_params = latent.decoder(built.data.autoencoder)
+  np.testing.assert_allclose(seen[0], space.decode(decoder_params, x_latent), atol=1e-4)

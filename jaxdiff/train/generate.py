@@ -362,9 +362,12 @@ def default_labels(experiment: Experiment, num: int):
 
 
 def sample_in_batches(experiment: Experiment, sample_plan: SamplePlan, params, x_T, labels, key,
-                      batch_size: int, *, mesh=None, guide=None, progress: bool = True):
+                      batch_size: int, *, mesh=None, guide=None, decoder=None,
+                      progress: bool = True):
   """All of x_T [num, ...] sampled in calls of batch_size (one compilation; the last
   batch padded), chunk i with the sampler key fold_in(key, i); guide as for make_sample_fn.
+  decoder: (latent.LatentSpace, its params) of a latent model (`latent.decoder`), whose
+  samples are then decoded to images in the same call; None keeps the model's own space.
 
   With a mesh, each call's rows are split over its batch axes (batch_size rounded
   up to a multiple of their devices) and the parameters replicated: the samples are
@@ -372,24 +375,30 @@ def sample_in_batches(experiment: Experiment, sample_plan: SamplePlan, params, x
   stochastic sampler's noise depends on batch_size, not on the devices).
 
   Returns:
-    (samples float32 numpy [num, ...], NFE per sample).
+    (samples float32 numpy [num, ...], decoded where a decoder is given; NFE per sample).
 
   Raises:
     FloatingPointError naming the step where a batch turned NaN/inf.
   """
   num = x_T.shape[0]
   batch_size = min(batch_size, num)
+  space, decoder_params = decoder or (None, None)
+  sample_fn = make_sample_fn(experiment, sample_plan, guide)
+
+  def sample_and_decode(params, x_T, key, labels, decoder_params):
+    x_0, info = sample_fn(params, x_T, key, labels)
+    return (x_0 if space is None else space.decode(decoder_params, x_0)), info
+
   shardings = {}
   if mesh is not None:
     devices = sharding.batch_devices(mesh)
     batch_size = -(-batch_size // devices) * devices
     rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
     every = sharding.replicated(mesh)
-    shardings = {"in_shardings": (every, rows, every, None if labels is None else rows),
+    shardings = {"in_shardings": (every, rows, every, None if labels is None else rows, every),
                  "out_shardings": (rows, every)}
-    params = jax.device_put(params, every)
-  sample = jax.jit(make_sample_fn(experiment, sample_plan, guide),
-                   compiler_options=models.compiler_options(), **shardings)
+    params, decoder_params = jax.device_put((params, decoder_params), every)
+  sample = jax.jit(sample_and_decode, compiler_options=models.compiler_options(), **shardings)
   pad = -num % batch_size
   x_T = jnp.concatenate([x_T, jnp.zeros((pad, *x_T.shape[1:]), x_T.dtype)])
   if labels is not None:
@@ -397,7 +406,7 @@ def sample_in_batches(experiment: Experiment, sample_plan: SamplePlan, params, x
   out, nfe = [], 0
   for i in tqdm(range(0, num, batch_size), desc="sampling", unit="batch", disable=not progress):
     x_0, info = sample(params, x_T[i:i + batch_size], jax.random.fold_in(key, i // batch_size),
-                       None if labels is None else labels[i:i + batch_size])
+                       None if labels is None else labels[i:i + batch_size], decoder_params)
     samplers.raise_if_nonfinite(info, sample_plan.grid)
     out.append(np.asarray(x_0))
     nfe = int(info["nfe"])
