@@ -22,7 +22,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from jaxdiff import cli, grids, samplers, workdir
-from jaxdiff.train import fitted_grids, generate, writer
+from jaxdiff.progress import progress_bar
+from jaxdiff.train import fitted_grids, generate
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir, its checkpoints/ "
                                   "folder or one <step>/ folder.", required=True)
@@ -137,7 +138,7 @@ def main(argv):
                    **options)[0]
 
   init_grids = [p.grid for p in plans]
-  bar = writer.progress_bar(len(plans), 0, enabled=True, every_seconds=30)
+  bar = progress_bar(len(plans), 0, enabled=True, every_seconds=30)
   rows = []
 
   def save(i, grid, info):  # As each fit ends: an interrupted run keeps the grids it fitted.

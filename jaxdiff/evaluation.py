@@ -65,7 +65,7 @@ import optax
 from jaxdiff import data, metrics, workdir
 from jaxdiff.models.classifier import Classifier
 from jaxdiff.models.compiler import compiler_options
-from jaxdiff.train import writer
+from jaxdiff.progress import progress_bar
 
 # Bump when a change makes earlier cache files wrong (training, features, statistics).
 VERSION = 2
@@ -238,7 +238,7 @@ def train_classifier(model: Classifier, source, training: Training = Training(),
   opt_state = optimizer.init(params)
   # A bar on a terminal, a line a minute in a log: the Fashion-MNIST classifier takes hours
   # on a small CPU.
-  bar = writer.progress_bar(num_steps, 0, enabled=True, every_seconds=60, desc="classifier")
+  bar = progress_bar(num_steps, 0, enabled=True, every_seconds=60, desc="classifier")
   for index in range(num_steps):
     params, opt_state, loss = step(params, opt_state, next(iterator), index)
     bar.update(1)

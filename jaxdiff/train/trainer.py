@@ -13,7 +13,7 @@ from step 0) to run.num_steps:
     learning rate, EMA decays, steps/s and images/s go to metrics.jsonl and
     TensorBoard (`writer`); a tqdm bar shows loss, steps/s and the ETA, or
     where standard error is not a terminal a plain line every
-    progress_seconds (`writer.progress_bar`);
+    progress_seconds (`progress.progress_bar`);
   * an autoencoder's run (`Experiment.trains_autoencoder`) pictures the first
     EMA's reconstructions of the first samples.num training images (each
     beside its reconstruction) instead, and logs the reconstruction error, KL
@@ -57,10 +57,11 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdiff import data, diagnostics, models, plots
+from jaxdiff.progress import progress_bar
 from jaxdiff.train import (bits_per_dim, checkpoint, generate, latent, optim, periodic_eval,
                            phema, sharding, state as train_state, step, teacher)
 from jaxdiff.train.experiment import DataSpec, Experiment, Settings
-from jaxdiff.train.writer import MetricWriter, progress_bar
+from jaxdiff.train.writer import MetricWriter
 
 
 RECORD = "train_config.json"  # The run record, readable without Orbax.

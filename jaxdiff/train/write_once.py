@@ -25,7 +25,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxdiff import workdir
-from jaxdiff.train import sharding, writer
+from jaxdiff.progress import progress_bar
+from jaxdiff.train import sharding
 
 PROGRESS = "progress.json"
 
@@ -104,7 +105,7 @@ def write(out, run_record: dict, columns: dict, num: int, size: int, compute, *,
     if not saved:  # What the run is, before any batch: another command is refused from now on.
       _save_progress(out, run_record, 0, state, arrays)
   # A bar on a terminal, a line every 30 s in a log.
-  bar = writer.progress_bar(num_batches, first, enabled=progress and writes, every_seconds=30,
+  bar = progress_bar(num_batches, first, enabled=progress and writes, every_seconds=30,
                             unit="batch", desc=desc)
   for b in range(first, num_batches):
     index = np.minimum(np.arange(b * size, (b + 1) * size), num - 1)  # Padded: the last record.
