@@ -177,17 +177,18 @@ def _within_mode_std(process, grid, std, variance):
   x0_hat = m + k (x_t - alpha_t m), k = alpha_t s^2 / (alpha_t^2 s^2 + sigma_t^2);
   the posterior mean's gain on x_t is c = alpha_s sigma_ts^2 / sigma_t^2 k + alpha_ts
   sigma_s^2 / sigma_t^2; v_s = c^2 v_t + var_s (var 0 on the last step), v_T = 1."""
-  times = np.asarray(grid, np.float64)
-  alpha = lambda u: float(process.alpha(u))
-  sigma2 = lambda u: float(process.sigma2(u))
+  # The process's alpha and sigma^2 on the whole grid at once (one call each, not 12 per step).
+  alphas = np.asarray(process.alpha(jnp.asarray(grid)), np.float64)
+  sigma2s = np.asarray(process.sigma2(jnp.asarray(grid)), np.float64)
   v = 1.0
-  for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
-    alpha_ts = alpha(t) / alpha(s)
-    sigma2_ts = sigma2(t) - alpha_ts**2 * sigma2(s)
-    k = alpha(t) * std**2 / (alpha(t) ** 2 * std**2 + sigma2(t))
-    c = alpha(s) * sigma2_ts / sigma2(t) * k + alpha_ts * sigma2(s) / sigma2(t)
-    step_var = sigma2_ts * sigma2(s) / sigma2(t) if variance == "beta_tilde" else sigma2_ts
-    v = c**2 * v + (step_var if i < len(times) - 2 else 0.0)
+  for i in range(len(alphas) - 1):
+    (alpha_t, alpha_s), (sigma2_t, sigma2_s) = alphas[i:i + 2], sigma2s[i:i + 2]
+    alpha_ts = alpha_t / alpha_s
+    sigma2_ts = sigma2_t - alpha_ts**2 * sigma2_s
+    k = alpha_t * std**2 / (alpha_t**2 * std**2 + sigma2_t)
+    c = alpha_s * sigma2_ts / sigma2_t * k + alpha_ts * sigma2_s / sigma2_t
+    step_var = sigma2_ts * sigma2_s / sigma2_t if variance == "beta_tilde" else sigma2_ts
+    v = c**2 * v + (step_var if i < len(alphas) - 2 else 0.0)
   return np.sqrt(v)
 
 
