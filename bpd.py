@@ -42,7 +42,7 @@ _NUM = flags.DEFINE_integer("num", None, "Held-out records to score, the first o
                             "of them, at most 1000.")
 _BATCH = flags.DEFINE_integer("batch-size", 64, "Records per compiled call (rounded up to a "
                               "multiple of the devices).")
-_PARAMS = flags.DEFINE_string("params", "ema", "'ema' (the first EMA), 'ema:<decay>' or 'raw'.")
+_PARAMS = cli.define_params()
 _DATA_OPTIONS = flags.DEFINE_string("data-options", None, "JSON over the training data's "
                                     "options; default the test split, or new draws.")
 _PROBES = flags.DEFINE_integer("num-probes", 1, "Hutchinson probes averaged per record.")

@@ -48,7 +48,7 @@ _TEACHER = flags.DEFINE_string("teacher-sampler", "unipc", "The teacher's sample
 _TEACHER_NFE = flags.DEFINE_integer("teacher-nfe", 100, "The teacher's NFE.")
 _BATCH = flags.DEFINE_integer("batch-size", 500, "Teacher samples per compiled call at most "
                                "(the pairs split into calls of equal size).")
-_PARAMS = flags.DEFINE_string("params", "ema", "'ema' (the first EMA), 'ema:<decay>' or 'raw'.")
+_PARAMS = cli.define_params()
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of x_T (fold_in 1), the fits' draws (fold_in 2).")
 _FORCE = flags.DEFINE_bool("force", False, "Replace fitted grids that exist.")
 

@@ -67,8 +67,7 @@ _GUIDANCE = flags.DEFINE_float("guidance", 1.0, "Classifier-free guidance "
                                "scale w (1: the conditional model; conditional models only).")
 _LABELS = flags.DEFINE_list("labels", None, "Class ids, cycled over the "
                             "samples (default 0, 1, ..., K-1, 0, ...).")
-_PARAMS = flags.DEFINE_string("params", "ema", "'ema' (the first EMA), "
-                              "'ema:<decay>' or 'raw'.")
+_PARAMS = cli.define_params()
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of x_T and the sampler's noise.")
 _BATCH = flags.DEFINE_integer("batch-size", 500, "Samples per compiled call over every "
                               "device (rounded up to a multiple of the devices; a last batch "

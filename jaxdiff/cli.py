@@ -76,6 +76,13 @@ def define_config(default: str, help_string: str):
     raise _unknown_key(error) from None
 
 
+def define_params():
+  """The programs' --params flag: which parameters of a checkpoint (`generate.load`)."""
+  return flags.DEFINE_string("params", "ema", "The checkpoint's parameters: 'ema' (the first "
+                             "EMA), 'ema:<decay>', 'raw', or 'phema:<sigma_rel>' (a post-hoc "
+                             "EMA rebuilt from the run's snapshots).")
+
+
 def _configs_found(argv):
   """argv with the value of --config (`--config X` or `--config=X`) found by `find_config`."""
   argv = list(argv)
