@@ -348,6 +348,20 @@ def make_sample_fn(experiment: Experiment, sample_plan: SamplePlan, guide=None):
   return sample
 
 
+def make_decoded_sample_fn(experiment: Experiment, sample_plan: SamplePlan, space=None,
+                           guide=None):
+  """(params, decoder params, x_T, key, labels) -> (x_0, info): `make_sample_fn`'s samples,
+  decoded to images by space (a latent model's `latent.LatentSpace`; None: not decoded)
+  in the same call, the decoder's params an argument rather than constants of the program."""
+  sample_fn = make_sample_fn(experiment, sample_plan, guide)
+
+  def sample(params, decoder_params, x_T, key, labels):
+    x_0, info = sample_fn(params, x_T, key, labels)
+    return (x_0 if space is None else space.decode(decoder_params, x_0)), info
+
+  return sample
+
+
 def prior_noise(experiment: Experiment, sample_plan: SamplePlan, key, num: int):
   """x_T [num, *data shape] ~ N(0, sigma(t)^2 I) at the plan's first time t."""
   sigma = experiment.process.sigma(sample_plan.grid[0])
@@ -383,30 +397,26 @@ def sample_in_batches(experiment: Experiment, sample_plan: SamplePlan, params, x
   num = x_T.shape[0]
   batch_size = min(batch_size, num)
   space, decoder_params = decoder or (None, None)
-  sample_fn = make_sample_fn(experiment, sample_plan, guide)
-
-  def sample_and_decode(params, x_T, key, labels, decoder_params):
-    x_0, info = sample_fn(params, x_T, key, labels)
-    return (x_0 if space is None else space.decode(decoder_params, x_0)), info
-
   shardings = {}
   if mesh is not None:
     devices = sharding.batch_devices(mesh)
     batch_size = -(-batch_size // devices) * devices
     rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
     every = sharding.replicated(mesh)
-    shardings = {"in_shardings": (every, rows, every, None if labels is None else rows, every),
+    shardings = {"in_shardings": (every, every, rows, every, None if labels is None else rows),
                  "out_shardings": (rows, every)}
     params, decoder_params = jax.device_put((params, decoder_params), every)
-  sample = jax.jit(sample_and_decode, compiler_options=models.compiler_options(), **shardings)
+  sample = jax.jit(make_decoded_sample_fn(experiment, sample_plan, space, guide),
+                   compiler_options=models.compiler_options(), **shardings)
   pad = -num % batch_size
   x_T = jnp.concatenate([x_T, jnp.zeros((pad, *x_T.shape[1:]), x_T.dtype)])
   if labels is not None:
     labels = jnp.concatenate([labels, jnp.zeros((pad,), labels.dtype)])
   out, nfe = [], 0
   for i in tqdm(range(0, num, batch_size), desc="sampling", unit="batch", disable=not progress):
-    x_0, info = sample(params, x_T[i:i + batch_size], jax.random.fold_in(key, i // batch_size),
-                       None if labels is None else labels[i:i + batch_size], decoder_params)
+    x_0, info = sample(params, decoder_params, x_T[i:i + batch_size],
+                       jax.random.fold_in(key, i // batch_size),
+                       None if labels is None else labels[i:i + batch_size])
     samplers.raise_if_nonfinite(info, sample_plan.grid)
     out.append(np.asarray(x_0))
     nfe = int(info["nfe"])

@@ -130,7 +130,7 @@ def make_step(experiment: Experiment, sample_plan: generate.SamplePlan, job: Job
   judges = judges or {}
   space = None if experiment.data.autoencoder is None else (
       decoder or latent.decoder(experiment.data.autoencoder))[0]
-  sample = generate.make_sample_fn(experiment, sample_plan)
+  sample = generate.make_decoded_sample_fn(experiment, sample_plan, space)
   labels = (None if not experiment.conditional
             else jnp.asarray(job.labels or range(experiment.data.num_classes), jnp.int32))
   root = jax.random.PRNGKey(job.seed)
@@ -141,9 +141,8 @@ def make_step(experiment: Experiment, sample_plan: generate.SamplePlan, job: Job
     z = samplers.base.standard_normal(samplers.base.fold_in(keys, 0), x_like)
     x_T = experiment.process.sigma(sample_plan.grid[0]) * z
     label = None if labels is None else labels[index % labels.shape[0]]
-    x_0, info = sample(params, x_T, samplers.base.fold_in(keys, 1), label)
-    if space is not None:  # [G, h, w, c] -> [G, H, W, C]
-      x_0 = space.decode(decoder_params, x_0)
+    # A latent model's x_0 decoded: [G, h, w, c] -> [G, H, W, C].
+    x_0, info = sample(params, decoder_params, x_T, samplers.base.fold_in(keys, 1), label)
     images = jnp.clip(x_0, -1.0, 1.0)  # As the pictures show them.
     judged = {name: streamed.batch_sums(judge, judge_arguments[name], images, index,
                                         index < job.num, job.num)

@@ -466,13 +466,8 @@ def _picture_fn(experiment: Experiment, mesh, save: bool, decoder=None):
   same jitted call (its params an argument)."""
   run = experiment.run
   plan = picture_plan(experiment)
-  sample_fn = generate.make_sample_fn(experiment, plan)
-
-  def sample_images(params, decoder_params, x_T, key, labels):
-    x_0, info = sample_fn(params, x_T, key, labels)
-    return (x_0 if decoder is None else decoder[0].decode(decoder_params, x_0)), info
-
-  sample = jax.jit(sample_images,
+  sample = jax.jit(generate.make_decoded_sample_fn(experiment, plan,
+                                                  None if decoder is None else decoder[0]),
                    out_shardings=sharding.replicated(mesh),  # Whole in every process.
                    compiler_options=models.compiler_options())
   decoder_params = None if decoder is None else jax.device_get(decoder[1])
