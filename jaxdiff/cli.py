@@ -32,6 +32,9 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+# The flags defined here belong to the program that asks for them, so its --help lists them.
+flags.disclaim_key_flags()
+
 # The folder of the programs and of configs/.
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 

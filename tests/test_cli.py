@@ -69,6 +69,21 @@ def test_train_py_reads_configs_from_another_folder_or_says_which_file(tmp_path,
   assert not (tmp_path / "run").exists()
 
 
+def test_the_shared_flags_are_listed_in_the_programs_help(tmp_path):
+  """--config and --params, defined by cli for a program, are that program's key flags: its
+  --help lists them (absl's --help lists only the main module's flags)."""
+  script = tmp_path / "program.py"
+  script.write_text("from absl import app\n"
+                    "from jaxdiff import cli\n"
+                    "cli.define_config('configs/toy2d.py', 'The training configuration.')\n"
+                    "cli.define_params()\n"
+                    "app.run(lambda argv: None)\n")
+  result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+  assert "  --config: The training configuration." in result.stdout, result.stderr[-2000:]
+  assert "  --params: The checkpoint's parameters: 'ema'" in result.stdout
+
+
 def test_ctrl_c_during_a_compile_ends_with_one_line_not_a_crash(tmp_path):
   """SIGINT while XLA compiles on its own threads: exit 130 with one line (the interpreter's
   shutdown under the running compile ended in a segmentation fault, 139)."""
