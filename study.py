@@ -1,4 +1,4 @@
-"""The classic experiments, one command each (the studies/ package, one module per study).
+r"""The classic experiments, one command each (the studies/ package, one module per study).
 
   python3 study.py samplers --checkpoint runs/digits            # DDIM vs DDPM (and UniPC)
   python3 study.py edit --checkpoint runs/digits                # inpainting and SDEdit
@@ -7,7 +7,8 @@
   python3 study.py embedding --checkpoint runs/digits           # a dead time embedding
   python3 study.py schedules --samplers ddpm,ddim               # linear vs cosine (trains two)
   python3 study.py training                                     # loss and samples over training
-  python3 study.py few_step --checkpoint runs/digits --students runs/digits-ect,runs/digits-ct
+  python3 study.py few_step --checkpoint runs/digits --students runs/digits-ct \
+      --student-params phema:0.2                                # a teacher and its students
 
 samplers   DDPM, DDIM and UniPC by NFE on one model (Song et al. 2021, table 1).
 edit       inpainting with and without RePaint's resampling, SDEdit at three levels.
@@ -51,6 +52,9 @@ _NFES = flags.DEFINE_list("nfes", ["10", "20", "50", "100"], "samplers, schedule
                           "the NFEs.")
 _STUDENTS = flags.DEFINE_list("students", [], "few_step: the students' training workdirs, set "
                               "beside --checkpoint, their teacher.")
+_PARAMS = cli.define_params()
+_STUDENT_PARAMS = flags.DEFINE_list("student-params", [], "few_step: the students' parameters "
+                                    "(as --params), one per student or one for all; default ema.")
 _SAMPLERS = flags.DEFINE_list("samplers", ["ddpm", "ddim", "unipc"], "samplers, schedules: "
                               "samplers of the zoo.")
 _REFERENCE_NFE = flags.DEFINE_integer("reference-nfe", 1000, "samplers: NFE of the DDPM "
@@ -94,7 +98,8 @@ def options() -> common.Options:
       evaluate=_EVALUATE.value, nfes=nfes, samplers=tuple(_SAMPLERS.value),
       reference_nfe=_REFERENCE_NFE.value, resample=_RESAMPLE.value, steps=_STEPS.value,
       scales=scales, inception_weights=_INCEPTION.value, sampler=_SAMPLER.value,
-      nfe=_NFE.value, train_steps=_TRAIN_STEPS.value, students=tuple(_STUDENTS.value))
+      nfe=_NFE.value, train_steps=_TRAIN_STEPS.value, students=tuple(_STUDENTS.value),
+      params=_PARAMS.value, student_params=tuple(_STUDENT_PARAMS.value))
 
 
 def main(argv):

@@ -33,16 +33,18 @@ class Options:
   nfe: int  # at this NFE.
   train_steps: int | None
   students: tuple[str, ...] = ()  # few_step: the students' training workdirs.
+  params: str = "ema"  # --checkpoint's parameters, as `generate.load` takes them.
+  student_params: tuple[str, ...] = ()  # few_step: one per student, or one for all; "ema".
 
 
 def load(options: Options):
-  """(step folder, Experiment, EMA parameters) of --checkpoint (`generate.load`), with the
-  options that depend on it checked:
+  """(step folder, Experiment, parameters) of --checkpoint (`generate.load`, the --params
+  choice), with the options that depend on it checked:
   --evaluate against its data (`evaluation.wanted`), --num, --batch-size and --seed
   (`generate.check_sampling`)."""
   if options.checkpoint is None:
     raise ValueError("this study needs --checkpoint, a training workdir")
-  step_dir, built, params = generate.load(options.checkpoint)
+  step_dir, built, params = generate.load(options.checkpoint, options.params)
   evaluation.wanted(latent.image_data(built)[0], options.evaluate)
   generate.check_sampling(built, options.num, options.batch_size, options.seed)
   return step_dir, built, params

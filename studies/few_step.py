@@ -6,9 +6,11 @@ default sampler (`generate.default_sampler`: the consistency sampler for a consi
 model, DDIM for a progressive-distillation student, Euler for a reflow, UniPC for a
 diffusion model) at each NFE of --nfes, on the grid `generate.plan` gives it (one fitted
 to its checkpoint where there is one, as sample.py); the teacher also at its default NFE,
-the reference. Scored by the evaluation classifier where there is one, with the
-memorisation check: each row's mean pixel distance to the nearest training image, beside
-the held-out images' own.
+the reference. Each model samples with the parameters --params (the teacher) and
+--student-params (one per student, or one for all) name, its first EMA by default: a
+consistency model's best is often a post-hoc EMA (`--student-params phema:0.2`). Scored by
+the evaluation classifier where there is one, with the memorisation check: each row's mean
+pixel distance to the nearest training image, beside the held-out images' own.
 
 Writes samples.png: a row of 10 samples per model and NFE, the same x_T in every row.
 """
@@ -25,26 +27,43 @@ def name_of(step_dir) -> str:
   return step_dir.parent.parent.name
 
 
+def row_name(step_dir, params: str) -> str:
+  """A row's model: its workdir's name, and its parameters where not the first EMA."""
+  return name_of(step_dir) + ("" if params == "ema" else f" ({params})")
+
+
+def student_params(options: common.Options) -> tuple[str, ...]:
+  """Each student's --student-params choice: one each, one for all, or "ema"."""
+  given = options.student_params or ("ema",)
+  if len(given) == 1:
+    return given * len(options.students)
+  if len(given) != len(options.students):
+    raise ValueError(f"--student-params names one choice for all students or one per student "
+                     f"({len(options.students)}), got {len(given)}: {','.join(given)}")
+  return given
+
+
 def prepare(options: common.Options):
-  """(teacher's step folder, [(name, Experiment, parameters, plans)], teacher first), every
-  choice checked."""
+  """(teacher's step folder, [(row name, Experiment, parameters, plans)], teacher first),
+  every choice checked."""
   if not options.students:
     raise ValueError("the few_step study sets students beside their teacher: name their "
                      "training workdirs with --students")
+  choices = student_params(options)
   step_dir, teacher, params = common.load(options)
   sampler, default_nfe = generate.default_sampler(teacher)
   nfes = list(dict.fromkeys([*options.nfes, default_nfe]))
-  models = [(name_of(step_dir), teacher, params,
+  models = [(row_name(step_dir, options.params), teacher, params,
              [generate.plan(teacher, sampler, nfe, step_dir=step_dir) for nfe in nfes])]
-  for path in options.students:
-    student_dir, student, student_params = generate.load(path)
+  for path, which in zip(options.students, choices):
+    student_dir, student, chosen = generate.load(path, which)
     if tuple(student.data.shape) != tuple(teacher.data.shape):
       raise ValueError(f"the student {student_dir} was trained on data of shape "
                        f"{tuple(student.data.shape)}, the teacher {step_dir} on "
                        f"{tuple(teacher.data.shape)}: name students of the teacher's data")
     generate.check_sampling(student, options.num, options.batch_size, options.seed)
     sampler, _ = generate.default_sampler(student)
-    models.append((name_of(student_dir), student, student_params,
+    models.append((row_name(student_dir, which), student, chosen,
                    [generate.plan(student, sampler, nfe, step_dir=student_dir)
                     for nfe in options.nfes]))
   return step_dir, models

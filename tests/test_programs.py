@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -185,16 +186,28 @@ def test_study_embedding_finds_the_zeroed_time_embedding(trained_digits, tmp_pat
 def test_study_few_step_sets_students_beside_their_teacher(trained_digits, trained_points,
                                                            tmp_path):
   """The teacher at --nfes and its default NFE, then each student at --nfes, each with its
-  default sampler, from one x_T (the digits model stands in as its own student); a student
-  of other data, and no student, are refused before anything samples."""
+  default sampler and its --student-params, from one x_T (the digits model's raw parameters
+  stand in as its student); a student of other data, no student, and a --student-params per
+  student that does not match them are refused before anything samples."""
   options = study_options(checkpoint=str(trained_digits), nfes=(1,),
-                          students=(str(trained_digits),))
+                          students=(str(trained_digits),), student_params=("raw",))
+  _, models = few_step.prepare(options)
+  (_, _, teacher_params, _), (_, _, student_params, _) = models
+  for which, params in (("ema", teacher_params), ("raw", student_params)):
+    expected = generate.load(trained_digits, which)[2]
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected), strict=True):
+      np.testing.assert_array_equal(a, b)
   run_in_process(few_step, options, tmp_path / "study")
   rows = json.loads((tmp_path / "study" / "results.json").read_text())["rows"]
   name = trained_digits.name
   assert [(r["images"], r["sampler"], r["nfe"]) for r in rows] == [
-      (name, "unipc", 1), (name, "unipc", 20), (name, "unipc", 1)]
+      (name, "unipc", 1), (name, "unipc", 20), (f"{name} (raw)", "unipc", 1)]
   assert (tmp_path / "study" / "samples.png").is_file()
+  with pytest.raises(ValueError, match=r"--student-params names one choice for all students or "
+                     r"one per student \(2\), got 3: raw,ema,ema"):
+    few_step.prepare(study_options(checkpoint=str(trained_digits),
+                                   students=(str(trained_digits),) * 2,
+                                   student_params=("raw", "ema", "ema")))
   with pytest.raises(ValueError, match=r"trained on data of shape \(2,\), the teacher .* on "
                      r"\(8, 8, 1\)"):
     few_step.prepare(study_options(checkpoint=str(trained_digits),
