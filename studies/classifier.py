@@ -79,7 +79,8 @@ def run(prepared, options: common.Options, out) -> str:
                 "accuracy": {f"sigma/alpha = {k:g}": v for k, v in accuracy.items()}}
   common.write_results(out, rows, classifier=classifier)
   words = ", ".join(f"{v:.3f} at sigma/alpha = {k:g}" for k, v in accuracy.items())
-  return (f"# classifier guidance: {step_dir}, {sample_plan.describe()}\n\n"
+  model = common.with_params(step_dir, options.params)
+  return (f"# classifier guidance: {model}, {sample_plan.describe()}\n\n"
           f"Noise-conditional classifier ({steps} steps): accuracy on {held_out} {words}.\n\n"
           "w is the classifier's scale s.\n\n" + common.markdown(rows))
 

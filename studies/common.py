@@ -50,6 +50,11 @@ def load(options: Options):
   return step_dir, built, params
 
 
+def with_params(model, params: str) -> str:
+  """A model's name in a table or title, with its parameters where they are not the first EMA."""
+  return f"{model}" + ("" if params == "ema" else f" ({params})")
+
+
 @dataclasses.dataclass(frozen=True)
 class Judge:
   """What scores a study's images: the evaluation classifier of the data (digits,

@@ -89,4 +89,5 @@ def run(prepared, options: common.Options, out) -> str:
   plots.save_image_grid(np.concatenate([np.clip(p[:common.SHOWN], -1, 1) for p in pictures]),
                         out / "edits.png", cols=common.SHOWN)
   common.write_results(out, rows)
-  return f"# edit: {step_dir}\n\n" + common.markdown(rows)
+  model = common.with_params(step_dir, options.params)
+  return f"# edit: {model}\n\n" + common.markdown(rows)

@@ -54,5 +54,6 @@ def run(prepared, options: common.Options, out) -> str:
     common.write_results(out, rows)
   if built.data.makes_images:
     plots.save_image_grid(np.concatenate(shown), out / "samples.png", cols=common.SHOWN)
-  return (f"# embedding: {step_dir}, {sample_plan.describe()}\n\n" + common.markdown(rows)
+  model = common.with_params(step_dir, options.params)
+  return (f"# embedding: {model}, {sample_plan.describe()}\n\n" + common.markdown(rows)
           + f"\ntrain.py warns below a time sensitivity of {diagnostics.DEAD}.\n")

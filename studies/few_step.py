@@ -27,11 +27,6 @@ def name_of(step_dir) -> str:
   return step_dir.parent.parent.name
 
 
-def row_name(step_dir, params: str) -> str:
-  """A row's model: its workdir's name, and its parameters where not the first EMA."""
-  return name_of(step_dir) + ("" if params == "ema" else f" ({params})")
-
-
 def student_params(options: common.Options) -> tuple[str, ...]:
   """Each student's --student-params choice: one each, one for all, or "ema"."""
   given = options.student_params or ("ema",)
@@ -53,7 +48,7 @@ def prepare(options: common.Options):
   step_dir, teacher, params = common.load(options)
   sampler, default_nfe = generate.default_sampler(teacher)
   nfes = list(dict.fromkeys([*options.nfes, default_nfe]))
-  models = [(row_name(step_dir, options.params), teacher, params,
+  models = [(common.with_params(name_of(step_dir), options.params), teacher, params,
              [generate.plan(teacher, sampler, nfe, step_dir=step_dir) for nfe in nfes])]
   for path, which in zip(options.students, choices):
     student_dir, student, chosen = generate.load(path, which)
@@ -63,7 +58,7 @@ def prepare(options: common.Options):
                        f"{tuple(teacher.data.shape)}: name students of the teacher's data")
     generate.check_sampling(student, options.num, options.batch_size, options.seed)
     sampler, _ = generate.default_sampler(student)
-    models.append((row_name(student_dir, which), student, chosen,
+    models.append((common.with_params(name_of(student_dir), which), student, chosen,
                    [generate.plan(student, sampler, nfe, step_dir=student_dir)
                     for nfe in options.nfes]))
   return step_dir, models
@@ -88,5 +83,6 @@ def run(prepared, options: common.Options, out) -> str:
     memorised = (f"Held-out real images' mean distance to their nearest training image: "
                  f"{held_out['nearest_train_mean']:.3f} (a row below it copies).\n")
   common.write_results(out, rows, held_out=held_out)
-  return (f"# few_step: the teacher {step_dir} and its students\n\n"
+  model = common.with_params(step_dir, options.params)
+  return (f"# few_step: the teacher {model} and its students\n\n"
           + common.markdown(rows, held_out) + memorised)

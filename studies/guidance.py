@@ -51,7 +51,8 @@ def run(prepared, options: common.Options, out) -> str:
   if judge is not None:
     plot_quality(rows, out / "quality.png")
   common.write_results(out, rows)
-  return f"# guidance: {step_dir}, {sample_plans[0].describe()}\n\n" + common.markdown(rows)
+  model = common.with_params(step_dir, options.params)
+  return f"# guidance: {model}, {sample_plans[0].describe()}\n\n" + common.markdown(rows)
 
 
 def plot_quality(rows, path):

@@ -82,7 +82,8 @@ def run(prepared, options: common.Options, out) -> str:
   if judge is not None:
     plot_quality(rows, held_out, out / "quality.png")
   common.write_results(out, rows, held_out=held_out)
-  return f"# samplers: {step_dir}\n\n" + common.markdown(rows, held_out)
+  model = common.with_params(step_dir, options.params)
+  return f"# samplers: {model}\n\n" + common.markdown(rows, held_out)
 
 
 def plot_quality(rows, held_out, path):

@@ -186,22 +186,25 @@ def test_study_embedding_finds_the_zeroed_time_embedding(trained_digits, tmp_pat
 def test_study_few_step_sets_students_beside_their_teacher(trained_digits, trained_points,
                                                            tmp_path):
   """The teacher at --nfes and its default NFE, then each student at --nfes, each with its
-  default sampler and its --student-params, from one x_T (the digits model's raw parameters
-  stand in as its student); a student of other data, no student, and a --student-params per
+  default sampler, the teacher with --params and the students with --student-params, from
+  one x_T (the digits model stands in as its own student: its raw parameters the teacher,
+  its EMA the student); a student of other data, no student, and a --student-params per
   student that does not match them are refused before anything samples."""
-  options = study_options(checkpoint=str(trained_digits), nfes=(1,),
-                          students=(str(trained_digits),), student_params=("raw",))
+  options = study_options(checkpoint=str(trained_digits), nfes=(1,), params="raw",
+                          students=(str(trained_digits),), student_params=("ema",))
   _, models = few_step.prepare(options)
   (_, _, teacher_params, _), (_, _, student_params, _) = models
-  for which, params in (("ema", teacher_params), ("raw", student_params)):
+  for which, params in (("raw", teacher_params), ("ema", student_params)):
     expected = generate.load(trained_digits, which)[2]
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected), strict=True):
       np.testing.assert_array_equal(a, b)
-  run_in_process(few_step, options, tmp_path / "study")
+  table = run_in_process(few_step, options, tmp_path / "study")
+  assert table.startswith(f"# few_step: the teacher {trained_digits / 'checkpoints'}")
+  assert " (raw) and its students\n" in table.splitlines(keepends=True)[0]
   rows = json.loads((tmp_path / "study" / "results.json").read_text())["rows"]
   name = trained_digits.name
   assert [(r["images"], r["sampler"], r["nfe"]) for r in rows] == [
-      (name, "unipc", 1), (name, "unipc", 20), (f"{name} (raw)", "unipc", 1)]
+      (f"{name} (raw)", "unipc", 1), (f"{name} (raw)", "unipc", 20), (name, "unipc", 1)]
   assert (tmp_path / "study" / "samples.png").is_file()
   with pytest.raises(ValueError, match=r"--student-params names one choice for all students or "
                      r"one per student \(2\), got 3: raw,ema,ema"):
