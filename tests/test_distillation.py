@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import train_base
-from jaxdiff import progressive
+from jaxdiff import grids, progressive
 from jaxdiff.train import checkpoint, generate, teacher, trainer
 
 from conftest import tiny_config
@@ -44,7 +44,8 @@ def test_the_student_starts_as_the_teacher_and_the_run_records_it(teacher_run, t
   (a fresh initialisation differs by O(0.1)); its target EMA too; the checkpoint records
   the teacher's fingerprint, and resuming with a changed teacher (another of its parameter
   sets) is refused naming both records; sample.py's default for it is the consistency
-  sampler in one call, which maps x_T to finite images."""
+  sampler in one call, which maps x_T to finite images, on a grid through s = 0.821 in two
+  steps and of rho = 30 in more."""
   config = distillation(teacher_run, num_steps=1, checkpoint_every=1,
                         optim__learning_rate=1e-7)
   config.optim.schedule = "constant"
@@ -75,6 +76,11 @@ def test_the_student_starts_as_the_teacher_and_the_run_records_it(teacher_run, t
   assert "consistency two-step grid (2 steps, s_mid=0.821)" in two_step.describe()
   np.testing.assert_allclose(two_step.grid, [student.process.t_max, 0.821,
                                              student.process.t_min], rtol=1e-6)
+  # More steps on the Karras grid of rho = 30: re-noised lower than at rho = 7.
+  four_step = generate.plan(student, "consistency", 4)
+  np.testing.assert_allclose(four_step.grid, grids.karras(student.process, 4, rho=30,
+                                                          end="t_min"), rtol=1e-6)
+  assert float(four_step.grid[2]) < float(grids.karras(student.process, 4, end="t_min")[2])
   x_T = generate.prior_noise(student, plan, jax.random.PRNGKey(0), 4)
   samples, nfe = generate.sample_in_batches(student, plan, params, x_T, None,
                                             jax.random.PRNGKey(1), 4, progress=False)

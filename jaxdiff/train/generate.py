@@ -39,6 +39,10 @@ CONSISTENCY = "consistency"  # The sampler of consistency models (`samplers.cons
 # The intermediate noise level s = sigma / alpha of two-step consistency sampling by default:
 # iCT's and ECT's 0.821 for data in [-1, 1] (Song & Dhariwal 2023, sec. 5; Geng et al. 2024).
 CONSISTENCY_MID_LEVEL = 0.821
+# In more steps, the Karras grid's rho (for processes whose default grid is Karras): 30 puts
+# the re-noising levels lower than rho = 7 does (at 4 steps s = 7.9, 0.64 and 0.041 against
+# 17.5, 2.5 and 0.17), where the digits' consistency models sample better (docs/distillation.md).
+CONSISTENCY_RHO = 30.0
 # The sampler of a reflow: Euler on the probability-flow ODE, x_s = x_t + (s - t) v (on the
 # process "flow", ddim's step is the same one).
 REFLOW_SAMPLER = "euler"
@@ -211,7 +215,8 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
   (the checkpoint's) holds one (`fitted_grids`, grid name "fitted <file name>"); else the
   grid a progressive-distillation student was distilled on (`progressive.grid_spec`); else
   `grids.default_for` the process, for a reflow cut into steps of equal length in t, for
-  consistency sampling ending at t_min and, in two steps, through s = CONSISTENCY_MID_LEVEL.
+  consistency sampling ending at t_min, through s = CONSISTENCY_MID_LEVEL in two steps and,
+  on a Karras grid, with rho = CONSISTENCY_RHO in more.
 
   Raises:
     ValueError naming the offending choice, or the fitted grid file that does not fit.
@@ -231,6 +236,8 @@ def plan(experiment: Experiment, sampler: str, nfe: int, *, grid: str | None = N
     grid, grid_options = grids.default_for(experiment.process)
     if sampler == CONSISTENCY:  # Its last call is at t_min: a grid to 0 would waste one.
       grid_options = {**grid_options, "end": "t_min"}
+      if grid == "karras":
+        grid_options["rho"] = CONSISTENCY_RHO
   grid_options = dict(grid_options or {})
   # Where the grid ends (sigma = 0 or not, e.g. end="t_min") does not depend on N; a fitted
   # grid ends where the default grid it was fitted against does.
